@@ -1,0 +1,24 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (scripts are run from here)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """``../shared/data/real`` beside the repository; tests using it skip when it is absent."""
+    if not REAL_DATA_DIR.is_dir():
+        pytest.skip(f"real spine CT data not available at {REAL_DATA_DIR}")
+    return REAL_DATA_DIR

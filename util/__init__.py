@@ -1,0 +1,1 @@
+"""Utilities shared by every step: atomic file writes, devices, logging."""
