@@ -1,0 +1,106 @@
+"""RHLV table (and height-loss maps) of synthesized vertebrae against the originals (DESIGN 5).
+
+Example:
+    python evaluation/RHLV_quantification.py --label_dir DIR/straightened/label \\
+        --fake_dir R/N/label_fake --split_json F --out R/N/rhlv.csv --reference both --maps R/N/maps
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+from data.crops import read_split  # noqa: E402
+from evaluation.plots import DEFAULT_MAP_VMAX  # noqa: E402
+from evaluation.rhlv import PLANES, MeasureOptions  # noqa: E402
+from evaluation.rhlv_table import MapSettings, default_workers, rhlv_tables, write_table  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--label_dir", required=True, help="original label crops <key>.nii.gz (straightened/label)")
+    parser.add_argument("--fake_dir", default=None,
+                        help="synthesized label crops <key>.nii.gz (R/N/label_fake); "
+                             "needed unless --reference neighbours")
+    parser.add_argument("--split_json", default=None,
+                        help="split JSON (DESIGN 3.5) giving each vertebra's grade and split; without it every "
+                             "crop of --label_dir is measured and Label/Dataset stay empty")
+    parser.add_argument("--out", required=True, help="output CSV (the neighbour baseline of --reference both "
+                                                    "goes to <out stem>_neighbours.csv)")
+    parser.add_argument("--reference", choices=("synthesized", "neighbours", "both"), default="synthesized",
+                        help="pseudo-healthy reference: the synthesized labels, the non-learned neighbour "
+                             "interpolation baseline, or both")
+    parser.add_argument("--plane", choices=PLANES, default="sagittal",
+                        help="sagittal: thirds anterior/middle/posterior; coronal: thirds right/middle/left "
+                             "(reported in the Pre/Mid/Post columns)")
+    parser.add_argument("--height_threshold", type=float, default=0.7,
+                        help="measure columns at least this fraction of the reference's centre column (0.64 in "
+                             "the paper's code)")
+    parser.add_argument("--length_divisor", type=int, default=5,
+                        help="measure slices within +/- extent // divisor of the centre slice")
+    parser.add_argument("--min_component_fraction", type=float, default=0.05,
+                        help="drop target islands smaller than this fraction of its voxels")
+    parser.add_argument("--healthy_min_relative_height", type=float, default=0.7,
+                        help="baseline: a neighbour is healthy-looking when min/max of its regional heights, "
+                             "and its height relative to the target's tallest region, reach this (healthy "
+                             "lumbar bodies with concave endplates measure 0.72-0.92)")
+    parser.add_argument("--maps", default=None, help="folder for per-vertebra height-loss map PNGs")
+    parser.add_argument("--map_vmax", type=float, default=DEFAULT_MAP_VMAX,
+                        help="upper end of the shared colour scale of the maps (relative loss)")
+    parser.add_argument("--xlsx", action="store_true", help="also write the table as XLSX beside the CSV")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core, at most 8)")
+    return parser
+
+
+def _output_path(out: Path, reference: str, references: tuple[str, ...]) -> Path:
+    if reference == "synthesized" or len(references) == 1:
+        return out
+    return out.with_name(f"{out.name[: -len(out.suffix)] if out.suffix else out.name}_{reference}{out.suffix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    references = ("synthesized", "neighbours") if args.reference == "both" else (args.reference,)
+    if "synthesized" in references and args.fake_dir is None:
+        print("error: --fake_dir is required unless --reference neighbours", file=sys.stderr)
+        return 2
+    try:
+        options = MeasureOptions(args.plane, args.height_threshold, args.length_divisor,
+                                 args.min_component_fraction, args.healthy_min_relative_height)
+        split = read_split(args.split_json) if args.split_json else None
+        maps = MapSettings(Path(args.maps) if args.maps else None, args.map_vmax)
+        workers = args.workers if args.workers > 0 else default_workers()
+        result = rhlv_tables(args.label_dir, args.fake_dir, split, references, options, maps, workers)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if result.skipped:
+        print(f"warning: {len(result.skipped)} vertebrae of the split have no label crop in {args.label_dir} "
+              f"(skipped): {', '.join(result.skipped[:10])}{' ...' if len(result.skipped) > 10 else ''}",
+              file=sys.stderr)
+    status = 0
+    out = Path(args.out)
+    for reference in references:
+        table, failures = result.tables[reference], result.failures[reference]
+        for message in failures:
+            print(f"error: {message}", file=sys.stderr)
+        if failures:
+            status = 1
+        if table.empty:
+            print(f"error: no vertebra could be measured against the {reference} reference; nothing written",
+                  file=sys.stderr)
+            status = 1
+            continue
+        paths = write_table(table, _output_path(out, reference, references), args.xlsx)
+        print(f"{reference}: {len(table)} vertebrae -> {', '.join(str(p) for p in paths)}"
+              + (f" ({len(failures)} failed)" if failures else ""))
+        if table["Label"].notna().any():
+            summary = table.groupby("Label")[["Pre RHLV", "Mid RHLV", "Post RHLV"]].mean()
+            print(f"mean RHLV by Genant grade ({reference}, {args.plane}):\n{summary.round(3).to_string()}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

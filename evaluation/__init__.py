@@ -1,0 +1,1 @@
+"""Evaluation of synthesized vertebrae: RHLV quantification, Genant grading and generation metrics (DESIGN 5)."""

@@ -1,0 +1,66 @@
+"""PSNR/SSIM/Dice/IoU/RVD of synthesized vertebrae on healthy val vertebrae, sagittal slices (DESIGN 5).
+
+Writes a per-vertebra CSV (--out) and a summary JSON beside it (<out stem>_summary.json).
+
+Example:
+    python evaluation/generation_eval_sagittal.py --dataroot DIR/straightened --fake_dir R/N \\
+        --split_json F --out R/N/generation.csv
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+from data.crops import SPLITS, read_split  # noqa: E402
+from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS, generation_table, summarize  # noqa: E402
+from util.fileio import atomic_path, write_json  # noqa: E402
+
+
+def build_parser(plane: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.replace("sagittal", plane),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataroot", required=True, help="straightened crops: <dataroot>/{CT,label}/<key>.nii.gz")
+    parser.add_argument("--fake_dir", required=True, help="synthesis results: <fake_dir>/{CT_fake,label_fake}/")
+    parser.add_argument("--split_json", required=True, help="split JSON with grades (DESIGN 3.5)")
+    parser.add_argument("--out", required=True, help="per-vertebra CSV")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["val"], help="splits to evaluate")
+    parser.add_argument("--grades", nargs="+", type=int, choices=(0, 1, 2, 3), default=[0],
+                        help="Genant grades to evaluate (healthy vertebrae should be reproduced)")
+    parser.add_argument("--min_slice_voxels", type=int, default=400,
+                        help="use slices with more than this many target voxels")
+    return parser
+
+
+def main(argv: list[str] | None = None, plane: str = "sagittal") -> int:
+    args = build_parser(plane).parse_args(argv)
+    try:
+        split = read_split(args.split_json)
+        table, failures = generation_table(args.dataroot, args.fake_dir, split, plane, tuple(args.splits),
+                                           tuple(args.grades), args.min_slice_voxels)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
+    if table.empty:
+        print("error: no vertebra could be evaluated; nothing written", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    summary = {"plane": plane, "splits": args.splits, "grades": args.grades, **summarize(table),
+               "failures": failures}
+    summary_path = out.with_name(f"{out.stem}_summary.json")
+    write_json(summary_path, summary)
+    print(f"{plane}: {len(table)} vertebrae" + (f" ({len(failures)} failed)" if failures else ""))
+    for metric in (*IMAGE_METRICS, *OVERLAP_METRICS):
+        print(f"  {metric:>16}: {summary['mean'][metric]:.4f} +/- {summary['std'][metric]:.4f}")
+    print(f"written: {out}, {summary_path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

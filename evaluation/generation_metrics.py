@@ -1,0 +1,187 @@
+"""Generation quality of synthesized vertebrae (DESIGN 5).
+
+On healthy (grade 0) val vertebrae, where the synthesized vertebra should equal the
+original: PSNR and SSIM (scikit-image, data range of the original image compared)
+of the whole slice and of the target's rows, over the slices of the central 4/5 of
+the target's extent that hold more than 400 target voxels; Dice, IoU and relative
+volume difference |V_syn - V_ori| / V_ori of the target label over the whole crop.
+
+Inputs: ``<dataroot>/{CT,label}/<key>.nii.gz`` (DESIGN 3.3) and
+``<fake_dir>/{CT_fake,label_fake}/<key>.nii.gz`` (DESIGN 3.6), both CTs in HU.
+Sagittal slices are ``[:, :, z]``, coronal slices ``[:, y, :]``; rows are axis 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tqdm import tqdm
+
+from data.crops import crop_paths
+from data.image_io import ImageIOError, check_same_grid, load_ct, load_mask
+from data.labels import parse_key
+
+SLICE_AXIS = {"sagittal": 2, "coronal": 1}
+IMAGE_METRICS = ("PSNR", "SSIM", "PSNR_target_rows", "SSIM_target_rows")
+OVERLAP_METRICS = ("Dice", "IoU", "RVD")
+GENERATION_COLUMNS = ["Vertebra", "Label", "Dataset", "n_slices", *IMAGE_METRICS, *OVERLAP_METRICS]
+SSIM_MIN_SIDE = 7  # scikit-image's default SSIM window
+
+
+class GenerationError(ValueError):
+    """A vertebra whose generation metrics cannot be computed; the message names the file."""
+
+
+def central_slice_indices(target: np.ndarray, axis: int, fraction: float = 0.8) -> np.ndarray:
+    """Slice indices along ``axis`` in the central ``fraction`` of the target's extent."""
+    present = np.flatnonzero(target.any(axis=tuple(a for a in range(target.ndim) if a != axis)))
+    if present.size == 0:
+        return present
+    length = int(present[-1] - present[0] + 1)
+    kept = int(length * fraction)
+    start = int(present[0]) + (length - kept) // 2
+    return np.arange(start, start + kept)
+
+
+def image_scores(original: np.ndarray, synthesized: np.ndarray) -> tuple[float, float]:
+    """PSNR (dB) and SSIM of two 2D images with the original's data range.
+
+    NaN when undefined: constant original, identical images (PSNR), a side shorter than
+    the 7-pixel SSIM window (SSIM).
+    """
+    data_range = float(original.max() - original.min())
+    if data_range <= 0:
+        return math.nan, math.nan
+    with np.errstate(divide="ignore"):
+        psnr = float(peak_signal_noise_ratio(original, synthesized, data_range=data_range))
+    ssim = math.nan
+    if min(original.shape) >= SSIM_MIN_SIDE:
+        ssim = float(structural_similarity(original, synthesized, data_range=data_range))
+    return (psnr if math.isfinite(psnr) else math.nan), ssim
+
+
+def overlap_scores(original: np.ndarray, synthesized: np.ndarray) -> dict[str, float]:
+    """Dice, IoU and relative volume difference |V_syn - V_ori| / V_ori of two boolean masks."""
+    original = np.asarray(original, dtype=bool)
+    synthesized = np.asarray(synthesized, dtype=bool)
+    intersection = np.count_nonzero(original & synthesized)
+    volume_original, volume_synthesized = np.count_nonzero(original), np.count_nonzero(synthesized)
+    union = volume_original + volume_synthesized - intersection
+    if volume_original == 0:
+        raise GenerationError("the original target is empty")
+    return {"Dice": 2.0 * intersection / (volume_original + volume_synthesized), "IoU": intersection / union,
+            "RVD": abs(volume_synthesized - volume_original) / volume_original}
+
+
+def _mean_finite(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def generation_metrics(original_ct: np.ndarray, synthesized_ct: np.ndarray, original_label: np.ndarray,
+                       synthesized_label: np.ndarray, label: int, plane: str = "sagittal",
+                       min_slice_voxels: int = 400) -> dict[str, float]:
+    """Metrics of one vertebra (crop arrays (S->I, A->P, R->L), CT in HU).
+
+    Returns ``n_slices`` and the means over qualifying slices of each image metric, plus
+    Dice/IoU/RVD. Slices where a metric is undefined (constant original, target rows
+    fewer than 7) are left out of that metric's mean.
+    """
+    if plane not in SLICE_AXIS:
+        raise ValueError(f"plane {plane!r}: expected one of {tuple(SLICE_AXIS)}")
+    shapes = {a.shape for a in (original_ct, synthesized_ct, original_label, synthesized_label)}
+    if len(shapes) != 1:
+        raise GenerationError(f"crop shapes differ: {sorted(shapes)}")
+    axis = SLICE_AXIS[plane]
+    original_target = np.asarray(original_label) == label
+    scores = overlap_scores(original_target, np.asarray(synthesized_label) == label)
+    per_slice: dict[str, list[float]] = {name: [] for name in IMAGE_METRICS}
+    indices = central_slice_indices(original_target, axis)
+    target_slices = np.moveaxis(original_target, axis, 0)[indices]
+    original_slices = np.moveaxis(np.asarray(original_ct, dtype=np.float64), axis, 0)[indices]
+    synthesized_slices = np.moveaxis(np.asarray(synthesized_ct, dtype=np.float64), axis, 0)[indices]
+    used = 0
+    for target, original, synthesized in zip(target_slices, original_slices, synthesized_slices):
+        if np.count_nonzero(target) <= min_slice_voxels:
+            continue
+        used += 1
+        rows = np.flatnonzero(target.any(axis=1))
+        whole = image_scores(original, synthesized)
+        band = image_scores(original[rows[0]: rows[-1] + 1], synthesized[rows[0]: rows[-1] + 1])
+        for name, value in zip(IMAGE_METRICS, (*whole, *band)):
+            per_slice[name].append(value)
+    if used == 0:
+        raise GenerationError(f"no {plane} slice in the central 4/5 of label {label} has more than "
+                              f"{min_slice_voxels} target voxels")
+    return {"n_slices": used, **{name: _mean_finite(values) for name, values in per_slice.items()}, **scores}
+
+
+@dataclass(frozen=True)
+class GenerationPaths:
+    """The four crops compared for one vertebra."""
+
+    original_ct: Path
+    original_label: Path
+    synthesized_ct: Path
+    synthesized_label: Path
+
+
+def generation_paths(dataroot: str | Path, fake_dir: str | Path, key: str) -> GenerationPaths:
+    """Original crop paths (DESIGN 3.3) and synthesized ones (``CT_fake``/``label_fake``, DESIGN 3.6)."""
+    original = crop_paths(dataroot, key)
+    fake = Path(fake_dir)
+    return GenerationPaths(original.ct, original.label, fake / "CT_fake" / f"{key}.nii.gz",
+                           fake / "label_fake" / f"{key}.nii.gz")
+
+
+def metrics_for_key(dataroot: str | Path, fake_dir: str | Path, key: str, plane: str = "sagittal",
+                    min_slice_voxels: int = 400) -> dict[str, float]:
+    """Read the four crops of ``key`` (checked to share one grid) and compute its metrics."""
+    paths = generation_paths(dataroot, fake_dir, key)
+    for path in (paths.original_ct, paths.original_label, paths.synthesized_ct, paths.synthesized_label):
+        if not path.is_file():
+            raise GenerationError(f"{path}: file not found")
+    volumes = [load_ct(paths.original_ct), load_mask(paths.original_label),
+               load_ct(paths.synthesized_ct), load_mask(paths.synthesized_label)]
+    for other in volumes[1:]:
+        check_same_grid(volumes[0], other)
+    try:
+        return generation_metrics(volumes[0].array, volumes[2].array, volumes[1].array, volumes[3].array,
+                                  parse_key(key)[1], plane, min_slice_voxels)
+    except GenerationError as err:
+        raise GenerationError(f"{paths.synthesized_ct} vs {paths.original_ct}: {err}") from None
+
+
+def selected_keys(split: dict[str, dict[str, int]], splits: tuple[str, ...] = ("val",),
+                  grades: tuple[int, ...] = (0,)) -> list[tuple[str, str, int]]:
+    """``(key, split, grade)`` of the vertebrae to evaluate (default: grade 0 of val, DESIGN 5)."""
+    return [(key, name, grade) for name in splits for key, grade in split.get(name, {}).items() if grade in grades]
+
+
+def generation_table(dataroot: str | Path, fake_dir: str | Path, split: dict[str, dict[str, int]],
+                     plane: str = "sagittal", splits: tuple[str, ...] = ("val",), grades: tuple[int, ...] = (0,),
+                     min_slice_voxels: int = 400, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+    """Per-vertebra metrics table and the failure messages (one per vertebra that failed)."""
+    rows, failures = [], []
+    for key, name, grade in tqdm(selected_keys(split, splits, grades), desc="generation metrics",
+                                 unit="vertebra", disable=not progress):
+        try:
+            metrics = metrics_for_key(dataroot, fake_dir, key, plane, min_slice_voxels)
+        except (GenerationError, ImageIOError, OSError, ValueError) as err:
+            failures.append(f"{key}: {err}")
+            continue
+        rows.append({"Vertebra": key, "Label": grade, "Dataset": name, **metrics})
+    return pd.DataFrame(rows, columns=GENERATION_COLUMNS), failures
+
+
+def summarize(table: pd.DataFrame) -> dict:
+    """Mean and standard deviation over vertebrae of every metric (NaN-free vertebrae only per metric)."""
+    metrics = [*IMAGE_METRICS, *OVERLAP_METRICS]
+    return {"n_vertebrae": int(len(table)),
+            "mean": {m: float(table[m].mean()) if len(table) else math.nan for m in metrics},
+            "std": {m: float(table[m].std(ddof=0)) if len(table) else math.nan for m in metrics}}
