@@ -236,3 +236,14 @@ def test_dicom_series_matches_nifti_geometry(tmp_path: Path):
     # LPS origin (-10, 20, 5) is RAS (10, -20, 5)
     np.testing.assert_allclose(volume.affine[:3, 3], [10.0, -20.0, 5.0], atol=1e-4)
     assert find_case_files(tmp_path / "case").ct == series
+
+
+def test_atomic_outputs_get_umask_permissions(tmp_path: Path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_nifti(np.zeros((2, 2, 2), np.float32), np.eye(4), tmp_path / "perm.nii.gz")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
