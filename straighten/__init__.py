@@ -1,0 +1,13 @@
+"""Vertebra centroids, spine straightening, de-pedicling and per-vertebra crops (DESIGN 3.2, 3.3).
+
+Library modules:
+
+- :mod:`straighten.spine` measures every vertebra of a mask (whole and body centroids, border
+  flags, the de-pedicle cut) and fits the centre line through the body centroids;
+- :mod:`straighten.frames` turns that centre line into the straightened sampling grid and maps
+  crop voxels back to the scan;
+- :mod:`straighten.pipeline` straightens one case into crops and runs a batch of cases;
+- :mod:`straighten.centroids` writes the centroid JSON of DESIGN 3.2.
+
+Scripts: ``straighten/location_json_local.py`` and ``straighten/straighten_mask_3d.py``.
+"""
