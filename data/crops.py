@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from data.image_io import ImageIOError, load_ct, load_mask, save_nifti, voxel_spacing
+from data.image_io import ImageIOError, Volume, check_same_grid, load_ct, load_mask, save_nifti, voxel_spacing
 from data.labels import parse_key
-from util.fileio import read_json, write_json
+from data.masking import plane_slab
+from util.fileio import atomic_path, read_json, write_json
 
 CROP_AXES = "IPL"
 SPLITS = ("train", "val", "test")
@@ -148,3 +149,130 @@ def split_of(split: dict[str, dict[str, int]], key: str) -> tuple[str, int] | No
         if key in entries:
             return name, entries[key]
     return None
+
+
+CACHE_VERSION = 2
+
+
+def file_signature(path: Path) -> list[int] | None:
+    """``[size, mtime_ns]`` of a file (``None`` when absent): what the crop cache is invalidated by."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return [int(stat.st_size), int(stat.st_mtime_ns)]
+
+
+@dataclass
+class CachedCrop:
+    """A decoded crop as memory-mapped stacks of 2-D slices in one plane.
+
+    ``ct_hu`` (int16 or float32 HU), ``label_map`` (uint8) and ``cam`` (float16 in [0, 1], or ``None``)
+    are (n_slices, rows, cols) with rows superior -> inferior (see ``data.masking.plane_slab``).
+    ``crop_shape`` is the crop's array shape (S->I, A->P, R->L) and ``spacing_mm`` its voxel size.
+    """
+
+    key: str
+    plane: str
+    ct_hu: np.ndarray
+    label_map: np.ndarray
+    cam: np.ndarray | None
+    crop_shape: tuple[int, int, int]
+    spacing_mm: np.ndarray
+    sidecar: dict[str, Any]
+
+
+class CropCache:
+    """Decode each crop (and its attention map) once into uncompressed ``.npy`` files, then memory-map them.
+
+    Files live under ``<cache_dir>/<plane>/`` (default ``<dataroot>/.cache/crops``) in slice-major
+    layout for the plane, so reading one slice touches one contiguous block. A JSON record per crop
+    holds the size and mtime of every source file (CT, label, sidecar, attention map); when any of
+    them changes, appears or disappears the entry is rebuilt. Writes are atomic (the record last),
+    so concurrent builders (DataLoader workers, DDP ranks) never see half-written entries.
+    """
+
+    def __init__(self, dataroot: str | Path, cache_dir: str | Path | None = None,
+                 cam_dir: str | Path | None = None) -> None:
+        self.dataroot = Path(dataroot)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.dataroot / ".cache" / "crops"
+        self.cam_dir = Path(cam_dir) if cam_dir else None
+        self._open: dict[tuple[str, str], tuple[dict[str, Any], CachedCrop]] = {}
+
+    def cam_path(self, key: str) -> Path | None:
+        """Attention map of ``key`` (``<cam_dir>/<key>.nii.gz``), or ``None`` without a ``cam_dir``."""
+        return self.cam_dir / f"{key}.nii.gz" if self.cam_dir else None
+
+    def source_signatures(self, key: str) -> dict[str, list[int] | None]:
+        """Size and mtime of every source file of ``key`` (``None`` for absent files)."""
+        paths = crop_paths(self.dataroot, key)
+        cam = self.cam_path(key)
+        return {"ct": file_signature(paths.ct), "label": file_signature(paths.label),
+                "sidecar": file_signature(paths.sidecar), "cam": file_signature(cam) if cam else None}
+
+    def entry_paths(self, key: str, plane: str) -> dict[str, Path]:
+        """Cache files of ``key`` in ``plane``: record JSON and the three arrays."""
+        folder = self.cache_dir / plane
+        return {"record": folder / f"{key}.json", "ct": folder / f"{key}.ct.npy",
+                "label": folder / f"{key}.label.npy", "cam": folder / f"{key}.cam.npy"}
+
+    def get(self, key: str, plane: str = "sagittal") -> CachedCrop:
+        """The memory-mapped crop ``key`` in ``plane``, decoding the NIfTI files only when the cache is stale."""
+        signatures = self.source_signatures(key)
+        if signatures["label"] is None:
+            raise ImageIOError(f"{crop_paths(self.dataroot, key).label}: label crop not found")
+        if signatures["ct"] is None:
+            raise ImageIOError(f"{crop_paths(self.dataroot, key).ct}: CT crop not found")
+        opened = self._open.get((key, plane))
+        if opened is not None and opened[0] == signatures:
+            return opened[1]
+        paths = self.entry_paths(key, plane)
+        record = self._read_record(paths["record"])
+        if record is None or record.get("version") != CACHE_VERSION or record.get("sources") != signatures:
+            record = self._build(key, plane, signatures, paths)
+        crop = self._map(key, plane, record, paths)
+        self._open[(key, plane)] = (signatures, crop)
+        return crop
+
+    @staticmethod
+    def _read_record(path: Path) -> dict[str, Any] | None:
+        try:
+            return read_json(path)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _build(self, key: str, plane: str, signatures: dict[str, list[int] | None],
+               paths: dict[str, Path]) -> dict[str, Any]:
+        crop = load_crop(self.dataroot, key)
+        ct = crop.ct_hu
+        int16 = np.iinfo(np.int16)
+        integral = bool(np.all(ct == np.rint(ct))) and ct.min() >= int16.min and ct.max() <= int16.max
+        arrays = {"ct": ct.astype(np.int16) if integral else ct, "label": crop.label_map}
+        cam_file = self.cam_path(key)
+        if signatures["cam"] is not None and cam_file is not None:
+            cam = load_ct(cam_file)
+            check_same_grid(Volume(crop.label_map, crop.affine, crop_paths(self.dataroot, key).label), cam)
+            arrays["cam"] = np.clip(cam.array, 0.0, 1.0).astype(np.float16)  # 5e-4 precision, half the size
+        record = {"version": CACHE_VERSION, "key": key, "plane": plane, "sources": signatures,
+                  "crop_shape": list(crop.label_map.shape), "affine": crop.affine.tolist(),
+                  "sidecar": crop.sidecar, "has_cam": "cam" in arrays}
+        try:
+            for name, array in arrays.items():
+                with atomic_path(paths[name]) as tmp:
+                    np.save(tmp, np.ascontiguousarray(plane_slab(array, plane)))
+            write_json(paths["record"], record)
+        except OSError as err:
+            raise ImageIOError(f"{self.cache_dir}: cannot write the crop cache ({err.strerror or err}); "
+                               "choose a writable --cache_dir") from err
+        return record
+
+    @staticmethod
+    def _map(key: str, plane: str, record: dict[str, Any], paths: dict[str, Path]) -> CachedCrop:
+        try:
+            ct = np.load(paths["ct"], mmap_mode="r")
+            label = np.load(paths["label"], mmap_mode="r")
+            cam = np.load(paths["cam"], mmap_mode="r") if record["has_cam"] else None
+        except (OSError, ValueError) as err:
+            raise ImageIOError(f"{paths['record']}: crop cache entry unreadable ({err}); delete the cache folder") from err
+        return CachedCrop(key, plane, ct, label, cam, tuple(record["crop_shape"]),
+                          voxel_spacing(np.asarray(record["affine"])), record["sidecar"])

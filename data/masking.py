@@ -1,0 +1,300 @@
+"""Masked-slice construction (DESIGN 4.1): the one implementation used by training and inference.
+
+A 2-D slice has rows along the height axis (superior -> inferior) and columns along the other
+in-plane axis. For the target vertebra's rows [x1, x2] (inclusive, after removing connected
+components smaller than ``min_component_px``) and h = x2 - x1, a band of M rows
+(``mask_height_px``) is centred at c = (x1 + x2) // 2 and clamped to the image. Outside the band
+the slice keeps the rows just above x1 (above the band) and the rows from x2 downwards (below the
+band), so the neighbours abut the band and the target is gone; the band holds ``fill_value``.
+The neighbour-label slice and the attention map are shifted the same way.
+
+Slices are sampled from the central 4/5 of the target's extent along the slicing axis with
+triangular weights peaking at the centre; the offset ratio r = |z - z_c| / extent * 2 is an input
+plane of the generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.morphology import remove_small_components, row_extent
+
+PLANES = ("sagittal", "coronal")
+BAND_FILL_VALUE = 0.0  # the band of the masked CT is zero (windowed units, DESIGN 4.1)
+CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
+MIN_COMPONENT_PX = 50
+
+
+@dataclass
+class MaskedSlice:
+    """One masked slice; images (H, W) float32, rows are the height axis (superior -> inferior).
+
+    masked_ct: CT with the target cut out and the band set to the fill value (same units as the input).
+    band_mask: 1 inside the band rows [band_top, band_top + M), else 0.
+    neighbour_label: shifted mask (0/1) of the neighbouring vertebrae (``neighbour_labels``, target excluded).
+    cam: shifted attention map (zeros when none was given); 0 in the band.
+    target_label_mask: mask (0/1) of the target in the original (unshifted) slice, small components removed.
+    target_top, target_bottom: inclusive rows x1, x2 of the target in the original slice.
+    band_top: first band row; band_centre: band_top + M // 2; height_px: x2 - x1 (rows).
+    """
+
+    masked_ct: np.ndarray
+    band_mask: np.ndarray
+    neighbour_label: np.ndarray
+    cam: np.ndarray
+    target_label_mask: np.ndarray
+    target_top: int
+    target_bottom: int
+    band_top: int
+    band_centre: int
+    height_px: int
+
+
+@dataclass
+class MaskedSliceBatch:
+    """Masked slices of many slices of one vertebra; images (N, H, W) float32, rows (N,) int64.
+
+    ``valid[n]`` is False where slice n has no target left after component removal or the target
+    does not fit in the band; the images of invalid slices are all ``fill_value``/zero and their
+    rows are -1.
+    """
+
+    masked_ct: np.ndarray
+    band_mask: np.ndarray
+    neighbour_label: np.ndarray
+    cam: np.ndarray
+    target_label_mask: np.ndarray
+    target_top: np.ndarray
+    target_bottom: np.ndarray
+    band_top: np.ndarray
+    band_centre: np.ndarray
+    height_px: np.ndarray
+    valid: np.ndarray
+
+    def item(self, n: int) -> MaskedSlice | None:
+        """Slice ``n`` as a :class:`MaskedSlice` (``None`` when it is not valid)."""
+        if not self.valid[n]:
+            return None
+        return MaskedSlice(self.masked_ct[n], self.band_mask[n], self.neighbour_label[n], self.cam[n],
+                           self.target_label_mask[n], int(self.target_top[n]), int(self.target_bottom[n]),
+                           int(self.band_top[n]), int(self.band_centre[n]), int(self.height_px[n]))
+
+
+def band_top_row(target_top: np.ndarray | int, target_bottom: np.ndarray | int, mask_height_px: int,
+                 image_rows: int) -> np.ndarray:
+    """First band row: the M-row band centred at (x1 + x2) // 2, clamped into [0, image_rows - M]."""
+    centre = (np.asarray(target_top) + np.asarray(target_bottom)) // 2
+    return np.clip(centre - mask_height_px // 2, 0, image_rows - mask_height_px)
+
+
+def shifted_row_sources(target_top: np.ndarray, target_bottom: np.ndarray, band_top: np.ndarray,
+                        mask_height_px: int, image_rows: int) -> np.ndarray:
+    """(N, image_rows) source row of every output row of the masked slice; -1 inside the band.
+
+    Output rows above the band come from the rows just above x1, rows below it from x2 downwards.
+    """
+    rows = np.arange(image_rows)[None, :]
+    top = np.asarray(target_top)[:, None]
+    bottom = np.asarray(target_bottom)[:, None]
+    band_start = np.asarray(band_top)[:, None]
+    band_stop = band_start + mask_height_px
+    sources = np.where(rows < band_start, top - band_start + rows, bottom + rows - band_stop)
+    return np.where((rows >= band_start) & (rows < band_stop), -1, sources)
+
+
+def gather_rows(images: np.ndarray, sources: np.ndarray, fill_value: float) -> np.ndarray:
+    """``out[n, r] = images[n, sources[n, r]]`` (float32, whole rows), ``fill_value`` where the source is -1."""
+    safe = np.clip(sources, 0, images.shape[1] - 1)
+    out = np.asarray(images)[np.arange(len(safe))[:, None], safe].astype(np.float32, copy=False)
+    out[sources < 0] = fill_value
+    return out
+
+
+def target_masks(label_slices: np.ndarray, target_label: int, min_component_px: int) -> np.ndarray:
+    """(N, H, W) bool masks of ``target_label`` per slice, components under ``min_component_px`` removed."""
+    masks = np.asarray(label_slices) == target_label
+    for n in np.flatnonzero(masks.any(axis=(1, 2))):
+        rows = np.flatnonzero(masks[n].any(axis=1))
+        cols = np.flatnonzero(masks[n].any(axis=0))
+        box = (n, slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # components lie inside the box
+        masks[box] = remove_small_components(masks[box], min_component_px)
+    return masks
+
+
+def target_row_extents(label_slices: np.ndarray, target_label: int,
+                       min_component_px: int = MIN_COMPONENT_PX) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive target rows (x1, x2) per slice of an (N, H, W) stack; -1 where the target is absent."""
+    masks = target_masks(label_slices, target_label, min_component_px)
+    return _row_extents(masks)
+
+
+def _row_extents(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    top = np.full(len(masks), -1, dtype=np.int64)
+    bottom = np.full(len(masks), -1, dtype=np.int64)
+    for n, mask in enumerate(masks):
+        extent = row_extent(mask)
+        if extent is not None:
+            top[n], bottom[n] = extent
+    return top, bottom
+
+
+def fits_in_band(target_top: np.ndarray, target_bottom: np.ndarray, mask_height_px: int,
+                 image_rows: int) -> np.ndarray:
+    """True where the target is present and its rows [x1, x2] lie inside the clamped band."""
+    top = np.asarray(target_top)
+    bottom = np.asarray(target_bottom)
+    band_top = band_top_row(top, bottom, mask_height_px, image_rows)
+    return (top >= 0) & (top >= band_top) & (bottom <= band_top + mask_height_px)
+
+
+def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_label: int,
+                       cam_slices: np.ndarray | None, mask_height_px: int,
+                       min_component_px: int = MIN_COMPONENT_PX, *,
+                       neighbour_labels: Collection[int] | None = None,
+                       fill_value: float = BAND_FILL_VALUE) -> MaskedSliceBatch:
+    """Masked slices (DESIGN 4.1) of an (N, H, W) stack of slices of one vertebra, vectorized.
+
+    Args:
+        ct_slices: (N, H, W) CT, rows superior -> inferior (any units; windowed [-1, 1] in training).
+        label_slices: (N, H, W) integer VerSe labels on the same grid.
+        target_label: VerSe id of the vertebra to cut out.
+        cam_slices: (N, H, W) attention maps in [0, 1], or ``None`` for no attention (zeros).
+        mask_height_px: band height M in rows (``--mask_height`` mm / row spacing).
+        min_component_px: target components smaller than this (pixels, 8-connected) are ignored.
+        neighbour_labels: labels that count as neighbours in ``neighbour_label``; ``None`` = every
+            non-zero label. The target is never a neighbour.
+        fill_value: value of the masked CT inside the band.
+    """
+    ct_slices = np.asarray(ct_slices)
+    label_slices = np.asarray(label_slices)
+    if ct_slices.ndim != 3 or ct_slices.shape != label_slices.shape:
+        raise ValueError(f"make_masked_slices: CT {ct_slices.shape} and label {label_slices.shape} "
+                         "must be (N, H, W) stacks of the same shape")
+    if cam_slices is not None and np.shape(cam_slices) != ct_slices.shape:
+        raise ValueError(f"make_masked_slices: attention map {np.shape(cam_slices)} differs from CT {ct_slices.shape}")
+    count, rows, _ = ct_slices.shape
+    if not 0 < mask_height_px <= rows:
+        raise ValueError(f"make_masked_slices: mask height {mask_height_px} px must be in 1..{rows} (image rows)")
+    target = target_masks(label_slices, target_label, min_component_px)
+    top, bottom = _row_extents(target)
+    valid = fits_in_band(top, bottom, mask_height_px, rows)
+    top = np.where(valid, top, -1)
+    bottom = np.where(valid, bottom, -1)
+    band_top = np.where(valid, band_top_row(top, bottom, mask_height_px, rows), -1)
+    sources = shifted_row_sources(top, bottom, band_top, mask_height_px, rows)
+    sources[~valid] = -1
+    if neighbour_labels is None:
+        neighbours = label_slices > 0
+    else:
+        neighbours = np.isin(label_slices, np.fromiter(neighbour_labels, dtype=np.int64))
+    neighbours &= label_slices != target_label
+    band_rows = (sources < 0) & valid[:, None]
+    band_mask = np.repeat(band_rows[:, :, None], ct_slices.shape[2], axis=2).astype(np.float32)
+    target_out = target.astype(np.float32)
+    target_out[~valid] = 0.0
+    cam = (gather_rows(cam_slices, sources, 0.0) if cam_slices is not None
+           else np.zeros(ct_slices.shape, dtype=np.float32))
+    return MaskedSliceBatch(
+        masked_ct=gather_rows(ct_slices, sources, fill_value),
+        band_mask=band_mask,
+        neighbour_label=gather_rows(neighbours, sources, 0.0),
+        cam=cam,
+        target_label_mask=target_out,
+        target_top=top,
+        target_bottom=bottom,
+        band_top=band_top,
+        band_centre=np.where(valid, band_top + mask_height_px // 2, -1),
+        height_px=np.where(valid, bottom - top, -1),
+        valid=valid,
+    )
+
+
+def make_masked_slice(ct_slice: np.ndarray, label_slice: np.ndarray, target_label: int,
+                      cam_slice: np.ndarray | None, mask_height_px: int,
+                      min_component_px: int = MIN_COMPONENT_PX, *,
+                      neighbour_labels: Collection[int] | None = None,
+                      fill_value: float = BAND_FILL_VALUE) -> MaskedSlice | None:
+    """Masked slice (DESIGN 4.1) of one (H, W) slice; ``None`` when the target is absent or taller than the band.
+
+    See :func:`make_masked_slices` for the arguments (single slices instead of stacks).
+    """
+    cam = None if cam_slice is None else np.asarray(cam_slice)[None]
+    batch = make_masked_slices(np.asarray(ct_slice)[None], np.asarray(label_slice)[None], target_label, cam,
+                               mask_height_px, min_component_px, neighbour_labels=neighbour_labels,
+                               fill_value=fill_value)
+    return batch.item(0)
+
+
+def target_slice_extent(label_slices: np.ndarray, target_label: int,
+                        min_component_px: int = MIN_COMPONENT_PX) -> tuple[int, int] | None:
+    """First and last slice (inclusive) of an (N, H, W) stack holding the target, ignoring 3-D islands
+    smaller than ``min_component_px`` voxels; ``None`` when the target is absent."""
+    mask = remove_small_components(np.asarray(label_slices) == target_label, min_component_px)
+    return row_extent(mask)
+
+
+def central_slice_range(first: int, last: int, fraction: float = CENTRAL_FRACTION) -> tuple[int, int]:
+    """Inclusive range of the central ``fraction`` of the slices [first, last] (at least one slice)."""
+    extent = last - first + 1
+    kept = max(1, int(extent * fraction))
+    start = first + (extent - kept) // 2
+    return start, start + kept - 1
+
+
+def slice_centre(first: int, last: int, fraction: float = CENTRAL_FRACTION) -> int:
+    """Centre slice z_c of the target extent [first, last] (centre of its central range)."""
+    start, stop = central_slice_range(first, last, fraction)
+    return (start + stop) // 2
+
+
+def slice_offset_ratio(index: int | np.ndarray, first: int, last: int,
+                       fraction: float = CENTRAL_FRACTION) -> np.ndarray | float:
+    """Offset plane value r = |z - z_c| / (last - first + 1) * 2 of slice ``index`` (unitless)."""
+    ratio = np.abs(np.asarray(index) - slice_centre(first, last, fraction)) / (last - first + 1) * 2.0
+    return float(ratio) if np.ndim(ratio) == 0 else ratio
+
+
+def slice_sampling_weights(first: int, last: int,
+                           fraction: float = CENTRAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate slices of the central range and their triangular probabilities (peak at z_c)."""
+    start, stop = central_slice_range(first, last, fraction)
+    indices = np.arange(start, stop + 1)
+    centre = (start + stop) // 2
+    weights = 1.0 - np.abs(indices - centre) / max(stop - start, 1)
+    return indices, weights / weights.sum()
+
+
+def plane_slab(volume: np.ndarray, plane: str) -> np.ndarray:
+    """View of a crop (S->I, A->P, R->L) as a stack of 2-D slices (N, rows, cols), rows superior -> inferior.
+
+    sagittal: slices ``volume[:, :, z]`` (cols A->P); coronal: slices ``volume[:, y, :]`` (cols R->L).
+    """
+    if plane == "sagittal":
+        return np.moveaxis(volume, 2, 0)
+    if plane == "coronal":
+        return np.moveaxis(volume, 1, 0)
+    raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
+
+
+def canvas_width(crop_shape: tuple[int, int, int]) -> int:
+    """Width of the 2-D canvas: sagittal slices keep their A->P width, coronal slices are pasted onto it.
+
+    Both planes then give images of the same size (square for the default 256 x 256 x 64 crops).
+    """
+    return max(int(crop_shape[1]), int(crop_shape[2]))
+
+
+def paste_columns(slices: np.ndarray, width: int, fill_value: float) -> np.ndarray:
+    """Centre (…, rows, cols) images on a canvas ``width`` columns wide filled with ``fill_value``."""
+    cols = slices.shape[-1]
+    if cols == width:
+        return slices
+    if cols > width:
+        raise ValueError(f"paste_columns: {cols} columns do not fit a canvas {width} wide")
+    left = (width - cols) // 2
+    canvas = np.full(slices.shape[:-1] + (width,), fill_value, dtype=slices.dtype)
+    canvas[..., left:left + cols] = slices
+    return canvas

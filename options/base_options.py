@@ -1,0 +1,153 @@
+"""Options shared by training and testing (pix2pix style).
+
+Parsing happens in three passes so that ``--help`` lists every flag: the base flags, then the flags
+of the model chosen by ``--model`` (``models.get_option_setter``), then those of the dataset chosen
+by ``--dataset_mode`` (``data.get_option_setter``). A flag defined by an earlier pass is kept (the
+model and dataset setters skip flags that already exist). The parsed options are printed and saved
+as ``<checkpoints_dir>/<name>/[<phase>_]opt.txt`` and ``.json`` (rank 0 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import data
+import models
+from data.masking import PLANES
+from util.device import parse_gpu_ids
+from util.fileio import atomic_write, write_json
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """``parser.add_argument(flag, ...)`` unless ``flag`` is already defined (first definition wins)."""
+    if flag not in parser._option_string_actions:
+        parser.add_argument(flag, **kwargs)
+
+
+def non_negative_float_or_inf(text: str) -> float:
+    """argparse type: a non-negative number or ``inf``."""
+    value = float(text)
+    if value < 0 or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative number or inf")
+    return value
+
+
+def options_to_dict(opt: argparse.Namespace) -> dict[str, Any]:
+    """The options as a plain JSON-compatible dict (for opt.json and checkpoints)."""
+    plain: dict[str, Any] = {}
+    for key, value in sorted(vars(opt).items()):
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        plain[key] = value
+    return plain
+
+
+class BaseOptions:
+    """Flags shared by train.py and the test/synthesis scripts."""
+
+    isTrain = False
+    file_prefix = ""
+
+    def __init__(self) -> None:
+        self.parser: argparse.ArgumentParser | None = None
+
+    def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Base flags (data, experiment, device, reproducibility)."""
+        parser.add_argument("--dataroot", required=True,
+                            help="folder of straightened crops (holds CT/ and label/, DESIGN 3.3)")
+        parser.add_argument("--split_json", default=None,
+                            help="split JSON {train,val,test: {<case>_<v>: grade}}; if omitted, <dataroot>/../vertebra_data.json")
+        parser.add_argument("--cam_dir", default=None,
+                            help="folder of attention maps <key>.nii.gz (missing: all-zero attention, one warning)")
+        parser.add_argument("--name", default="experiment_name",
+                            help="experiment name; checkpoints and logs go to <checkpoints_dir>/<name>")
+        parser.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are stored")
+        parser.add_argument("--gpu_ids", default="0",
+                            help="GPU ids, e.g. 0 or 0,1; -1 for CPU (CPU is used when no GPU is available)")
+        parser.add_argument("--model", default="healthivert", help="model to use (models.create_model)")
+        parser.add_argument("--dataset_mode", default="aligned", help="dataset to use (data/<mode>_dataset.py)")
+        parser.add_argument("--plane", default="sagittal", choices=list(PLANES),
+                            help="slice plane: sagittal slices [:, :, z] or coronal slices [:, y, :]")
+        parser.add_argument("--batch_size", type=int, default=1, help="input batch size (per process under torchrun)")
+        parser.add_argument("--num_threads", type=int, default=4, help="DataLoader worker processes (0: load in the main process)")
+        parser.add_argument("--serial_batches", action="store_true",
+                            help="take vertebrae in order instead of shuffling")
+        parser.add_argument("--max_dataset_size", type=non_negative_float_or_inf, default=math.inf,
+                            help="use at most this many vertebrae (sorted by key)")
+        parser.add_argument("--cache_dir", default=None,
+                            help="decoded-crop cache folder, rebuilt when a crop changes; if omitted, <dataroot>/.cache/crops")
+        parser.add_argument("--epoch", default="latest",
+                            help="checkpoint to load: 'latest' or an epoch number (<checkpoints_dir>/<name>/<epoch>.pth)")
+        parser.add_argument("--load_iter", type=int, default=0,
+                            help="if > 0, load the checkpoint saved at this iteration (iter_<n>.pth) instead of --epoch")
+        parser.add_argument("--seed", type=int, default=0, help="random seed (Python, NumPy, PyTorch, data sampling)")
+        parser.add_argument("--deterministic", action="store_true",
+                            help="bitwise repeatable kernels on one device (slower)")
+        parser.add_argument("--verbose", action="store_true", help="print network sizes and more")
+        parser.add_argument("--suffix", default="", help="appended to --name, formatted with the options, e.g. {plane}")
+        return parser
+
+    def build_parser(self, argv: list[str] | None) -> argparse.ArgumentParser:
+        """Parser with the base, model and dataset flags (model and dataset chosen from ``argv``)."""
+        parser = argparse.ArgumentParser(
+            description="HealthiVert-GAN " + ("training" if self.isTrain else "testing") + " options",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=False)
+        parser = self.initialize(parser)
+        known, _ = parser.parse_known_args(argv)
+        parser = models.get_option_setter(known.model)(parser, self.isTrain)
+        known, _ = parser.parse_known_args(argv)
+        parser = data.get_option_setter(known.dataset_mode)(parser, self.isTrain)
+        parser.add_argument("-h", "--help", action="help", help="show this help message (every flag) and exit")
+        return parser
+
+    def gather_options(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """Parse ``argv`` (default ``sys.argv[1:]``) with every flag."""
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if any(arg in ("-h", "--help") for arg in argv):
+            # --help must not fail on the required --dataroot before all flags are known.
+            argv = argv + (["--dataroot", "."] if "--dataroot" not in argv else [])
+        self.parser = self.build_parser(argv)
+        return self.parser.parse_args(argv)
+
+    def format_options(self, opt: argparse.Namespace) -> str:
+        """Readable listing of the options, marking values that differ from the defaults."""
+        lines = ["----------------- Options ---------------"]
+        for key, value in sorted(vars(opt).items()):
+            default = self.parser.get_default(key) if self.parser else None
+            comment = f"\t[default: {default}]" if default is not None and value != default else ""
+            lines.append(f"{key:>25}: {value!s:<30}{comment}")
+        lines.append("----------------- End -------------------")
+        return "\n".join(lines)
+
+    def save_options(self, opt: argparse.Namespace) -> None:
+        """Print the options and save them as text and JSON beside the checkpoints."""
+        text = self.format_options(opt)
+        print(text)
+        folder = Path(opt.checkpoints_dir) / opt.name
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder / f"{self.file_prefix}opt.txt") as handle:
+            handle.write(text + "\n")
+        write_json(folder / f"{self.file_prefix}opt.json", options_to_dict(opt))
+
+    def parse(self, argv: list[str] | None = None, save: bool = True) -> argparse.Namespace:
+        """Parse, post-process (suffix, GPU ids) and, on rank 0, print and save the options."""
+        opt = self.gather_options(argv)
+        opt.isTrain = self.isTrain
+        if opt.suffix:
+            opt.name = f"{opt.name}_{opt.suffix.format(**vars(opt))}"
+        opt.gpu_ids = parse_gpu_ids(opt.gpu_ids)
+        opt.hu_window = [float(v) for v in opt.hu_window] if hasattr(opt, "hu_window") else None
+        if opt.batch_size < 1:
+            self.parser.error(f"--batch_size must be >= 1, got {opt.batch_size}")
+        if opt.num_threads < 0:
+            self.parser.error(f"--num_threads must be >= 0, got {opt.num_threads}")
+        if save and int(os.environ.get("RANK", 0)) == 0:
+            self.save_options(opt)
+        return opt

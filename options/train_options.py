@@ -1,0 +1,56 @@
+"""Training options: the training loop, logging, checkpoints and validation (pix2pix names)."""
+
+from __future__ import annotations
+
+import argparse
+
+from options.base_options import BaseOptions
+
+
+class TrainOptions(BaseOptions):
+    """Flags of train.py (base flags + these + the model's and dataset's)."""
+
+    isTrain = True
+
+    def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser = BaseOptions.initialize(self, parser)
+        parser.add_argument("--phase", default="train", help="split trained on (DESIGN 3.5)")
+        # schedule (pix2pix: constant LR for n_epochs, then linear decay to zero over n_epochs_decay)
+        parser.add_argument("--n_epochs", type=int, default=200, help="epochs at the initial learning rate")
+        parser.add_argument("--n_epochs_decay", type=int, default=800, help="epochs of linear decay to zero")
+        parser.add_argument("--epoch_count", type=int, default=1,
+                            help="number of the first epoch (ignored by --continue_train, which resumes the checkpoint's)")
+        parser.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
+        parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
+        parser.add_argument("--lr_policy", default="linear", choices=["linear", "step", "plateau", "cosine"],
+                            help="learning-rate policy (one step per epoch)")
+        parser.add_argument("--lr_decay_iters", type=int, default=50, help="step policy: epochs between decays")
+        parser.add_argument("--max_steps", type=int, default=0,
+                            help="stop after this many iterations in total, saving latest.pth (0: no limit); "
+                                 "for smoke tests and benchmarks")
+        # checkpoints
+        parser.add_argument("--continue_train", action="store_true",
+                            help="resume from <checkpoints_dir>/<name>/<--epoch>.pth exactly where it stopped")
+        parser.add_argument("--save_latest_freq", type=int, default=5000,
+                            help="save latest.pth every this many iterations")
+        parser.add_argument("--save_epoch_freq", type=int, default=5,
+                            help="save <epoch>.pth (and latest.pth) at the end of every this many epochs")
+        parser.add_argument("--save_by_iter", action="store_true",
+                            help="also keep iter_<n>.pth at every --save_latest_freq")
+        # logging
+        parser.add_argument("--print_freq", type=int, default=100, help="log losses every this many iterations")
+        parser.add_argument("--display_freq", type=int, default=400,
+                            help="save sample visuals (HTML, TensorBoard) every this many iterations")
+        parser.add_argument("--display_ncols", type=int, default=4, help="images per row on the HTML page and visdom")
+        parser.add_argument("--no_html", action="store_true", help="do not write <checkpoints_dir>/<name>/web/")
+        parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard events")
+        parser.add_argument("--use_visdom", action="store_true", help="also show visuals and losses in visdom (if installed)")
+        parser.add_argument("--display_server", default="http://localhost", help="visdom server")
+        parser.add_argument("--display_port", type=int, default=8097, help="visdom port")
+        parser.add_argument("--display_env", default="main", help="visdom environment")
+        parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+        # validation
+        parser.add_argument("--val_freq", type=int, default=5,
+                            help="validate on the healthy val vertebrae every this many epochs (0: never)")
+        parser.add_argument("--val_phase", default="val", help="split used for validation")
+        return parser

@@ -1,0 +1,34 @@
+"""Run train.py's trainer under torchrun and save each rank's final weights (for the DDP test).
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_train_worker.py OUT_DIR <train.py flags>
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from options.train_options import TrainOptions  # noqa: E402
+from train import Trainer, setup_distributed  # noqa: E402
+from util.device import seed_everything  # noqa: E402
+
+
+def main() -> int:
+    out = Path(sys.argv[1])
+    opt = TrainOptions().parse(sys.argv[2:])
+    context = setup_distributed(opt)
+    seed_everything(opt.seed, opt.deterministic)
+    trainer = Trainer(opt, context)
+    trainer.run()
+    nets = {name: getattr(getattr(trainer.model, "net" + name), "module").state_dict()
+            for name in trainer.model.model_names}
+    torch.save({"nets": nets, "world_size": dist.get_world_size()}, out / f"rank{context.rank}.pt")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
