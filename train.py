@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data import DatasetLoader, create_dataset
+from data.loader import DatasetLoader, create_dataset
 from data.image_io import ImageIOError
 from models import create_model
 from options.base_options import options_to_dict

@@ -37,7 +37,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data import create_dataset  # noqa: E402
+from data.loader import create_dataset  # noqa: E402
 from data.aligned_dataset import AlignedDataset  # noqa: E402
 from data.crops import crop_affine, crop_paths, write_crop  # noqa: E402
 from data.image_io import save_nifti, window_hu  # noqa: E402

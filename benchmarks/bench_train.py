@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from bench_dataset import write_benchmark_cohort  # noqa: E402
-from data import create_dataset  # noqa: E402
+from data.loader import create_dataset  # noqa: E402
 from models import create_model  # noqa: E402
 from options.train_options import TrainOptions  # noqa: E402
 from util.device import seed_everything  # noqa: E402

@@ -2,7 +2,7 @@
 
 Parsing happens in three passes so that ``--help`` lists every flag: the base flags, then the flags
 of the model chosen by ``--model`` (``models.get_option_setter``), then those of the dataset chosen
-by ``--dataset_mode`` (``data.get_option_setter``). A flag defined by an earlier pass is kept (the
+by ``--dataset_mode`` (``data.loader.get_option_setter``). A flag defined by an earlier pass is kept (the
 model and dataset setters skip flags that already exist). The parsed options are printed and saved
 as ``<checkpoints_dir>/<name>/[<phase>_]opt.txt`` and ``.json`` (rank 0 only).
 """
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import data
+from data import loader as dataset_loader
 import models
 from data.masking import PLANES
 from util.device import parse_gpu_ids
@@ -103,7 +103,7 @@ class BaseOptions:
         known, _ = parser.parse_known_args(argv)
         parser = models.get_option_setter(known.model)(parser, self.isTrain)
         known, _ = parser.parse_known_args(argv)
-        parser = data.get_option_setter(known.dataset_mode)(parser, self.isTrain)
+        parser = dataset_loader.get_option_setter(known.dataset_mode)(parser, self.isTrain)
         parser.add_argument("-h", "--help", action="help", help="show this help message (every flag) and exit")
         return parser
 

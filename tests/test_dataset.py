@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import data.crops
-from data import create_dataset, find_dataset_using_name
+from data.loader import create_dataset, find_dataset_using_name
 from data.aligned_dataset import AlignedDataset, mask_height_rows
 from data.crops import CropCache, crop_affine, crop_paths, write_crop
 from data.image_io import ImageIOError, save_nifti, window_hu

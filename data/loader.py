@@ -1,0 +1,136 @@
+"""The pix2pix-style dataset registry and the epoch-deterministic loader.
+
+``--dataset_mode <name>`` selects the class ``<Name>Dataset`` in ``data/<name>_dataset.py`` (a
+``torch.utils.data.Dataset`` with a static ``modify_commandline_options(parser, is_train)``).
+:func:`create_dataset` wraps it in a :class:`DataLoader` over an :class:`EpochSampler`, which
+shards it across ``torchrun`` ranks and makes every epoch's order and slice choice a function of
+``(seed, epoch)`` only, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import warnings
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+def find_dataset_using_name(dataset_name: str) -> type:
+    """The dataset class ``<Name>Dataset`` of module ``data.<name>_dataset`` (case-insensitive, '_' ignored)."""
+    module_name = f"data.{dataset_name}_dataset"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise ValueError(f"--dataset_mode {dataset_name!r}: no module {module_name}") from None
+    target = dataset_name.replace("_", "").lower() + "dataset"
+    for name, cls in vars(module).items():
+        if name.lower() == target and isinstance(cls, type) and issubclass(cls, torch.utils.data.Dataset):
+            return cls
+    raise ValueError(f"--dataset_mode {dataset_name!r}: {module_name} defines no Dataset class named like {target}")
+
+
+def get_option_setter(dataset_name: str) -> Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]:
+    """The dataset's ``modify_commandline_options(parser, is_train)``."""
+    return find_dataset_using_name(dataset_name).modify_commandline_options
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) outside ``torchrun``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` that yields ``(epoch, index)`` and can start part-way through an epoch.
+
+    Each rank gets its shard of a permutation seeded by ``(seed, epoch)`` (the dataset seeds its
+    per-item randomness the same way), so the data of an epoch do not depend on workers or resumes.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, num_replicas: int, rank: int, shuffle: bool,
+                 seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` samples of this rank's shard (resuming inside an epoch)."""
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.start:]
+        return iter([(self.epoch, int(i)) for i in indices])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
+
+
+def collate_float32(items: list[dict]) -> dict:
+    """``default_collate``, with Python floats batched as float32 (not float64) tensors."""
+    batch = torch.utils.data.default_collate(items)
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.float64 else v for k, v in batch.items()}
+
+
+class DatasetLoader:
+    """pix2pix ``CustomDatasetDataLoader``: a dataset, its sampler and a ``DataLoader``."""
+
+    def __init__(self, opt: argparse.Namespace, dataset: torch.utils.data.Dataset, shuffle: bool) -> None:
+        rank, world_size = distributed_rank_and_size()
+        self.dataset = dataset
+        self.batch_size = int(opt.batch_size)
+        self.sampler = EpochSampler(dataset, world_size, rank, shuffle, int(getattr(opt, "seed", 0)))
+        workers = int(opt.num_threads)
+        self.dataloader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=torch.cuda.is_available() and bool(opt.gpu_ids),
+            generator=torch.Generator().manual_seed(int(getattr(opt, "seed", 0))), collate_fn=collate_float32,
+        )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select ``epoch``'s order and skip its first ``start_batch`` batches."""
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start_batch * self.batch_size)
+
+    def batches_per_epoch(self) -> int:
+        """Batches this rank sees in a full epoch."""
+        return -(-self.sampler.num_samples // self.batch_size)
+
+    def load_data(self) -> "DatasetLoader":
+        return self
+
+    def __len__(self) -> int:
+        """Number of vertebrae in the dataset (all ranks)."""
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.dataloader)
+
+
+def create_dataset(opt: argparse.Namespace, phase: str | None = None, shuffle: bool | None = None,
+                   show_progress: bool = True, **dataset_kwargs) -> DatasetLoader:
+    """Build the ``--dataset_mode`` dataset for ``phase`` (default ``opt.phase``) and its loader.
+
+    Under ``torchrun`` rank 0 builds the crop cache first while the other ranks wait, then they
+    reuse it. ``shuffle`` defaults to ``not opt.serial_batches`` in the training phase; rank 0 shows
+    a progress bar while indexing unless ``show_progress`` is False.
+    """
+    phase = phase or opt.phase
+    dataset_class = find_dataset_using_name(opt.dataset_mode)
+    rank, world_size = distributed_rank_and_size()
+    if world_size > 1 and rank != 0:
+        dist.barrier()
+    with warnings.catch_warnings():
+        if rank != 0:  # one copy of each data warning per job
+            warnings.simplefilter("ignore")
+        dataset = dataset_class(opt, phase=phase, show_progress=rank == 0 and show_progress, **dataset_kwargs)
+    if world_size > 1 and rank == 0:
+        dist.barrier()
+    if shuffle is None:
+        shuffle = phase == "train" and not getattr(opt, "serial_batches", False)
+    return DatasetLoader(opt, dataset, shuffle)
