@@ -18,7 +18,7 @@ from data.aligned_dataset import AlignedDataset, mask_height_rows
 from data.crops import CropCache, crop_affine, crop_paths, write_crop
 from data.image_io import ImageIOError, save_nifti, window_hu
 from data.masking import central_slice_range
-from synthetic_crops import (
+from tests.synthetic_crops import (
     BODY_COLS, CROP_SIZE, HEIGHTS, SPACING_MM, WIDE_WINDOW, body_rows, make_crop_arrays, write_synthetic_cohort,
 )
 from util.fileio import write_json

@@ -14,7 +14,7 @@ from data.image_io import window_hu
 from data.labels import split_key
 from data.masking import central_slice_range, target_slice_extent
 from data.morphology import remove_small_components, row_extent
-from phantom_fixtures import make_test_phantom
+from tests.phantom_fixtures import make_test_phantom
 from straighten.pipeline import straighten_root
 from test_dataset import dataset_options
 from util.fileio import write_json

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from synthetic_crops import write_synthetic_cohort
+from tests.synthetic_crops import write_synthetic_cohort
 from util.checkpoint import load_checkpoint
 from util.fileio import write_json
 

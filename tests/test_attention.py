@@ -1,0 +1,269 @@
+"""Attention (HGAM): classifier training, Grad-CAM++ maps, checkpoints and errors, on synthetic crops."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from Attention.grad_CAM_3d_sagittal import main as grad_cam_main
+from Attention.cam import cam_volume, generate_maps, minmax_per_slice, parse_cam_options
+from Attention.classifier import (
+    build_classifier, central_sagittal_slices, checkpoint_path, classification_metrics, load_classifier,
+    parse_classifier_options, random_shift, train_classifier,
+)
+from data.crops import crop_affine, crop_paths, load_crop, write_crop
+from data.labels import split_key, vertebra_name
+
+CROP_SIZE = (64, 48, 40)  # (S->I, A->P, R->L) voxels; 40 slices so that 10 lie outside the central 30
+SPACING_MM = (1.0, 1.0, 1.0)
+BODY_HEIGHT_MM = 14.0
+DISC_MM = 6.0
+
+
+def synthetic_crop(rng: np.random.Generator, target_label: int, fractured: set[int],
+                   size: tuple[int, int, int] = CROP_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """CT (HU) and label crop of a column of three box-like bodies centred on ``target_label``.
+
+    Bodies have an ~800 HU shell and ~200 HU core, discs 80 HU, soft tissue 40 HU; a fractured body
+    keeps 55 % of its height (a crush fracture). Arrays are (S->I, A->P, R->L).
+    """
+    ct = rng.normal(40.0, 15.0, size).astype(np.float32)
+    labels = np.zeros(size, dtype=np.uint8)
+    rows = np.arange(size[0])[:, None, None]
+    cols = np.arange(size[1])[None, :, None]
+    lat = np.arange(size[2])[None, None, :]
+    centre_row, centre_col, centre_lat = size[0] // 2, size[1] // 2 - 4, size[2] // 2
+    in_section = ((cols - centre_col) / 10.0) ** 2 + ((lat - centre_lat) / 13.0) ** 2 <= 1.0
+    shell_section = ((cols - centre_col) / 8.5) ** 2 + ((lat - centre_lat) / 11.5) ** 2 > 1.0
+    pitch = BODY_HEIGHT_MM + DISC_MM
+    for offset in (-1, 0, 1):
+        label = target_label + offset
+        body_centre = centre_row + offset * pitch
+        height = BODY_HEIGHT_MM * (0.55 if label in fractured else 1.0)
+        top, bottom = int(round(body_centre - height / 2)), int(round(body_centre + height / 2))
+        body_rows = (rows >= top) & (rows < bottom)
+        body = body_rows & in_section
+        shell = body & (shell_section | (rows < top + 2) | (rows >= bottom - 2))
+        ct[body] = rng.normal(200.0, 30.0, int(body.sum()))
+        ct[shell] = rng.normal(800.0, 60.0, int(shell.sum()))
+        labels[body] = label
+        disc_top = int(round(body_centre + BODY_HEIGHT_MM / 2))
+        disc = (rows >= bottom) & (rows < disc_top + int(DISC_MM)) & in_section & (labels == 0)
+        ct[disc] = rng.normal(80.0, 10.0, int(disc.sum()))
+    return ct, labels
+
+
+def write_synthetic_cohort(root: Path, n_cases: int, seed: int) -> dict[str, dict[str, int]]:
+    """Crops of labels 20-22 per case (one of them fractured in half of the cases) and their split."""
+    rng = np.random.default_rng(seed)
+    split: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
+    for case_index in range(n_cases):
+        case = f"syn{case_index:03d}"
+        fractured = {int(rng.integers(20, 23))} if case_index % 2 == 0 else set()
+        phase = "val" if case_index % 4 in (1, 2) and case_index >= 4 else "train"
+        for label in (20, 21, 22):
+            ct, labels = synthetic_crop(rng, label, fractured)
+            key = split_key(case, label)
+            affine = crop_affine(SPACING_MM, np.array([0.0, 0.0, -20.0 * label]), CROP_SIZE)
+            write_crop(root, key, ct, labels, affine, {
+                "case": case, "label": label, "name": vertebra_name(label), "crop_size": list(CROP_SIZE),
+                "spacing_mm": list(SPACING_MM), "axes": "IPL", "centre_voxel": [s // 2 for s in CROP_SIZE],
+                "has_ct": True, "labels_in_crop": sorted(int(v) for v in np.unique(labels) if v),
+            })
+            split[phase][key] = 2 if label in fractured else 0
+    return split
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Run torch on one thread: these inputs are tiny, and on a busy machine two threads are far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic straightened cohort, its split JSON and a briefly trained small classifier."""
+    root = tmp_path_factory.mktemp("attention")
+    dataroot = root / "straightened"
+    split = write_synthetic_cohort(dataroot, n_cases=8, seed=3)
+    split_json = root / "vertebra_data.json"
+    split_json.write_text(json.dumps(split))
+    opt = classifier_options(dataroot, split_json, root / "checkpoints", "syn")
+    metrics = train_classifier(opt)
+    return {"root": root, "dataroot": dataroot, "split_json": split_json, "checkpoints": root / "checkpoints",
+            "metrics": metrics}
+
+
+def classifier_options(dataroot: Path, split_json: Path, checkpoints: Path, name: str, *extra: str):
+    """Options of a short CPU training run."""
+    return parse_classifier_options([
+        "--dataroot", str(dataroot), "--split_json", str(split_json), "--name", name,
+        "--checkpoints_dir", str(checkpoints), "--arch", "small", "--gpu_ids", "-1",
+        "--n_epochs", "1", "--n_epochs_decay", "1", "--slices_per_vertebra", "2", "--batch_size", "8", *extra,
+    ])
+
+
+def cam_options(cohort: dict[str, Path], out: Path, *extra: str):
+    """Options of a CPU map run into ``out``."""
+    return parse_cam_options([
+        "--dataroot", str(cohort["dataroot"]), "--name", "syn", "--checkpoints_dir", str(cohort["checkpoints"]),
+        "--out", str(out), "--gpu_ids", "-1", *extra,
+    ])
+
+
+def test_central_sagittal_slices_and_minmax():
+    assert central_sagittal_slices(64, 30) == (17, 47)
+    assert central_sagittal_slices(40, 30) == (5, 35)
+    assert central_sagittal_slices(20, 30) == (0, 20)
+    maps = np.stack([np.full((4, 5), 3.0), np.arange(20.0).reshape(4, 5)])
+    scaled = minmax_per_slice(maps)
+    assert np.all(scaled[0] == 0) and scaled[1].min() == 0 and scaled[1].max() == 1
+
+
+def test_classification_metrics_and_shift():
+    metrics = classification_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.7, 0.8, 0.9]))
+    assert metrics["balanced_accuracy"] == pytest.approx(0.75)
+    assert metrics["auc"] == pytest.approx(1.0)
+    assert metrics["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert classification_metrics(np.array([0, 0]), np.array([0.2, 0.9]))["auc"] is None
+    images = torch.zeros(3, 1, 8, 8)
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and set(shifted.unique().tolist()) <= {-1.0, 0.0}
+
+
+@pytest.mark.parametrize("arch", ["small", "seresnet50"])
+def test_cam_volume_on_both_archs(arch):
+    torch.manual_seed(0)
+    model = build_classifier(arch).eval()
+    ct, _ = synthetic_crop(np.random.default_rng(0), 21, {21})
+    result = cam_volume(model, ct, (-300.0, 800.0), n_slices=6, batch_size=4)
+    assert result.volume.shape == ct.shape and result.volume.dtype == np.float32
+    assert result.slice_range == (17, 23)
+    assert np.all(result.volume[:, :, :17] == 0) and np.all(result.volume[:, :, 23:] == 0)
+    assert 0.0 <= result.volume.min() and result.volume.max() <= 1.0
+    assert 0.0 <= result.fracture_probability <= 1.0
+
+
+def test_training_writes_weights_only_checkpoint_and_metrics(cohort):
+    metrics = cohort["metrics"]
+    assert set(metrics) >= {"balanced_accuracy", "auc", "confusion_matrix", "seconds_per_epoch", "checkpoint"}
+    assert np.sum(metrics["confusion_matrix"]) == metrics["n_healthy"] + metrics["n_fractured"] > 0
+    path = checkpoint_path(cohort["checkpoints"], "syn")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["arch"] == "small" and state["options"]["arch"] == "small"
+    assert state["options"]["split_json"] == str(cohort["split_json"])
+    model, _ = load_classifier(path)
+    assert not model.training
+    log = (path.parent / "classifier_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,") and len(log) == 3
+
+
+def test_maps_shape_grid_range_and_central_slices(cohort, tmp_path):
+    out = tmp_path / "heatmap"
+    keys = [split_key("syn000", 20), split_key("syn004", 21), split_key("syn005", 22)]
+    summary = generate_maps(cam_options(cohort, out, "--keys", *keys))
+    assert summary["written"] == keys and not summary["failed"]
+    start, stop = central_sagittal_slices(CROP_SIZE[2], 30)
+    for key in keys:
+        image = nib.load(out / f"{key}.nii.gz")
+        crop = load_crop(cohort["dataroot"], key, need_ct=False)
+        cam = np.asarray(image.dataobj)
+        assert cam.shape == crop.label_map.shape and cam.dtype == np.float32
+        np.testing.assert_allclose(image.affine, crop.affine, atol=1e-5)
+        assert cam.min() >= 0.0 and cam.max() <= 1.0
+        assert np.all(cam[:, :, :start] == 0) and np.all(cam[:, :, stop:] == 0)
+        slice_max = cam[:, :, start:stop].max(axis=(0, 1))
+        assert np.all(np.isclose(slice_max, 1.0) | (slice_max == 0)) and slice_max.max() == pytest.approx(1.0)
+        assert (out / f"{key}.png").stat().st_size > 0
+    assert set(summary["fracture_probability"]) == set(keys)
+
+
+def test_maps_are_resumable(cohort, tmp_path):
+    out = tmp_path / "heatmap"
+    key = split_key("syn000", 21)
+    generate_maps(cam_options(cohort, out, "--keys", key, "--no_png"))
+    stamp = (out / f"{key}.nii.gz").stat().st_mtime_ns
+    again = generate_maps(cam_options(cohort, out, "--keys", key, "--no_png"))
+    assert again["skipped"] == [key] and again["written"] == []
+    assert (out / f"{key}.nii.gz").stat().st_mtime_ns == stamp
+    redo = generate_maps(cam_options(cohort, out, "--keys", key, "--no_png", "--overwrite"))
+    assert redo["written"] == [key]
+
+
+def test_training_and_maps_are_deterministic_for_a_seed(cohort, tmp_path):
+    first = train_classifier(classifier_options(cohort["dataroot"], cohort["split_json"], tmp_path, "a"))
+    second = train_classifier(classifier_options(cohort["dataroot"], cohort["split_json"], tmp_path, "b"))
+    weights_a = torch.load(first["checkpoint"], weights_only=True)["state_dict"]
+    weights_b = torch.load(second["checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    key = split_key("syn001", 20)
+    maps = []
+    for name in ("a", "b"):
+        opt = parse_cam_options(["--dataroot", str(cohort["dataroot"]), "--name", name, "--checkpoints_dir",
+                                 str(tmp_path), "--out", str(tmp_path / name), "--gpu_ids", "-1", "--keys", key,
+                                 "--no_png"])
+        generate_maps(opt)
+        maps.append(np.asarray(nib.load(tmp_path / name / f"{key}.nii.gz").dataobj))
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_missing_checkpoint_is_a_clear_error(cohort, tmp_path, capsys):
+    opt = cam_options(cohort, tmp_path / "heatmap")
+    opt.name = "never_trained"
+    with pytest.raises(FileNotFoundError, match="classifier.pth: classifier checkpoint not found"):
+        generate_maps(opt)
+    status = grad_cam_main(["--dataroot", str(cohort["dataroot"]), "--name", "never_trained",
+                            "--checkpoints_dir", str(cohort["checkpoints"]), "--gpu_ids", "-1"])
+    assert status == 1
+    assert "classifier checkpoint not found" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "heatmap").exists()
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken" / "classifier.pth"
+    path.parent.mkdir()
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable classifier checkpoint"):
+        load_classifier(path)
+
+
+def test_missing_crop_is_reported_and_others_still_written(cohort, tmp_path):
+    out = tmp_path / "heatmap"
+    good = split_key("syn002", 22)
+    summary = generate_maps(cam_options(cohort, out, "--keys", "syn999_20", good, "--no_png"))
+    assert summary["written"] == [good]
+    assert "syn999_20" in summary["failed"]
+    assert str(crop_paths(cohort["dataroot"], "syn999_20").ct) in summary["failed"]["syn999_20"]
+    assert not (out / "syn999_20.nii.gz").exists()
+
+
+def test_missing_ct_crop_fails_the_script(cohort, tmp_path, capsys):
+    dataroot = tmp_path / "straightened"
+    key = split_key("syn000", 21)
+    for kind in ("label", "CT"):
+        (dataroot / kind).mkdir(parents=True)
+    paths = crop_paths(cohort["dataroot"], key)
+    (dataroot / "label" / paths.label.name).write_bytes(paths.label.read_bytes())
+    (dataroot / "label" / paths.sidecar.name).write_bytes(paths.sidecar.read_bytes())
+    status = grad_cam_main(["--dataroot", str(dataroot), "--name", "syn", "--checkpoints_dir",
+                            str(cohort["checkpoints"]), "--gpu_ids", "-1", "--no_png"])
+    assert status == 1
+    assert f"{dataroot / 'CT' / paths.ct.name}" in capsys.readouterr().err
+    assert not (tmp_path / "heatmap" / f"{key}.nii.gz").exists()
+
+
+def test_training_without_crops_is_a_clear_error(tmp_path):
+    split_json = tmp_path / "split.json"
+    split_json.write_text(json.dumps({"train": {"nocase_20": 0, "nocase_21": 2}, "val": {}}))
+    (tmp_path / "straightened" / "label").mkdir(parents=True)
+    opt = classifier_options(tmp_path / "straightened", split_json, tmp_path / "ck", "none")
+    with pytest.raises(ValueError, match="no usable 'train' vertebra has a crop"):
+        train_classifier(opt)
