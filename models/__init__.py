@@ -1,0 +1,36 @@
+"""Model registry (pix2pix style): ``--model healthivert`` -> :class:`HealthiVertModel`.
+
+``create_model(opt)`` builds the model named by ``opt.model``; ``get_option_setter(name)`` returns its
+``modify_commandline_options(parser, is_train)`` so option parsers can add the model's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from models.base_model import BaseModel
+from models.healthivert_model import HealthiVertModel
+
+MODELS: dict[str, type[BaseModel]] = {"healthivert": HealthiVertModel}
+
+
+def find_model_using_name(name: str) -> type[BaseModel]:
+    """The model class registered as ``name``."""
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r} (choose from: {', '.join(sorted(MODELS))})") from None
+
+
+def get_option_setter(name: str) -> Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]:
+    """``modify_commandline_options(parser, is_train)`` of the model registered as ``name``."""
+    return find_model_using_name(name).modify_commandline_options
+
+
+def create_model(opt: argparse.Namespace) -> BaseModel:
+    """Instantiate the model named ``opt.model`` (default ``healthivert``) from the options."""
+    return find_model_using_name(getattr(opt, "model", "healthivert"))(opt)
+
+
+__all__ = ["MODELS", "BaseModel", "HealthiVertModel", "create_model", "find_model_using_name", "get_option_setter"]

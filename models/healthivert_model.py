@@ -1,0 +1,270 @@
+"""HealthiVert-GAN training model (DESIGN 4.2-4.4) in the pix2pix shape.
+
+One step: generator forward, height-adaptive composition of coarse and fine CT, then one update of
+each of the three PatchGANs (D1 composed CT, D2 target segmentation, D3 band x central columns of
+the composed CT), then one generator update with
+
+    loss_G = lambda_GAN * (GAN_D1 + GAN_D2 + GAN_D3)         (1/6 as the reference)
+           + lambda_L1 * (|coarse - real| + |fine - real|) / band area
+           + lambda_dice_coarse * (1 - Dice(coarse seg, neighbour labels))
+           + lambda_dice_fine * (1 - Dice(fine seg, target label))
+           + lambda_edge * MSE(Sobel(fine seg), Sobel(target label))
+           + lambda_height * mean(|h1 - h| / h + |h2 - h| / h)
+
+Unlike the reference, the edge loss and D2 see the soft (sigmoid) segmentation, so both pass a
+gradient to the generator, and the L1 normalisation does not shrink with the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.base_model import BaseModel
+from models.composition import compose_height_adaptive
+from models.contextual_attention import flow_to_rgb
+from models.losses import GAN_MODES, GANLoss, SobelEdges, band_l1, dice_coefficient, gradient_penalty, \
+    relative_height_error
+from models.networks import GeneratorOutput, HealthiVertGenerator, NLayerDiscriminator, init_weights
+
+IMAGE_KEYS = ("masked_ct", "real_ct", "band_mask", "offset_plane", "cam", "neighbour_label", "target_label")
+ROW_KEYS = ("target_top", "target_bottom", "band_centre")
+DISCRIMINATORS = ("D_1", "D_2", "D_3")
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """``parser.add_argument(flag, ...)`` unless another option group already defined ``flag``."""
+    if flag not in parser._option_string_actions:
+        parser.add_argument(flag, **kwargs)
+
+
+def band_rows(band_mask: torch.Tensor) -> torch.Tensor:
+    """Height of the band in pixels per sample: number of rows holding any band pixel, (B,) float."""
+    return (band_mask.detach().amax(dim=(1, 3)) > 0.5).sum(dim=1).float()
+
+
+def central_columns_mask(like: torch.Tensor, width_px: int) -> torch.Tensor:
+    """(1,1,1,W) float mask of the ``width_px`` central columns (clipped to the image)."""
+    columns = like.shape[-1]
+    half = min(width_px, columns) // 2
+    mask = torch.zeros(1, 1, 1, columns, device=like.device, dtype=like.dtype)
+    mask[..., columns // 2 - half: columns // 2 - half + min(width_px, columns)] = 1.0
+    return mask
+
+
+class HealthiVertModel(BaseModel):
+    """Two-stage HealthiVert generator with three PatchGAN discriminators."""
+
+    @staticmethod
+    def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool = True) -> argparse.ArgumentParser:
+        """Model flags (defaults = reference at batch 1); flags already defined elsewhere are kept."""
+        add_option(parser, "--ngf", type=int, default=16, help="generator base width (16: ~0.99 M parameters)")
+        add_option(parser, "--mask_height", type=float, default=40.0,
+                   help="height of the masked band in mm; the height heads predict within the band's pixel rows")
+        add_option(parser, "--amp", action="store_true", help="mixed precision (float16 autocast) on GPU; ignored on CPU")
+        if is_train:
+            add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
+            add_option(parser, "--n_layers_D", type=int, default=3, help="PatchGAN depth (3 = 70x70 patches)")
+            add_option(parser, "--norm", type=str, default="batch", choices=["batch", "instance", "none"],
+                       help="discriminator normalisation")
+            add_option(parser, "--init_type", type=str, default="normal",
+                       choices=["normal", "xavier", "kaiming", "orthogonal"], help="discriminator initialisation")
+            add_option(parser, "--init_gain", type=float, default=0.02, help="scale of the initialisation")
+            add_option(parser, "--gan_mode", type=str, default="vanilla", choices=list(GAN_MODES),
+                       help="GAN objective")
+            add_option(parser, "--lambda_GAN", type=float, default=1.0 / 6.0,
+                       help="weight of the sum of the three generator GAN terms")
+            add_option(parser, "--lambda_L1", type=float, default=200.0,
+                       help="weight of the band-normalised L1 of coarse and fine composed CT")
+            add_option(parser, "--lambda_dice_coarse", type=float, default=10.0,
+                       help="weight of the Dice loss of the coarse neighbour segmentation")
+            add_option(parser, "--lambda_dice_fine", type=float, default=15.0,
+                       help="weight of the Dice loss of the fine target segmentation")
+            add_option(parser, "--lambda_edge", type=float, default=800.0, help="weight of the Sobel edge loss (EEM)")
+            add_option(parser, "--lambda_height", type=float, default=40.0,
+                       help="weight of each relative height error (h1 and h2, SHRM)")
+            add_option(parser, "--lambda_gp", type=float, default=10.0, help="gradient-penalty weight (wgangp)")
+            add_option(parser, "--local_width", type=int, default=70,
+                       help="width in pixels of the central columns seen by the local discriminator D3")
+            add_option(parser, "--lr", type=float, default=2e-4, help="Adam learning rate")
+            add_option(parser, "--beta1", type=float, default=0.5, help="Adam beta1")
+            add_option(parser, "--lr_policy", type=str, default="linear", choices=["linear", "step", "plateau", "cosine"],
+                       help="learning-rate policy")
+            add_option(parser, "--lr_decay_iters", type=int, default=50, help="step policy: epochs between decays")
+            add_option(parser, "--n_epochs", type=int, default=200, help="epochs at the initial learning rate")
+            add_option(parser, "--n_epochs_decay", type=int, default=800, help="epochs of linear decay to zero")
+            add_option(parser, "--epoch_count", type=int, default=1, help="starting epoch number")
+        return parser
+
+    def __init__(self, opt: argparse.Namespace) -> None:
+        super().__init__(opt)
+        self.use_amp = bool(getattr(opt, "amp", False)) and self.device.type == "cuda"
+        if getattr(opt, "amp", False) and not self.use_amp:
+            warnings.warn("--amp ignored: mixed precision is only used on GPU", stacklevel=2)
+        self.model_names = ["G", *DISCRIMINATORS] if self.isTrain else ["G"]
+        self.loss_names = ["G_GAN", "G_L1", "coarse_Dice", "G_Dice", "edge", "h", "G",
+                           "D_real_1", "D_fake_1", "D_real_2", "D_fake_2", "D_real_3", "D_fake_3"]
+        self.visual_names = ["masked_ct", "real_ct", "fake_ct", "fake_ct_coarse", "fine_ct", "coarse_neighbour_seg",
+                             "neighbour_label", "fine_target_seg", "target_label", "band_mask", "cam",
+                             "real_edges", "fake_edges", "fake_local", "attention_flow"]
+        self.netG = HealthiVertGenerator(getattr(opt, "ngf", 16), mask_height_px=getattr(opt, "mask_height", 40.0))
+        self.netG.to(self.device, memory_format=torch.channels_last)
+        self.sobel = SobelEdges().to(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
+        if not self.isTrain:
+            return
+        gan_mode = getattr(opt, "gan_mode", "vanilla")
+        if gan_mode == "wgangp":
+            self.loss_names += ["D_gp_1", "D_gp_2", "D_gp_3"]
+        for name in DISCRIMINATORS:
+            net = NLayerDiscriminator(1, getattr(opt, "ndf", 64), getattr(opt, "n_layers_D", 3),
+                                      getattr(opt, "norm", "batch"))
+            init_weights(net, getattr(opt, "init_type", "normal"), getattr(opt, "init_gain", 0.02))
+            setattr(self, "net" + name, net.to(self.device, memory_format=torch.channels_last))
+        self.criterionGAN = GANLoss(gan_mode)
+        betas = (getattr(opt, "beta1", 0.5), 0.999)
+        lr = getattr(opt, "lr", 2e-4)
+        for name in self.model_names:
+            optimizer = torch.optim.Adam(getattr(self, "net" + name).parameters(), lr=lr, betas=betas)
+            setattr(self, "optimizer_" + name, optimizer)
+            self.optimizers.append(optimizer)
+            self.optimizer_names.append(name)
+
+    # ------------------------------------------------------------------ input / forward
+    def set_input(self, batch: dict[str, Any]) -> None:
+        """Consume a collated dataset batch (CONTRACTS: images (B,1,H,W), rows/heights (B,))."""
+        missing = [k for k in (*IMAGE_KEYS, *ROW_KEYS, "height_px") if k not in batch]
+        if missing:
+            raise KeyError(f"HealthiVertModel.set_input: batch lacks {', '.join(missing)}")
+        for key in IMAGE_KEYS:
+            image = torch.as_tensor(batch[key]).to(self.device, dtype=torch.float32)
+            setattr(self, key, image.unsqueeze(0) if image.dim() == 3 else image)
+        for key in ROW_KEYS:
+            setattr(self, key, torch.as_tensor(batch[key]).to(self.device).long().view(-1))
+        self.height_px = torch.as_tensor(batch["height_px"]).to(self.device, dtype=torch.float32).view(-1)
+        self.mask_height_px = band_rows(self.band_mask)
+        keys = batch.get("key", [])
+        self.image_paths = [keys] if isinstance(keys, str) else list(keys)
+
+    def compose(self, original: torch.Tensor, generated: torch.Tensor, height: torch.Tensor) -> torch.Tensor:
+        """Height-adaptive composition of ``generated`` into ``original`` for the current batch."""
+        return compose_height_adaptive(original, generated, self.target_top, self.target_bottom, self.band_centre,
+                                       height, self.mask_height_px.long())
+
+    def forward(self) -> None:
+        """Generator forward and compositions (runs under autocast when --amp on GPU)."""
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            out: GeneratorOutput = self.netG(self.masked_ct, self.offset_plane, self.band_mask, self.cam,
+                                             self.mask_height_px)
+        self.output = out
+        self.fine_ct, self.fine_target_seg = out.fine_ct, out.fine_target_seg
+        self.coarse_neighbour_seg = out.coarse_neighbour_seg
+        self.fake_ct = self.compose(self.real_ct, out.fine_ct, out.fine_height)
+        self.fake_ct_coarse = self.compose(self.real_ct, out.coarse_ct, out.coarse_height)
+        local = self.band_mask * central_columns_mask(self.band_mask, getattr(self.opt, "local_width", 70))
+        self.fake_local = self.fake_ct * local
+        self.real_local = self.real_ct * local
+        self.attention_flow = flow_to_rgb(out.attention_flow.detach()) * 2.0 - 1.0
+
+    # ------------------------------------------------------------------ losses
+    def discriminator_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Discriminator name -> (fake, real) images it judges."""
+        return {"D_1": (self.fake_ct, self.real_ct), "D_2": (self.fine_target_seg, self.target_label),
+                "D_3": (self.fake_local, self.real_local)}
+
+    def discriminator_loss(self, name: str) -> torch.Tensor:
+        """0.5 * (fake + real) GAN loss of one discriminator on detached fakes (+ gradient penalty)."""
+        net = getattr(self, "net" + name)
+        fake, real = self.discriminator_pairs()[name]
+        index = name[-1]
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            loss_fake = self.criterionGAN(net(fake.detach()), False)
+            loss_real = self.criterionGAN(net(real), True)
+        setattr(self, f"loss_D_fake_{index}", loss_fake.detach())
+        setattr(self, f"loss_D_real_{index}", loss_real.detach())
+        loss = 0.5 * (loss_fake + loss_real)
+        if self.criterionGAN.gan_mode == "wgangp":
+            penalty = gradient_penalty(net, real, fake, getattr(self.opt, "lambda_gp", 10.0))
+            setattr(self, f"loss_D_gp_{index}", penalty.detach())
+            loss = loss + penalty
+        return loss
+
+    def generator_loss_terms(self) -> dict[str, torch.Tensor]:
+        """Every weighted term of the generator loss (call after ``forward``)."""
+        opt = self.opt
+        out = self.output
+        fakes = {name: pair[0] for name, pair in self.discriminator_pairs().items()}
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            gan = {name: self.criterionGAN(getattr(self, "net" + name)(fake), True) for name, fake in fakes.items()}
+        lambda_gan = getattr(opt, "lambda_GAN", 1.0 / 6.0)
+        self.real_edges = self.sobel(self.target_label)
+        self.fake_edges = self.sobel(out.fine_target_seg.float())
+        height_error = relative_height_error(out.coarse_height, self.height_px) + \
+            relative_height_error(out.fine_height, self.height_px)
+        return {
+            "G_GAN_ct": lambda_gan * gan["D_1"].float(),
+            "G_GAN_seg": lambda_gan * gan["D_2"].float(),
+            "G_GAN_local": lambda_gan * gan["D_3"].float(),
+            "G_L1": getattr(opt, "lambda_L1", 200.0) * band_l1([self.fake_ct, self.fake_ct_coarse], self.real_ct,
+                                                               self.band_mask),
+            "coarse_Dice": getattr(opt, "lambda_dice_coarse", 10.0) * (
+                1 - dice_coefficient(out.coarse_neighbour_seg, self.neighbour_label)),
+            "G_Dice": getattr(opt, "lambda_dice_fine", 15.0) * (
+                1 - dice_coefficient(out.fine_target_seg, self.target_label)),
+            "edge": getattr(opt, "lambda_edge", 800.0) * F.mse_loss(self.fake_edges, self.real_edges),
+            "h": getattr(opt, "lambda_height", 40.0) * height_error.mean(),
+        }
+
+    def generator_loss(self) -> torch.Tensor:
+        """Total generator loss; records each term as ``loss_<name>``."""
+        terms = self.generator_loss_terms()
+        for name, value in terms.items():
+            setattr(self, "loss_" + name, value.detach())
+        self.loss_G_GAN = (terms["G_GAN_ct"] + terms["G_GAN_seg"] + terms["G_GAN_local"]).detach()
+        total = torch.stack(list(terms.values())).sum()
+        self.loss_G = total.detach()
+        return total
+
+    # ------------------------------------------------------------------ optimisation
+    def optimize_parameters(self) -> None:
+        """Forward, one step of D1, D2, D3, then one generator step (reference order)."""
+        self.forward()
+        discriminators = [getattr(self, "net" + name) for name in DISCRIMINATORS]
+        for name, net in zip(DISCRIMINATORS, discriminators):
+            self.set_requires_grad(net, True)
+            optimizer = getattr(self, "optimizer_" + name)
+            optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(self.discriminator_loss(name)).backward()
+            self.scaler.step(optimizer)
+        self.set_requires_grad(discriminators, False)
+        self.optimizer_G.zero_grad(set_to_none=True)
+        self.scaler.scale(self.generator_loss()).backward()
+        self.scaler.step(self.optimizer_G)
+        self.scaler.update()
+
+    def get_current_visuals(self) -> OrderedDict[str, torch.Tensor]:
+        """Display images, all mapped to [-1, 1] (CT as is; masks, edges, CAM m -> 2m - 1; flow as RGB)."""
+        ct_like = {"masked_ct", "real_ct", "fake_ct", "fake_ct_coarse", "fine_ct", "fake_local", "attention_flow"}
+        visuals: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for name in self.visual_names:
+            if not hasattr(self, name):
+                continue
+            image = getattr(self, name).detach().float()
+            visuals[name] = image if name in ct_like else image * 2.0 - 1.0
+        return visuals
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nets, optimizers, schedulers and the AMP grad scaler."""
+        state = super().state_dict()
+        state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
