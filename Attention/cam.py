@@ -1,0 +1,213 @@
+"""Grad-CAM++ attention maps of the fracture classifier (HGAM, DESIGN 3.4 and 4.5).
+
+For each straightened crop (axes S->I, A->P, R->L), the central ``n_slices``
+sagittal slices ``ct[:, :, z]`` are windowed as in training and passed in
+batches through the classifier; Grad-CAM++ (``grad-cam`` package) for the
+fracture class is taken at the last convolutional block, resized to the slice
+and min-max normalised per slice to [0, 1]. All other slices are zero. The map
+is written as ``<out>/<key>.nii.gz`` (float32, the crop's grid and affine) with
+a PNG montage ``<out>/<key>.png`` of the map over the CT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from pytorch_grad_cam import GradCAMPlusPlus
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+from tqdm import tqdm
+
+from Attention.classifier import (
+    FRACTURE_CLASS, cam_target_layer, central_sagittal_slices, checkpoint_path, load_classifier, sagittal_slices,
+)
+from data.crops import crop_paths, list_crop_keys, load_crop
+from data.image_io import window_hu, save_nifti
+from util.device import resolve_device, seed_everything
+from util.fileio import atomic_path
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_N_SLICES = 30
+MONTAGE_PANELS = 6
+
+
+@dataclass
+class CamResult:
+    """Attention map of one crop: ``volume`` float32 (D0, D1, D2) in [0, 1], non-zero only in
+    sagittal slices [start, stop); ``fracture_probability`` is the mean over those slices."""
+
+    volume: np.ndarray
+    slice_range: tuple[int, int]
+    fracture_probability: float
+
+
+def minmax_per_slice(maps: np.ndarray) -> np.ndarray:
+    """Scale each map of (N, H, W) to [0, 1] (min -> 0, max -> 1); constant maps become 0."""
+    maps = np.asarray(maps, dtype=np.float32)
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    scaled = np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+    return np.clip(scaled, 0.0, 1.0)
+
+
+def fracture_cam(model: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM++ of the fracture class for images (N, 1, H, W), in batches.
+
+    Returns maps (N, H, W) float32 min-max normalised per image, and fracture probabilities (N,).
+    """
+    maps, probabilities = [], []
+    with GradCAMPlusPlus(model=model, target_layers=[cam_target_layer(model)]) as cam:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            targets = [ClassifierOutputTarget(FRACTURE_CLASS)] * len(batch)
+            maps.append(cam(input_tensor=batch, targets=targets))
+            probabilities.append(torch.softmax(cam.outputs.detach(), dim=1)[:, FRACTURE_CLASS].cpu().numpy())
+    return minmax_per_slice(np.concatenate(maps)), np.concatenate(probabilities)
+
+
+def cam_volume(model: nn.Module, ct_hu: np.ndarray, window: tuple[float, float],
+               n_slices: int = DEFAULT_N_SLICES, batch_size: int = 16) -> CamResult:
+    """Attention map of one crop (S->I, A->P, R->L, HU) on the crop's grid, zero outside the
+    central ``n_slices`` sagittal slices."""
+    start, stop = central_sagittal_slices(ct_hu.shape[2], n_slices)
+    images = torch.from_numpy(sagittal_slices(ct_hu, range(start, stop), window))
+    maps, probabilities = fracture_cam(model, images, batch_size)
+    volume = np.zeros(ct_hu.shape, dtype=np.float32)
+    volume[:, :, start:stop] = np.moveaxis(maps, 0, 2)
+    return CamResult(volume, (start, stop), float(probabilities.mean()))
+
+
+def save_montage(path: str | Path, ct_hu: np.ndarray, cam: np.ndarray, slice_range: tuple[int, int],
+                 spacing_mm: Sequence[float], window: tuple[float, float], title: str) -> Path:
+    """PNG of up to ``MONTAGE_PANELS`` sagittal slices in ``slice_range``: the map (jet) over the CT (gray).
+
+    Slices are shown with rows S->I and columns A->P at the crop's aspect ratio (``spacing_mm`` per axis).
+    """
+    start, stop = slice_range
+    picks = np.unique(np.linspace(start, stop - 1, min(MONTAGE_PANELS, stop - start)).round().astype(int))
+    aspect = float(spacing_mm[0]) / float(spacing_mm[1])
+    height_in = 2.4 * ct_hu.shape[0] * aspect / ct_hu.shape[1]
+    figure = Figure(figsize=(2.4 * len(picks), height_in + 0.6), dpi=80)
+    FigureCanvasAgg(figure)
+    for i, z in enumerate(picks):
+        axis = figure.add_subplot(1, len(picks), i + 1)
+        axis.imshow(window_hu(ct_hu[:, :, z], window), cmap="gray", vmin=-1, vmax=1, aspect=aspect)
+        axis.imshow(cam[:, :, z], cmap="jet", vmin=0, vmax=1, alpha=0.4, aspect=aspect)
+        axis.set_title(f"sagittal z={z}", fontsize=8)
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", bbox_inches="tight")
+    return path
+
+
+def cam_parser() -> argparse.ArgumentParser:
+    """Command-line options of ``Attention/grad_CAM_3d_sagittal.py``."""
+    parser = argparse.ArgumentParser(
+        description="Grad-CAM++ attention maps of the fracture classifier for every straightened crop: "
+                    "<out>/<case>_<v>.nii.gz (float32 in [0, 1], crop grid) and a PNG montage.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--dataroot", type=Path, required=True, help="straightened crop folder (CT/, label/)")
+    parser.add_argument("--name", required=True, help="experiment name of the trained classifier")
+    parser.add_argument("--checkpoints_dir", type=Path, default=Path("checkpoints"),
+                        help="reads <checkpoints_dir>/<name>/classifier.pth")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: 'heatmap' beside --dataroot, i.e. DIR/heatmap)")
+    parser.add_argument("--n_slices", type=int, default=DEFAULT_N_SLICES,
+                        help="central sagittal slices that get a map (zero elsewhere)")
+    parser.add_argument("--batch_size", type=int, default=16, help="slices per Grad-CAM++ batch")
+    parser.add_argument("--keys", nargs="+", default=None, metavar="KEY",
+                        help="only these crops (<case>_<v>); default: every crop under --dataroot")
+    parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
+    parser.add_argument("--no_png", action="store_true", help="skip the PNG montages")
+    parser.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0; -1 for CPU")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    return parser
+
+
+def parse_cam_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check ``grad_CAM_3d_sagittal`` options (fills the default ``--out``)."""
+    parser = cam_parser()
+    opt = parser.parse_args(argv)
+    if opt.n_slices < 1 or opt.batch_size < 1:
+        parser.error("--n_slices and --batch_size must be >= 1")
+    if opt.out is None:
+        opt.out = default_cam_dir(opt.dataroot)
+    return opt
+
+
+def default_cam_dir(dataroot: str | Path) -> Path:
+    """``DIR/heatmap`` for ``--dataroot DIR/straightened``."""
+    return Path(dataroot).parent / "heatmap"
+
+
+def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, window: tuple[float, float]) -> float:
+    """Compute and write the map (and PNG) of one crop into ``out``; returns its fracture probability."""
+    paths = crop_paths(opt.dataroot, key)
+    missing = [str(p) for p in (paths.ct, paths.label) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{key}: crop file not found: {', '.join(missing)}")
+    crop = load_crop(opt.dataroot, key)
+    result = cam_volume(model, crop.ct_hu, window, opt.n_slices, opt.batch_size)
+    if not opt.no_png:
+        save_montage(out / f"{key}.png", crop.ct_hu, result.volume, result.slice_range, crop.spacing_mm, window,
+                     f"{key}  p(fracture) = {result.fracture_probability:.2f}")
+    save_nifti(result.volume, crop.affine, out / f"{key}.nii.gz", dtype=np.float32)
+    return result.fracture_probability
+
+
+def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
+    """Write the attention map of every requested crop (resumable: existing maps are kept
+    unless ``opt.overwrite``). A bad crop is reported and the run goes on.
+
+    Returns ``{"out", "written", "skipped", "failed" {key: reason}, "fracture_probability" {key: p},
+    "seconds_per_vertebra"}``. Raises when the checkpoint is missing or unreadable.
+    """
+    seed_everything(opt.seed)
+    device = resolve_device(opt.gpu_ids)
+    model, checkpoint = load_classifier(checkpoint_path(opt.checkpoints_dir, opt.name), device)
+    window = (float(checkpoint["window_hu"][0]), float(checkpoint["window_hu"][1]))
+    out = Path(opt.out) if opt.out is not None else default_cam_dir(opt.dataroot)
+    keys = list(opt.keys) if opt.keys else list_crop_keys(opt.dataroot)
+    written: list[str] = []
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
+    probabilities: dict[str, float] = {}
+    started = time.perf_counter()
+    for key in tqdm(keys, desc="Grad-CAM++", unit="vertebra"):
+        if (out / f"{key}.nii.gz").exists() and not opt.overwrite:
+            skipped.append(key)
+            continue
+        try:
+            probabilities[key] = _map_one(model, opt, key, out, window)
+            written.append(key)
+        except (OSError, ValueError) as err:
+            failed[key] = str(err)
+            LOGGER.error("%s: %s", key, err)
+    elapsed = time.perf_counter() - started
+    return {
+        "out": str(out),
+        "written": written,
+        "skipped": skipped,
+        "failed": failed,
+        "fracture_probability": probabilities,
+        "seconds_per_vertebra": elapsed / len(written) if written else None,
+    }
+
+
+__all__ = [
+    "CamResult", "cam_parser", "cam_volume", "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
+    "parse_cam_options", "save_montage",
+]
