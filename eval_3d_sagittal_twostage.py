@@ -1,0 +1,88 @@
+"""Iterative two-stage synthesis of pseudo-healthy vertebrae (DESIGN 4.6) for a folder of straightened crops.
+
+    python eval_3d_sagittal_twostage.py --dataroot DIR/straightened --cam_dir DIR/heatmap --name N --results_dir R
+    python eval_3d_sagittal_twostage.py ... --plane both --name_coronal NC     # + coronal and fused 2.5D volumes
+    torchrun --nproc_per_node 2 eval_3d_sagittal_twostage.py ...              # vertebrae sharded across ranks
+
+For each vertebra (``--split val,test`` restricts them to splits of ``--split_json``) the upper
+neighbour, then the lower neighbour, then the target are synthesized on the central 4/5 of the
+target's slices, each step batched over the slices (``models.iterative_synthesis``). Outputs on the
+crop grid: ``R/N/CT_fake/<case>_<v>.nii.gz`` (int16 HU) and ``R/N/label_fake/<case>_<v>.nii.gz``
+(uint8 VerSe ids); with ``--plane both`` also ``R/N/coronal/`` and the 2.5D fusion in ``R/N/fused/``.
+Finished vertebrae are skipped unless ``--overwrite``; a summary (also ``R/N/synthesis_summary.json``)
+lists failures, and the exit status is 1 when any vertebra failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from data.image_io import ImageIOError
+from models.iterative_synthesis import CPU_BATCH_SIZE, PLANE_MODES, synthesize_dataset
+from options.test_options import TestOptions
+from util.device import resolve_device
+
+
+class SynthesisOptions(TestOptions):
+    """Test options plus the synthesis flags; ``--plane`` also accepts ``both``."""
+
+    def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser = TestOptions.initialize(self, parser)
+        plane = parser._option_string_actions["--plane"]
+        plane.choices = list(PLANE_MODES)
+        plane.help = ("sagittal or coronal: synthesize with that plane's model (--name); both: sagittal (--name), "
+                      "coronal (--name_coronal) and their 2.5D fusion")
+        parser.add_argument("--name_coronal", default=None,
+                            help="checkpoint name of the coronal model (with --plane both)")
+        parser.add_argument("--split", default="all",
+                            help="vertebrae to synthesize: all crops, or comma-separated splits of --split_json, "
+                                 "e.g. val,test (--phase is not used here)")
+        parser.add_argument("--overwrite", action="store_true", help="recompute vertebrae whose outputs exist")
+        parser.add_argument("--synthesis_batch_size", type=int, default=-1,
+                            help="slices per generator call within each step: 0 = all slices of the vertebra at once, "
+                                 f"-1 = automatic (all on GPU, {CPU_BATCH_SIZE} on CPU)")
+        parser.add_argument("--cpu_bf16", action="store_true",
+                            help="bfloat16 autocast on CPU (faster on CPUs with AVX512-BF16/AMX; results differ slightly)")
+        parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+        return parser
+
+
+def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the synthesis command line (TestOptions + synthesis flags); options are not saved."""
+    return SynthesisOptions().parse(argv, save=False)
+
+
+def init_distributed(gpu_ids: list[int]) -> bool:
+    """Join the ``torchrun`` process group (NCCL on GPU, Gloo on CPU); False outside torchrun."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or torch.distributed.is_initialized():
+        return False
+    device = resolve_device(gpu_ids)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the synthesis; 0 when every vertebra succeeded, 1 when some failed, 2 on a setup error."""
+    opt = parse_options(argv)
+    started_group = init_distributed(opt.gpu_ids)
+    try:
+        summary = synthesize_dataset(opt, show_progress=not opt.no_progress)
+    except (FileNotFoundError, ValueError, ImageIOError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if started_group:
+            torch.distributed.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(summary.report())
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,620 @@
+"""Iterative two-stage synthesis of pseudo-healthy vertebrae (inference, DESIGN 4.6).
+
+For one straightened crop (axes S->I, A->P, R->L) and one plane, the slices of the central 4/5 of
+the target's extent along the plane's slicing axis (sagittal: axis 2, coronal: axis 1) go through
+three batched steps:
+
+1. the upper neighbour (the adjacent vertebra in anatomical order present in the crop) is
+   synthesized in the slices where it has more than ``neighbour_min_px`` pixels;
+2. the lower neighbour is synthesized in its slices, on the result of step 1;
+3. the target is synthesized on the result of step 2, so its context holds pseudo-healthy neighbours.
+
+Each step masks the current slices (``data.masking.make_masked_slices``, the one masking
+implementation), runs the generator on all of them at once (in chunks of ``batch_size``) and writes
+the fine output back with the height-adaptive composition (``models.composition``): with the
+predicted height H = max(ceil(h_hat), h) (clamped to the band), the rows above the vertebra move up
+by (H - h) // 2, the rows below move down by the rest, and H generated rows centred on the band
+replace the vertebra. This is the reference implementation's composition: the *whole* slice
+(CT and labels) is re-laid out, so everything above or below the synthesized vertebra is shifted,
+including the other neighbour and the target itself; the next step masks the shifted slice.
+Composition happens in HU for the CT (rows outside the generated ones keep their exact HU, beyond
+the training window too) and in VerSe ids for the labels: generated rows get the step's id where the
+generator's fine segmentation exceeds 0.5 and background elsewhere.
+
+Choices, each as in the reference unless noted:
+
+- The slice offset r and the attention map are the target's for all three steps (the attention map
+  is not shifted by the neighbour compositions).
+- Neighbour presence (> ``neighbour_min_px`` pixels) is counted in the original slice.
+- A target taller than the band in a slice is handled as the reference does: the target rows are
+  clamped to the M rows starting at ``mean_row - M // 2`` (``clamp_tall_targets``), the band covers
+  them, and the parts of the vertebra outside them stay in the context. Unlike the reference (which
+  then pastes h generated rows and pushes the rows below down by h - M, reading generator output
+  outside the band), exactly the M band rows are replaced: the vertebra keeps its height.
+- A slice whose target cannot be masked (absent after removing small components) keeps the
+  original crop slice, neighbour steps included (the reference writes zeros there).
+- Slices outside the central range keep the original crop (the reference writes zeros there);
+  the output is "the crop with the target and its neighbours replaced".
+- Coronal slices are centred on a canvas as wide as the sagittal slices (``data.masking.paste_columns``,
+  fill -1 for CT, 0 for labels and attention, as the training dataset does); the generator output is
+  cropped back to the slice before composing, so canvas columns never enter the next step.
+
+Batching: each step is one pass over all its slices; on GPU they go through the generator at once,
+on CPU in chunks of ``CPU_BATCH_SIZE`` (the generator is compute-bound there, so larger batches gain
+nothing and lose cache locality; see benchmarks/bench_synthesis.py). ``GeneratorRunner`` also runs the
+generator channels-last with spectral-norm weights computed once per call and, optionally, under
+autocast (float16 on GPU with ``--amp``, bfloat16 on CPU with ``--cpu_bf16``).
+
+Besides the CT and labels, each plane keeps a soft target map (the generator's target probability
+in generated rows, 1 where the original target remains): the 2.5D fusion (``fuse_planes``) labels a
+voxel as the target where the mean of the two planes' maps exceeds 0.5 (the reference's fusion rule)
+and averages the CT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.nn.utils import parametrize
+
+from data.aligned_dataset import CT_CANVAS_FILL, default_split_json, mask_height_rows
+from data.crops import Crop, crop_paths, list_crop_keys, load_crop, read_split
+from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, Volume, check_same_grid, load_ct, save_nifti, unwindow, window_hu
+from data.labels import VERTEBRA_NAMES, spine_rank
+from data.masking import (
+    CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, make_masked_slices,
+    paste_columns, plane_slab, slice_offset_ratio, target_masks, target_slice_extent,
+)
+from models.composition import compose_height_adaptive
+from models.networks import GeneratorOutput, HealthiVertGenerator
+from util.checkpoint import checkpoint_path, load_checkpoint
+from util.device import resolve_device
+from util.fileio import write_json
+
+NEIGHBOUR_MIN_PX = 200  # a neighbour is synthesized in a slice where it has more pixels than this
+SEGMENTATION_THRESHOLD = 0.5
+FUSED_TARGET_THRESHOLD = 0.5
+CPU_BATCH_SIZE = 4  # slices per generator call on CPU: the fastest per slice in benchmarks/bench_synthesis.py
+PLANE_MODES = (*PLANES, "both")
+
+
+class Generator(Protocol):
+    """What the synthesis needs of a generator (``models.networks.HealthiVertGenerator``)."""
+
+    def __call__(self, masked_ct: torch.Tensor, offset_plane: torch.Tensor, band_mask: torch.Tensor,
+                 cam: torch.Tensor, mask_height_px: float) -> GeneratorOutput: ...
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """Masking and composition parameters of one trained model.
+
+    mask_height_px: band height M in rows (``--mask_height`` mm / row spacing).
+    hu_window: CT window (HU) mapped to [-1, 1], as in training.
+    min_component_px: target components smaller than this (pixels per slice) are ignored.
+    neighbour_min_px: a neighbour is synthesized in slices where it has more pixels than this.
+    """
+
+    mask_height_px: int
+    hu_window: tuple[float, float] = DEFAULT_WINDOW_HU
+    min_component_px: int = MIN_COMPONENT_PX
+    neighbour_min_px: int = NEIGHBOUR_MIN_PX
+
+
+@dataclass
+class StepRecord:
+    """What one step did: the label synthesized and the slice indices (along the plane axis) it changed."""
+
+    role: str  # "upper", "lower" or "target"
+    label: int
+    slices: list[int]
+
+
+@dataclass
+class PlaneSynthesis:
+    """Synthesis of one vertebra in one plane; volumes on the crop grid (S->I, A->P, R->L).
+
+    ct_hu: float32 HU. label_map: uint8 VerSe ids. target_probability: float32 soft target mask
+    (generator probability in generated rows, 1 where the original target remains, else 0).
+    processed_slices: indices along the plane axis whose target was synthesized.
+    steps: the three steps in the order they ran (neighbour steps only when the neighbour exists).
+    """
+
+    plane: str
+    ct_hu: np.ndarray
+    label_map: np.ndarray
+    target_probability: np.ndarray
+    processed_slices: list[int]
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+def adjacent_labels(labels_present: Iterable[int], target_label: int) -> tuple[int | None, int | None]:
+    """(upper, lower) neighbour of ``target_label``: the nearest labels present on each side in anatomical
+    order (``data.labels.spine_rank``) at most one rank step away, else ``None``.
+
+    T13 (28) sits between T12 and L1 and L6 (25) after L5, so L1's upper neighbour is T13 when the crop
+    has it and T12 otherwise; a vertebra whose adjacent one is missing from the crop has no neighbour there.
+    """
+    target_rank = spine_rank(target_label)
+    ranks = {int(label): spine_rank(label) for label in labels_present
+             if int(label) in VERTEBRA_NAMES and int(label) != int(target_label)}
+    above = [label for label, rank in ranks.items() if target_rank - 1.0 <= rank < target_rank]
+    below = [label for label, rank in ranks.items() if target_rank < rank <= target_rank + 1.0]
+    upper = max(above, key=lambda label: ranks[label]) if above else None
+    lower = min(below, key=lambda label: ranks[label]) if below else None
+    return upper, lower
+
+
+def clamp_tall_targets(label_slices: np.ndarray, target_label: int, mask_height_px: int,
+                       min_component_px: int) -> np.ndarray:
+    """Labels where a target taller than the band keeps only its M rows from ``mean_row - M // 2``.
+
+    As the reference: rows x1 = int(mean target row) - M // 2 (clamped into the image) to x2 = x1 + M.
+    Target pixels outside them are set to 0 in the returned copy (used only to locate the target), so
+    ``make_masked_slices`` opens the band over them and keeps the rest of the vertebra as context.
+    (N, H, W) in, (N, H, W) out; slices whose target fits the band are unchanged.
+    """
+    labels = np.array(label_slices, copy=True)
+    masks = target_masks(labels, target_label, min_component_px)
+    rows = labels.shape[1]
+    for n in np.flatnonzero(masks.any(axis=(1, 2))):
+        row_index = np.flatnonzero(masks[n].any(axis=1))
+        if row_index[-1] - row_index[0] <= mask_height_px:
+            continue
+        mean_row = int(np.mean(np.nonzero(masks[n])[0]))
+        top = int(np.clip(mean_row - mask_height_px // 2, 0, rows - 1 - mask_height_px))
+        outside = np.ones(rows, dtype=bool)
+        outside[top:top + mask_height_px + 1] = False
+        labels[n][outside[:, None] & (labels[n] == target_label)] = 0
+    return labels
+
+
+def autocast_dtype(device: torch.device, amp: bool, cpu_bf16: bool) -> torch.dtype | None:
+    """Autocast type for inference: float16 with ``amp`` on CUDA, bfloat16 with ``cpu_bf16`` on CPU, else none."""
+    if device.type == "cuda":
+        return torch.float16 if amp else None
+    return torch.bfloat16 if cpu_bf16 else None
+
+
+def resolve_batch_size(batch_size: int, device: torch.device) -> int:
+    """Slices per generator call: ``batch_size`` when >= 0 (0: all slices of a step at once), else
+    automatic: all slices on GPU, ``CPU_BATCH_SIZE`` on CPU (larger batches only add cache misses there)."""
+    if batch_size >= 0:
+        return batch_size
+    return 0 if device.type == "cuda" else CPU_BATCH_SIZE
+
+
+class GeneratorRunner:
+    """Runs a generator for inference on stacks of slices: chunks of ``batch_size`` (0: all at once),
+    no autograd, spectral-norm weights computed once per call, optional autocast to ``amp_dtype``.
+    Inputs and outputs are NumPy (N, H, W) float32 arrays; ``calls`` counts generator calls."""
+
+    def __init__(self, generator: torch.nn.Module | Generator, device: torch.device | str = "cpu",
+                 batch_size: int = CPU_BATCH_SIZE, amp_dtype: torch.dtype | None = None) -> None:
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0 (0: all slices at once), got {batch_size}")
+        self.generator = generator
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.amp_dtype = amp_dtype
+        self.calls = 0
+
+    def __call__(self, masked_ct: np.ndarray, offsets: np.ndarray, band_mask: np.ndarray, cam: np.ndarray,
+                 mask_height_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fine CT (windowed), target probability (N, H, W) and height h_hat (N,) in rows."""
+        count = len(masked_ct)
+        step = self.batch_size or max(count, 1)
+        outputs = [self._run(masked_ct[i:i + step], offsets[i:i + step], band_mask[i:i + step], cam[i:i + step],
+                             mask_height_px) for i in range(0, count, step)]
+        return tuple(np.concatenate(parts) for parts in zip(*outputs))  # type: ignore[return-value]
+
+    def _run(self, masked_ct: np.ndarray, offsets: np.ndarray, band_mask: np.ndarray, cam: np.ndarray,
+             mask_height_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def image(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[:, None].to(self.device)
+
+        shape = (len(offsets), 1) + masked_ct.shape[1:]
+        offset_plane = torch.as_tensor(offsets, dtype=torch.float32).view(-1, 1, 1, 1).expand(shape)
+        self.calls += 1
+        with torch.inference_mode(), parametrize.cached(), torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            out = self.generator(image(masked_ct), offset_plane.contiguous().to(self.device), image(band_mask),
+                                 image(cam), float(mask_height_px))
+        return (out.fine_ct[:, 0].float().cpu().numpy(), out.fine_target_seg[:, 0].float().cpu().numpy(),
+                out.fine_height.float().cpu().numpy())
+
+
+def synthesize_step(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarray, target_probability: np.ndarray,
+                    cam: np.ndarray | None, offsets: np.ndarray, step_label: int, is_target: bool,
+                    settings: SynthesisSettings, canvas: int) -> np.ndarray:
+    """One batched step: synthesize vertebra ``step_label`` in every given slice, in place.
+
+    ct_hu, labels, target_probability: (N, H, W) current slices (float32 HU, integer ids, float32),
+    updated in place where the step succeeded. cam: (N, H, W) attention or ``None``. offsets: (N,)
+    slice offsets r. canvas: generator image width (columns are centred on it). Returns the (N,) bool
+    mask of slices that were synthesized (the vertebra could be masked there).
+    """
+    if len(ct_hu) == 0:
+        return np.zeros(0, dtype=bool)
+    width = ct_hu.shape[2]
+    left = (canvas - width) // 2
+    ct_canvas = paste_columns(window_hu(ct_hu, settings.hu_window), canvas, CT_CANVAS_FILL)
+    located = clamp_tall_targets(labels, step_label, settings.mask_height_px, settings.min_component_px)
+    cam_canvas = None if cam is None else paste_columns(np.asarray(cam, dtype=np.float32), canvas, 0.0)
+    masked = make_masked_slices(ct_canvas, paste_columns(located, canvas, 0), step_label, cam_canvas,
+                                settings.mask_height_px, settings.min_component_px)
+    valid = np.flatnonzero(masked.valid)
+    if valid.size == 0:
+        return masked.valid
+    fine_ct, fine_seg, fine_height = runner(masked.masked_ct[valid], offsets[valid], masked.band_mask[valid],
+                                            masked.cam[valid], settings.mask_height_px)
+    fine_ct, fine_seg = fine_ct[:, :, left:left + width], fine_seg[:, :, left:left + width]
+    generated_labels = np.where(fine_seg > SEGMENTATION_THRESHOLD, np.float32(step_label), np.float32(0.0))
+    generated_probability = fine_seg if is_target else np.zeros_like(fine_seg)
+    original = np.stack([ct_hu[valid], labels[valid].astype(np.float32), target_probability[valid]], axis=1)
+    generated = np.stack([unwindow(fine_ct, settings.hu_window), generated_labels, generated_probability], axis=1)
+    composed = compose_height_adaptive(
+        torch.from_numpy(original), torch.from_numpy(generated),
+        torch.from_numpy(masked.target_top[valid]), torch.from_numpy(masked.target_bottom[valid]),
+        torch.from_numpy(masked.band_centre[valid]), torch.from_numpy(fine_height.astype(np.float32)),
+        settings.mask_height_px).numpy()
+    ct_hu[valid] = composed[:, 0]
+    labels[valid] = np.rint(composed[:, 1]).astype(labels.dtype)
+    target_probability[valid] = composed[:, 2]
+    return masked.valid
+
+
+def synthesize_plane(runner: GeneratorRunner, ct_hu: np.ndarray, label_map: np.ndarray, cam: np.ndarray | None,
+                     target_label: int, plane: str, settings: SynthesisSettings) -> PlaneSynthesis:
+    """Iterative synthesis (upper neighbour, lower neighbour, target) of one vertebra in one plane.
+
+    ct_hu (float HU), label_map (integer VerSe ids) and cam ([0, 1] or ``None``) are crop volumes
+    (S->I, A->P, R->L). Raises ``ValueError`` when the target label is not in the crop.
+    """
+    if plane not in PLANES:
+        raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
+    label_slab = plane_slab(np.asarray(label_map), plane)
+    extent = target_slice_extent(label_slab, target_label, settings.min_component_px)
+    if extent is None:
+        raise ValueError(f"target label {target_label} is not in the label crop")
+    first, last = extent
+    start, stop = central_slice_range(first, last, CENTRAL_FRACTION)
+    indices = np.arange(start, stop + 1)
+    offsets = np.asarray(slice_offset_ratio(indices, first, last, CENTRAL_FRACTION), dtype=np.float32)
+    ct = np.array(plane_slab(np.asarray(ct_hu, dtype=np.float32), plane)[indices])
+    original_labels = np.array(label_slab[indices])
+    labels = original_labels.copy()
+    probability = (labels == target_label).astype(np.float32)
+    cam_slices = None if cam is None else np.array(plane_slab(np.asarray(cam, dtype=np.float32), plane)[indices])
+    canvas = canvas_width(label_map.shape)
+    upper, lower = adjacent_labels(np.unique(label_map), target_label)
+    steps: list[StepRecord] = []
+    for role, neighbour in (("upper", upper), ("lower", lower)):
+        if neighbour is None:
+            continue
+        present = np.flatnonzero((original_labels == neighbour).sum(axis=(1, 2)) > settings.neighbour_min_px)
+        if present.size == 0:
+            continue
+        sub = (ct[present], labels[present], probability[present])
+        done = synthesize_step(runner, *sub, None if cam_slices is None else cam_slices[present], offsets[present],
+                               neighbour, False, settings, canvas)
+        ct[present], labels[present], probability[present] = sub
+        steps.append(StepRecord(role, neighbour, indices[present[done]].tolist()))
+    done = synthesize_step(runner, ct, labels, probability, cam_slices, offsets, target_label, True, settings, canvas)
+    steps.append(StepRecord("target", target_label, indices[done].tolist()))
+    out_ct = np.array(ct_hu, dtype=np.float32, copy=True)
+    out_labels = np.array(label_map, dtype=np.uint8, copy=True)
+    out_probability = (out_labels == target_label).astype(np.float32)
+    for volume, slices in ((out_ct, ct), (out_labels, labels), (out_probability, probability)):
+        plane_slab(volume, plane)[indices[done]] = slices[done]
+    return PlaneSynthesis(plane, out_ct, out_labels, out_probability, indices[done].tolist(), steps)
+
+
+def fuse_planes(sagittal: PlaneSynthesis, coronal: PlaneSynthesis, target_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """2.5D fusion: (CT HU float32, labels uint8) of two planes' syntheses of the same crop.
+
+    CT: the mean of the two planes. Labels: the target where the mean of the two soft target maps
+    exceeds 0.5 (the reference's fusion rule); elsewhere the sagittal label unless it is the target,
+    then the coronal label unless it is the target, else background.
+    """
+    ct = (sagittal.ct_hu + coronal.ct_hu) / np.float32(2.0)
+    probability = (sagittal.target_probability + coronal.target_probability) / np.float32(2.0)
+    sagittal_other = np.where(sagittal.label_map != target_label, sagittal.label_map, 0)
+    coronal_other = np.where(coronal.label_map != target_label, coronal.label_map, 0)
+    other = np.where(sagittal_other > 0, sagittal_other, coronal_other)
+    labels = np.where(probability > FUSED_TARGET_THRESHOLD, target_label, other).astype(np.uint8)
+    return ct.astype(np.float32), labels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dataset level: checkpoints, file layout, sharding, resuming, summary.
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready for inference and the training options it was saved with."""
+
+    generator: HealthiVertGenerator
+    options: dict[str, Any]
+    path: Path
+
+
+def checkpoint_file(checkpoints_dir: str | Path, name: str, epoch: str | int = "latest", load_iter: int = 0) -> Path:
+    """``<checkpoints_dir>/<name>/<epoch>.pth`` (or ``iter_<load_iter>.pth`` when ``load_iter`` > 0)."""
+    tag = f"iter_{load_iter}" if load_iter and int(load_iter) > 0 else str(epoch)
+    return checkpoint_path(Path(checkpoints_dir) / name, tag)
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu", plane: str | None = None) -> LoadedModel:
+    """Build the generator of a training checkpoint (``torch.load(weights_only=True)``) in eval mode.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for a foreign
+    checkpoint, weights that do not fit the saved options, or a model trained on another ``plane``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (train with --name {path.parent.name}, "
+                                "or check --checkpoints_dir / --epoch)")
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    options = dict(checkpoint.get("options") or {})
+    trained_plane = options.get("plane")
+    if plane is not None and trained_plane is not None and trained_plane != plane:
+        raise ValueError(f"{path}: generator trained on {trained_plane} slices, cannot synthesize {plane} slices")
+    nets = checkpoint.get("model", {}).get("nets", {})
+    if "G" not in nets:
+        raise ValueError(f"{path}: checkpoint holds no generator weights (model.nets.G)")
+    generator = HealthiVertGenerator(int(options.get("ngf", 16)), float(options.get("mask_height", 40.0)))
+    try:
+        generator.load_state_dict(nets["G"])
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path}: generator weights do not match --ngf {options.get('ngf', 16)} ({first_line})") from None
+    generator.eval().to(torch.device(device), memory_format=torch.channels_last)
+    return LoadedModel(generator, options, path)
+
+
+def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argparse.Namespace | None = None,
+                 neighbour_min_px: int = NEIGHBOUR_MIN_PX) -> SynthesisSettings:
+    """Masking settings of a model: its training options (``mask_height`` mm, ``hu_window``,
+    ``min_component_px``), falling back to ``fallback``'s values, then the defaults."""
+    def option(name: str, default: Any) -> Any:
+        if options.get(name) is not None:
+            return options[name]
+        return getattr(fallback, name, None) if getattr(fallback, name, None) is not None else default
+
+    window = option("hu_window", DEFAULT_WINDOW_HU)
+    return SynthesisSettings(mask_height_rows(float(option("mask_height", 40.0)), row_spacing_mm),
+                             (float(window[0]), float(window[1])), int(option("min_component_px", MIN_COMPONENT_PX)),
+                             neighbour_min_px)
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where the synthesized volumes go: ``<root>/CT_fake/<key>.nii.gz`` and ``<root>/label_fake/<key>.nii.gz``."""
+
+    root: Path
+
+    def ct(self, key: str) -> Path:
+        return self.root / "CT_fake" / f"{key}.nii.gz"
+
+    def label(self, key: str) -> Path:
+        return self.root / "label_fake" / f"{key}.nii.gz"
+
+    def done(self, key: str) -> bool:
+        """Both files of ``key`` exist (they are written atomically, CT first)."""
+        return self.ct(key).is_file() and self.label(key).is_file()
+
+    def write(self, key: str, ct_hu: np.ndarray, label_map: np.ndarray, affine: np.ndarray) -> None:
+        """int16 HU CT and uint8 labels on the crop grid, each written atomically."""
+        hu = np.clip(np.rint(ct_hu), np.iinfo(np.int16).min, np.iinfo(np.int16).max).astype(np.int16)
+        save_nifti(hu, affine, self.ct(key))
+        save_nifti(np.asarray(label_map, dtype=np.uint8), affine, self.label(key))
+
+
+def output_layouts(results_dir: str | Path, name: str, plane_mode: str) -> dict[str, OutputLayout]:
+    """Output folders per product: ``sagittal``/``coronal`` (the plane run alone goes to
+    ``<results_dir>/<name>/``); with ``both``: sagittal in ``<name>/``, coronal in ``<name>/coronal/``,
+    the 2.5D fusion in ``<name>/fused/``."""
+    root = Path(results_dir) / name
+    if plane_mode == "both":
+        return {"sagittal": OutputLayout(root), "coronal": OutputLayout(root / "coronal"),
+                "fused": OutputLayout(root / "fused")}
+    if plane_mode not in PLANES:
+        raise ValueError(f"--plane {plane_mode!r}: expected one of {PLANE_MODES}")
+    return {plane_mode: OutputLayout(root)}
+
+
+def shard(keys: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """The keys of ``rank`` out of ``world_size`` (round robin over the sorted keys)."""
+    return list(keys)[rank::world_size]
+
+
+def select_keys(dataroot: str | Path, split_names: str | None, split_json: str | Path | None) -> list[str]:
+    """Vertebra keys to synthesize: every label crop, or the keys of the named splits (comma-separated,
+    e.g. ``val,test``) in the split JSON (default ``<dataroot>/../vertebra_data.json``). Keys listed
+    in the split without a crop are kept, so they are reported as failures."""
+    if not split_names or split_names == "all":
+        return list_crop_keys(dataroot)
+    path = Path(split_json) if split_json else default_split_json(dataroot)
+    split = read_split(path)
+    names = [name.strip() for name in split_names.split(",") if name.strip()]
+    unknown = [name for name in names if name not in split]
+    if unknown:
+        raise ValueError(f"--split {split_names!r}: unknown split(s) {unknown}; expected train, val, test or all")
+    return sorted({key for name in names for key in split[name]})
+
+
+def load_attention(cam_dir: str | Path | None, crop: Crop, label_path: Path) -> np.ndarray | None:
+    """The crop's attention map in [0, 1] (``<cam_dir>/<key>.nii.gz``), ``None`` when absent."""
+    if not cam_dir:
+        return None
+    path = Path(cam_dir) / f"{crop.key}.nii.gz"
+    if not path.is_file():
+        return None
+    cam = load_ct(path)
+    check_same_grid(Volume(crop.label_map, crop.affine, label_path), cam)
+    return np.clip(cam.array, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class SynthesisSummary:
+    """Outcome of a dataset run: keys synthesized, skipped (outputs existed) and failed (key -> reason)."""
+
+    succeeded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    missing_attention: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def merge(self, other: "SynthesisSummary") -> None:
+        self.succeeded += other.succeeded
+        self.skipped += other.skipped
+        self.failed.update(other.failed)
+        self.missing_attention += other.missing_attention
+        self.seconds = max(self.seconds, other.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"succeeded": sorted(self.succeeded), "skipped": sorted(self.skipped),
+                "failed": dict(sorted(self.failed.items())), "missing_attention": sorted(self.missing_attention),
+                "seconds": round(self.seconds, 2)}
+
+    def report(self) -> str:
+        """Multi-line human summary."""
+        lines = [f"synthesis: {len(self.succeeded)} succeeded, {len(self.skipped)} skipped (already done), "
+                 f"{len(self.failed)} failed in {self.seconds:.1f} s"]
+        if self.missing_attention:
+            lines.append(f"  no attention map (zeros used) for {len(self.missing_attention)} vertebra(e), "
+                         f"e.g. {sorted(self.missing_attention)[0]}")
+        lines += [f"  FAILED {key}: {reason}" for key, reason in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+class DatasetSynthesizer:
+    """Synthesizes vertebrae of a crop folder with one (sagittal or coronal) or two (both) generators."""
+
+    def __init__(self, opt: argparse.Namespace, device: torch.device) -> None:
+        self.opt = opt
+        self.device = device
+        self.plane_mode = getattr(opt, "plane", "sagittal")
+        self.layouts = output_layouts(opt.results_dir, opt.name, self.plane_mode)
+        names = {"sagittal": opt.name, "coronal": opt.name}
+        if self.plane_mode == "both":
+            if not getattr(opt, "name_coronal", None):
+                raise ValueError("--plane both needs --name_coronal (the coronal model's checkpoint name)")
+            names["coronal"] = opt.name_coronal
+        planes = list(PLANES) if self.plane_mode == "both" else [self.plane_mode]
+        checkpoints_dir = getattr(opt, "checkpoints_dir", "./checkpoints")
+        epoch, load_iter = getattr(opt, "epoch", "latest"), int(getattr(opt, "load_iter", 0) or 0)
+        self.models = {plane: load_generator(checkpoint_file(checkpoints_dir, names[plane], epoch, load_iter),
+                                             device, plane) for plane in planes}
+        batch_size = resolve_batch_size(int(getattr(opt, "synthesis_batch_size", -1)), device)
+        amp_dtype = autocast_dtype(device, bool(getattr(opt, "amp", False)), bool(getattr(opt, "cpu_bf16", False)))
+        self.runners = {plane: GeneratorRunner(model.generator, device, batch_size, amp_dtype)
+                        for plane, model in self.models.items()}
+
+    def done(self, key: str) -> bool:
+        return all(layout.done(key) for layout in self.layouts.values())
+
+    def synthesize(self, key: str) -> bool:
+        """Synthesize and write one vertebra; returns whether its attention map was found."""
+        crop = load_crop(self.opt.dataroot, key)
+        cam = load_attention(getattr(self.opt, "cam_dir", None), crop, crop_paths(self.opt.dataroot, key).label)
+        row_spacing_mm = float(crop.spacing_mm[0])
+        results: dict[str, PlaneSynthesis] = {}
+        for plane, model in self.models.items():
+            settings = settings_for(model.options, row_spacing_mm, self.opt)
+            if settings.mask_height_px > crop.label_map.shape[0]:
+                raise ValueError(f"{crop_paths(self.opt.dataroot, key).label}: band of {settings.mask_height_px} rows "
+                                 f"exceeds the crop height {crop.label_map.shape[0]}")
+            try:
+                results[plane] = synthesize_plane(self.runners[plane], crop.ct_hu, crop.label_map, cam, crop.label,
+                                                  plane, settings)
+            except ValueError as err:
+                raise ValueError(f"{crop_paths(self.opt.dataroot, key).label}: {err}") from None
+        for plane, result in results.items():
+            self.layouts[plane].write(key, result.ct_hu, result.label_map, crop.affine)
+        if "fused" in self.layouts:
+            ct, labels = fuse_planes(results["sagittal"], results["coronal"], crop.label)
+            self.layouts["fused"].write(key, ct, labels, crop.affine)
+        return cam is not None or not getattr(self.opt, "cam_dir", None)
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size): from an initialized process group, else ``torchrun``'s environment, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def gather_summaries(summary: SynthesisSummary) -> SynthesisSummary:
+    """Merge the summaries of all ranks (a no-op outside ``torchrun``)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return summary
+    gathered: list[SynthesisSummary | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, summary)
+    merged = SynthesisSummary()
+    for part in gathered:
+        if part is not None:
+            merged.merge(part)
+    return merged
+
+
+def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> SynthesisSummary:
+    """Iterative synthesis of every vertebra of ``opt.dataroot`` (or of ``opt.split``) with the
+    ``opt.name`` checkpoint(s); writes ``<results_dir>/<name>/{CT_fake,label_fake}/<key>.nii.gz``.
+
+    Uses ``opt``: dataroot, cam_dir, name, results_dir, plane (sagittal | coronal | both),
+    name_coronal, checkpoints_dir, epoch, load_iter, gpu_ids, split, split_json, num_test, overwrite,
+    synthesis_batch_size, amp (float16 on GPU), cpu_bf16 (bfloat16 on CPU). Under ``torchrun`` (process group initialized by the caller, or
+    RANK/WORLD_SIZE set) each rank takes every world_size-th vertebra; the returned summary covers
+    all ranks when a process group is initialized. Checkpoint errors raise; per-vertebra errors are
+    collected in the summary and the run continues.
+    """
+    started = time.perf_counter()
+    rank, world_size = distributed_context()
+    device = resolve_device(getattr(opt, "gpu_ids", "-1"))
+    synthesizer = DatasetSynthesizer(opt, device)
+    keys = select_keys(opt.dataroot, getattr(opt, "split", None), getattr(opt, "split_json", None))
+    num_test = getattr(opt, "num_test", math.inf)
+    if num_test != math.inf:
+        keys = keys[: int(num_test)]
+    summary = SynthesisSummary()
+    if not getattr(opt, "cam_dir", None) and rank == 0:
+        warnings.warn("no --cam_dir given: attention maps are all zeros (no fracture attention)", stacklevel=2)
+    from tqdm import tqdm
+
+    progress = tqdm(shard(keys, rank, world_size), desc=f"synthesis ({synthesizer.plane_mode})", unit="vertebra",
+                    disable=not show_progress or rank != 0, dynamic_ncols=True)
+    for key in progress:
+        if synthesizer.done(key) and not getattr(opt, "overwrite", False):
+            summary.skipped.append(key)
+            continue
+        progress.set_postfix_str(key)
+        try:
+            if not synthesizer.synthesize(key):
+                summary.missing_attention.append(key)
+            summary.succeeded.append(key)
+        except (ImageIOError, ValueError, FileNotFoundError, OSError, RuntimeError) as err:
+            summary.failed[key] = " ".join(str(err).split())
+    summary.seconds = time.perf_counter() - started
+    summary = gather_summaries(summary)
+    if rank == 0:
+        if summary.missing_attention:
+            warnings.warn(f"{getattr(opt, 'cam_dir', None)}: no attention map for {len(summary.missing_attention)} "
+                          f"vertebra(e) (e.g. {summary.missing_attention[0]}.nii.gz); used zeros", stacklevel=2)
+        write_json(Path(opt.results_dir) / opt.name / "synthesis_summary.json", summary.as_dict())
+    return summary
