@@ -36,6 +36,7 @@ from data.image_io import load_mask, save_nifti  # noqa: E402
 from evaluation import SVM_grading  # noqa: E402
 from evaluation.rhlv import RHLV_COLUMNS, MeasureOptions, rhlv_for_vertebra  # noqa: E402
 from evaluation.rhlv_table import rhlv_tables, write_table  # noqa: E402
+from tests.synthetic_crops import compress_vertebra  # noqa: E402
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 REAL_LABELS = REAL_DATA / "upstream-0007" / "straightened" / "label"
@@ -62,21 +63,6 @@ def median_times(function: Callable[[], object], repeats: int) -> tuple[float, f
     return statistics.median(wall), statistics.median(cpu)
 
 
-def compress(label_map: np.ndarray, label: int, factor: float) -> np.ndarray:
-    """Squeeze vertebra ``label`` along axis 0 by ``factor`` about its centre row."""
-    target = label_map == label
-    rows = np.flatnonzero(target.any(axis=(1, 2)))
-    centre = (rows[0] + rows[-1]) / 2.0
-    source = np.rint(centre + (np.arange(label_map.shape[0]) - centre) / factor).astype(int)
-    inside = (source >= 0) & (source < label_map.shape[0])
-    squeezed = np.zeros_like(target)
-    squeezed[inside] = target[source[inside]]
-    out = label_map.copy()
-    out[target] = 0
-    out[squeezed] = label
-    return out
-
-
 def box_crop(label: int) -> np.ndarray:
     """A 256 x 256 x 64 crop with three box-shaped bodies, the target centred."""
     label_map = np.zeros(CROP_SHAPE, dtype=np.int16)
@@ -93,11 +79,11 @@ def load_pairs() -> tuple[list[tuple[str, np.ndarray, np.ndarray, int]], str]:
             key = path.name[: -len(".nii.gz")]
             label = int(key.rsplit("_", 1)[1])
             healthy = load_mask(path).array
-            pairs.append((key, healthy, compress(healthy, label, 0.75), label))
+            pairs.append((key, healthy, compress_vertebra(healthy, label, 0.75), label))
         return pairs, f"real straightened labels ({len(pairs)} vertebrae of upstream-0007)"
     for label in range(18, 24):
         healthy = box_crop(label)
-        pairs.append((f"box_{label}", healthy, compress(healthy, label, 0.75), label))
+        pairs.append((f"box_{label}", healthy, compress_vertebra(healthy, label, 0.75), label))
     return pairs, "box-shaped bodies (real data not found)"
 
 

@@ -91,3 +91,18 @@ def write_synthetic_cohort(root: Path, cases: dict[str, str] | None = None, labe
     split_path = root / "vertebra_data.json"
     write_json(split_path, split)
     return dataroot, split_path
+
+
+def compress_vertebra(label_map: np.ndarray, label: int, factor: float) -> np.ndarray:
+    """The crop with vertebra ``label`` squeezed along axis 0 by ``factor`` about its centre row."""
+    target = label_map == label
+    rows = np.flatnonzero(target.any(axis=(1, 2)))
+    centre = (rows[0] + rows[-1]) / 2.0
+    source = np.rint(centre + (np.arange(label_map.shape[0]) - centre) / factor).astype(int)
+    inside = (source >= 0) & (source < label_map.shape[0])
+    squeezed = np.zeros_like(target)
+    squeezed[inside] = target[source[inside]]
+    compressed = label_map.copy()
+    compressed[target] = 0
+    compressed[squeezed] = label
+    return compressed

@@ -79,15 +79,6 @@ def write_synthetic_cohort(root: Path, n_cases: int, seed: int) -> dict[str, dic
     return split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Run torch on one thread: these inputs are tiny, and on a busy machine two threads are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> dict[str, Path]:
     """A synthetic straightened cohort, its split JSON and a briefly trained small classifier."""

@@ -14,15 +14,6 @@ from models.networks import ELU, HealthiVertGenerator, NLayerDiscriminator, coun
 from models.synthetic import synthetic_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is as fast and immune to oversubscription of a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_options(*argv: str, is_train: bool = True) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="healthivert")

@@ -12,15 +12,6 @@ from models.composition import compose_height_adaptive, generated_height_rows
 from models.contextual_attention import ContextualAttention, flow_to_rgb
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is as fast and immune to oversubscription of a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------- attention
 def slow_contextual_attention(features: torch.Tensor, mask: torch.Tensor, rate: int = 2, ksize: int = 3,
                               scale: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from data.crops import crop_affine
 from data.image_io import load_mask, save_nifti
 from evaluation import RHLV_quantification
 from evaluation.rhlv import RHLV_COLUMNS, RHLVError, rhlv_for_vertebra, rhlv_neighbours_for_vertebra
+from tests.synthetic_crops import compress_vertebra
 from util.fileio import write_json
 
 SHAPE = (128, 96, 48)  # (S->I, A->P, R->L)
@@ -230,21 +231,6 @@ def test_cli_neighbours_only_needs_no_fake_dir(tmp_path: Path) -> None:
     assert len(table) == 3 and table["Dataset"].isna().all()
 
 
-def _compress_body(label_map: np.ndarray, label: int, factor: float) -> np.ndarray:
-    """The crop with vertebra ``label`` squeezed along axis 0 by ``factor`` about its centre row."""
-    target = label_map == label
-    rows = np.flatnonzero(target.any(axis=(1, 2)))
-    centre = (rows[0] + rows[-1]) / 2.0
-    source = np.rint(centre + (np.arange(label_map.shape[0]) - centre) / factor).astype(int)
-    inside = (source >= 0) & (source < label_map.shape[0])
-    squeezed = np.zeros_like(target)
-    squeezed[inside] = target[source[inside]]
-    compressed = label_map.copy()
-    compressed[target] = 0
-    compressed[squeezed] = label
-    return compressed
-
-
 @pytest.mark.parametrize("label, factor, plane", [(20, 0.75, "sagittal"), (22, 0.6, "sagittal"),
                                                   (21, 0.8, "coronal")])
 def test_real_label_compression_is_recovered(real_data_dir: Path, label: int, factor: float, plane: str) -> None:
@@ -252,7 +238,7 @@ def test_real_label_compression_is_recovered(real_data_dir: Path, label: int, fa
     if not path.is_file():
         pytest.skip(f"{path} not available")
     volume = load_mask(path)
-    compressed = _compress_body(volume.array, label, factor)
+    compressed = compress_vertebra(volume.array, label, factor)
     result = rhlv_for_vertebra(compressed, volume.array, label, volume.spacing_mm, plane=plane)
     for region, value in result.rhlv.items():
         assert value == pytest.approx(1 - factor, abs=0.03), region

@@ -36,15 +36,6 @@ TARGET = 20
 CT_FILL = -1.0  # windowed canvas fill of coronal slices (training dataset)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest (and steadiest on a busy machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ToyGenerator(nn.Module):
     """Element-wise stand-in for the generator: exactly batch-invariant, with a band that copies
     the context 2M rows above it (so the result depends on what earlier steps synthesized there), a

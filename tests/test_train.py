@@ -23,15 +23,6 @@ TINY = ["--gpu_ids", "-1", "--num_threads", "0", "--ngf", "2", "--ndf", "4", "--
         "--seed", "3", "--batch_size", "2", "--max_dataset_size", "3", "--n_epochs", "1", "--n_epochs_decay", "1"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread() -> None:
-    """One intra-op thread: tiny convolutions are much faster so on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_synthetic_cohort(tmp_path_factory.mktemp("train_cohort"))
