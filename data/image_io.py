@@ -126,6 +126,26 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine
 
 
+def read_grid(path: str | Path) -> Volume:
+    """The voxel grid of a NIfTI file from its header alone (an empty array of the right shape).
+
+    Lets a CT/mask mismatch be reported before either volume is decoded. DICOM
+    folders are decoded, since their geometry is spread over the slice files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        volume = load_ct(path)
+        return Volume(np.broadcast_to(np.float32(0), volume.array.shape), volume.affine, path)
+    if not path.exists():
+        raise ImageIOError(f"{path}: file not found")
+    try:
+        image = nib.load(str(path))
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as err:
+        raise ImageIOError(f"{path}: cannot read NIfTI header ({type(err).__name__}: {err})") from err
+    shape = tuple(int(n) for n in image.shape[:3])
+    return Volume(np.broadcast_to(np.float32(0), shape), np.asarray(image.affine, dtype=np.float64), path)
+
+
 def load_ct(path: str | Path) -> Volume:
     """Load a CT as float32 Hounsfield units (a NIfTI file or a DICOM series folder).
 

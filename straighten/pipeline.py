@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from data.crops import CROP_AXES, crop_affine, crop_paths, write_crop
-from data.image_io import CaseFiles, ImageIOError, Volume, check_same_grid, list_cases, load_ct, load_mask
+from data.image_io import CaseFiles, ImageIOError, check_same_grid, list_cases, load_ct, load_mask, read_grid
 from data.labels import split_key
 from straighten.frames import StraightGrid, grid_for_crops, straight_line
 from straighten.spine import SpineModel, StraightenError, Vertebra, body_label_map, build_spine_model
@@ -99,6 +99,8 @@ def straighten_case(case: CaseFiles, out_dir: str | Path, crop_size: tuple[int, 
     result = CaseResult(case.case)
     if case.mask is None:
         raise StraightenError(f"{case.folder}: CT without a vertebra mask (expected {case.case}_msk.nii.gz)")
+    if case.ct is not None:
+        check_same_grid(read_grid(case.ct), read_grid(case.mask))
     mask = load_mask(case.mask)
     model = build_spine_model(mask)
     result.notes.extend(model.notes)
@@ -107,15 +109,13 @@ def straighten_case(case: CaseFiles, out_dir: str | Path, crop_size: tuple[int, 
             result.skipped[split_key(case.case, vertebra.label)] = f"{vertebra.name} {vertebra.status}: {vertebra.reason}"
     grid = grid_for_crops(straight_line(model), crop_size, spacing_mm)
     straight_labels = grid.sample(body_label_map(model), model.affine, order=0, fill=0, dtype=np.uint8)
-    # keep only the mask's geometry: the CT is loaded after the label arrays are freed (peak memory)
-    mask_grid = Volume(np.broadcast_to(np.uint8(0), mask.array.shape), mask.affine, mask.path)
+    # the CT is loaded after the label arrays are freed (peak memory); its grid was checked above
     del mask
     straight_ct = None
     if case.ct is None:
         result.notes.append("mask only (no CT): label crops only")
     else:
         ct = load_ct(case.ct)
-        check_same_grid(ct, mask_grid)
         straight_ct = grid.sample(ct.array, model.affine, order=1, fill=CT_FILL_HU, dtype=np.float32)
         del ct
     _write_case_crops(case, out_dir, model, grid, crop_size, straight_labels, straight_ct, result)

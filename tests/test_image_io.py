@@ -247,3 +247,14 @@ def test_atomic_outputs_get_umask_permissions(tmp_path: Path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_read_grid_reads_the_header_only(ct_and_mask, tmp_path: Path):
+    from data.image_io import read_grid
+
+    ct_path, mask_path, ct, _ = ct_and_mask
+    grid = read_grid(ct_path)
+    assert grid.array.shape == ct.shape and grid.orientation == "PIR"
+    np.testing.assert_allclose(grid.affine, nib.load(str(mask_path)).affine)
+    with pytest.raises(ImageIOError, match="nope.nii.gz: file not found"):
+        read_grid(tmp_path / "nope.nii.gz")
