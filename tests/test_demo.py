@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 import demo
-from evaluation.phantom_truth import accuracy_summary, compare_to_truth, subsets, threshold_confusion, truth_table
+from evaluation.phantom_truth import (
+    accuracy_summary, compare_to_truth, restrict_to_common, subsets, threshold_confusion, truth_table,
+)
 from util.fileio import write_json
 from util.report import demo_summary, write_report
 
@@ -56,6 +58,8 @@ def test_compare_to_truth_errors_and_threshold_grades(truth_root: Path) -> None:
     parts = subsets(comparison)
     assert list(parts["adjacent fracture"]["Vertebra"]) == ["ph000_21"]
     assert len(parts["fractured (grade > 0)"]) == 2
+    common = restrict_to_common({"a": comparison, "b": comparison[comparison["Vertebra"] != "ph000_20"]})
+    assert [list(t["Vertebra"]) for t in common.values()] == [["ph000_19", "ph000_21"]] * 2
 
 
 def test_truth_table_requires_truth_files(tmp_path: Path) -> None:
