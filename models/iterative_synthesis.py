@@ -24,8 +24,13 @@ generator's fine segmentation exceeds 0.5 and background elsewhere.
 Choices, each as in the reference unless noted:
 
 - The slice offset r and the attention map are the target's for all three steps (the attention map
-  is not shifted by the neighbour compositions).
-- Neighbour presence (> ``neighbour_min_px`` pixels) is counted in the original slice.
+  is not shifted by the neighbour compositions; a neighbour step only moves it with the slice while
+  presenting the neighbour centred).
+- Neighbour presence (> ``neighbour_min_px`` pixels) is counted in the original slice; the threshold
+  is 200 mm² converted with the slice's pixel area (the reference counts 200 pixels at any spacing,
+  the same at 1 mm pixels).
+- Unlike the reference, a neighbour step moves each slice vertically so the neighbour is centred on
+  row H // 2 as the generator's training slices were (``synthesize_step``), then moves the result back.
 - A target taller than the band in a slice is handled as the reference does: the target rows are
   clamped to the M rows starting at ``mean_row - M // 2`` (``clamp_tall_targets``), the band covers
   them, and the parts of the vertebra outside them stay in the context. Unlike the reference (which
@@ -72,7 +77,7 @@ from data.crops import Crop, crop_paths, list_crop_keys, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, Volume, check_same_grid, load_ct, save_nifti, unwindow, window_hu
 from data.labels import VERTEBRA_NAMES, spine_rank
 from data.masking import (
-    CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, make_masked_slices,
+    CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, gather_rows, make_masked_slices,
     paste_columns, plane_slab, slice_offset_ratio, target_masks, target_slice_extent,
 )
 from models.composition import compose_height_adaptive
@@ -81,7 +86,8 @@ from util.checkpoint import checkpoint_path, load_checkpoint
 from util.device import resolve_device
 from util.fileio import write_json
 
-NEIGHBOUR_MIN_PX = 200  # a neighbour is synthesized in a slice where it has more pixels than this
+NEIGHBOUR_MIN_MM2 = 200.0  # a neighbour is synthesized in a slice where its area (mm²) exceeds this
+NEIGHBOUR_MIN_PX = 200  # the same threshold in pixels at 1 mm x 1 mm pixels (the reference's 200 pixels)
 SEGMENTATION_THRESHOLD = 0.5
 FUSED_TARGET_THRESHOLD = 0.5
 CPU_BATCH_SIZE = 4  # slices per generator call on CPU: the fastest per slice in benchmarks/bench_synthesis.py
@@ -102,13 +108,14 @@ class SynthesisSettings:
     mask_height_px: band height M in rows (``--mask_height`` mm / row spacing).
     hu_window: CT window (HU) mapped to [-1, 1], as in training.
     min_component_px: target components smaller than this (pixels per slice) are ignored.
-    neighbour_min_px: a neighbour is synthesized in slices where it has more pixels than this.
+    neighbour_min_px: a neighbour is synthesized in slices where it has more pixels than this
+        (``NEIGHBOUR_MIN_MM2`` over the slice's pixel area, see ``neighbour_min_pixels``).
     """
 
     mask_height_px: int
     hu_window: tuple[float, float] = DEFAULT_WINDOW_HU
     min_component_px: int = MIN_COMPONENT_PX
-    neighbour_min_px: int = NEIGHBOUR_MIN_PX
+    neighbour_min_px: float = NEIGHBOUR_MIN_PX
 
 
 @dataclass
@@ -179,6 +186,52 @@ def clamp_tall_targets(label_slices: np.ndarray, target_label: int, mask_height_
     return labels
 
 
+def neighbour_min_pixels(pixel_area_mm2: float) -> float:
+    """Neighbour presence threshold in pixels: ``NEIGHBOUR_MIN_MM2`` (200 mm²) over the pixel area (mm²).
+
+    The reference counts 200 pixels whatever the spacing; at 1 mm x 1 mm pixels this is the same.
+    """
+    if pixel_area_mm2 <= 0:
+        raise ValueError(f"pixel area must be positive, got {pixel_area_mm2} mm²")
+    return NEIGHBOUR_MIN_MM2 / pixel_area_mm2
+
+
+def plane_pixel_area_mm2(spacing_mm: Sequence[float], plane: str) -> float:
+    """Area (mm²) of one pixel of a ``plane`` slice of a crop with (S->I, A->P, R->L) ``spacing_mm``:
+    rows are S->I, columns A->P (sagittal) or R->L (coronal)."""
+    return float(spacing_mm[0]) * float(spacing_mm[1 if plane == "sagittal" else 2])
+
+
+def centring_shifts(label_slices: np.ndarray, label: int) -> np.ndarray:
+    """(N,) int64 rows to move each (N, H, W) slice down so that the centre row of ``label`` (its mean
+    pixel row, truncated as in ``clamp_tall_targets``) lands on row H // 2, the row straightened crops
+    centre the target on (what the generator saw in training); 0 where the label is absent."""
+    pixels_per_row = (np.asarray(label_slices) == label).sum(axis=2)
+    counts = pixels_per_row.sum(axis=1)
+    centre = (pixels_per_row @ np.arange(pixels_per_row.shape[1])) // np.maximum(counts, 1)
+    return np.where(counts > 0, pixels_per_row.shape[1] // 2 - centre, 0).astype(np.int64)
+
+
+def shifted_sources(shifts: np.ndarray, image_rows: int) -> np.ndarray:
+    """(N, image_rows) source row of every row of slices moved down by ``shifts`` (N,) rows; -1 where
+    the row comes from outside the frame."""
+    sources = np.arange(image_rows)[None, :] - np.asarray(shifts)[:, None]
+    return np.where((sources >= 0) & (sources < image_rows), sources, -1)
+
+
+def shift_rows(images: np.ndarray, shifts: np.ndarray, fill_value: float) -> np.ndarray:
+    """(N, H, W) float32 ``images`` moved down by ``shifts`` (N,) rows (up where negative), rows moved in
+    from outside the frame set to ``fill_value``."""
+    return gather_rows(images, shifted_sources(shifts, images.shape[1]), fill_value)
+
+
+def shift_rows_back(shifted: np.ndarray, original: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Inverse of ``shift_rows(original, shifts, ...)`` for (N, H, W) ``shifted`` (float32): rows that
+    were moved out of the frame are taken from ``original``."""
+    sources = shifted_sources(-np.asarray(shifts), shifted.shape[1])
+    return np.where((sources < 0)[:, :, None], original, gather_rows(shifted, sources, 0.0))
+
+
 def autocast_dtype(device: torch.device, amp: bool, cpu_bf16: bool) -> torch.dtype | None:
     """Autocast type for inference: float16 with ``amp`` on CUDA, bfloat16 with ``cpu_bf16`` on CPU, else none."""
     if device.type == "cuda":
@@ -243,9 +296,32 @@ def synthesize_step(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarr
     updated in place where the step succeeded. cam: (N, H, W) attention or ``None``. offsets: (N,)
     slice offsets r. canvas: generator image width (columns are centred on it). Returns the (N,) bool
     mask of slices that were synthesized (the vertebra could be masked there).
+
+    The generator was trained on straightened crops, whose target is centred on row H // 2, and paints
+    around the crop's centre rows. A neighbour step therefore presents every slice as in training: the
+    slice (CT, labels, target map, attention) is moved vertically so that the neighbour's centre row is
+    row H // 2 (``centring_shifts``; rows moved in from outside are background: CT ``hu_window[0]`` HU,
+    which windows to ``CT_CANVAS_FILL``, labels and maps 0), synthesized, and the composed slice is moved
+    back; rows that were moved out of the frame, far from the neighbour, keep the step's input. The
+    target is already centred: its step runs unshifted.
     """
     if len(ct_hu) == 0:
         return np.zeros(0, dtype=bool)
+    shifts = np.zeros(len(ct_hu), dtype=np.int64) if is_target else centring_shifts(labels, step_label)
+    slices = (ct_hu, labels, target_probability)
+    centred = [shift_rows(image, shifts, fill) for image, fill in zip(slices, (settings.hu_window[0], 0.0, 0.0))]
+    centred_cam = None if cam is None else shift_rows(cam, shifts, 0.0)
+    valid = synthesize_centred(runner, *centred, centred_cam, offsets, step_label, is_target, settings, canvas)
+    for image, result in zip(slices, centred):
+        image[valid] = shift_rows_back(result[valid], image[valid], shifts[valid]).astype(image.dtype)
+    return valid
+
+
+def synthesize_centred(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarray, target_probability: np.ndarray,
+                       cam: np.ndarray | None, offsets: np.ndarray, step_label: int, is_target: bool,
+                       settings: SynthesisSettings, canvas: int) -> np.ndarray:
+    """``synthesize_step`` on slices already centred on ``step_label`` (same arguments, (N, H, W) arrays
+    updated in place): mask, run the generator, compose. Returns the (N,) bool mask of synthesized slices."""
     width = ct_hu.shape[2]
     left = (canvas - width) // 2
     ct_canvas = paste_columns(window_hu(ct_hu, settings.hu_window), canvas, CT_CANVAS_FILL)
@@ -384,9 +460,10 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", plane: 
 
 
 def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argparse.Namespace | None = None,
-                 neighbour_min_px: int = NEIGHBOUR_MIN_PX) -> SynthesisSettings:
+                 pixel_area_mm2: float = 1.0) -> SynthesisSettings:
     """Masking settings of a model: its training options (``mask_height`` mm, ``hu_window``,
-    ``min_component_px``), falling back to ``fallback``'s values, then the defaults."""
+    ``min_component_px``), falling back to ``fallback``'s values, then the defaults. The neighbour
+    threshold is 200 mm² in pixels of ``pixel_area_mm2`` (``neighbour_min_pixels``)."""
     def option(name: str, default: Any) -> Any:
         if options.get(name) is not None:
             return options[name]
@@ -395,7 +472,7 @@ def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argpa
     window = option("hu_window", DEFAULT_WINDOW_HU)
     return SynthesisSettings(mask_height_rows(float(option("mask_height", 40.0)), row_spacing_mm),
                              (float(window[0]), float(window[1])), int(option("min_component_px", MIN_COMPONENT_PX)),
-                             neighbour_min_px)
+                             neighbour_min_pixels(pixel_area_mm2))
 
 
 @dataclass(frozen=True)
@@ -536,7 +613,8 @@ class DatasetSynthesizer:
         row_spacing_mm = float(crop.spacing_mm[0])
         results: dict[str, PlaneSynthesis] = {}
         for plane, model in self.models.items():
-            settings = settings_for(model.options, row_spacing_mm, self.opt)
+            settings = settings_for(model.options, row_spacing_mm, self.opt,
+                                    plane_pixel_area_mm2(crop.spacing_mm, plane))
             if settings.mask_height_px > crop.label_map.shape[0]:
                 raise ValueError(f"{crop_paths(self.opt.dataroot, key).label}: band of {settings.mask_height_px} rows "
                                  f"exceeds the crop height {crop.label_map.shape[0]}")

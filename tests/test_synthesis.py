@@ -24,7 +24,8 @@ from data.crops import crop_affine, write_crop
 from data.image_io import load_ct, load_mask, save_nifti, unwindow, window_hu
 from data.labels import split_key, vertebra_name
 from models.iterative_synthesis import (
-    GeneratorRunner, SynthesisSettings, adjacent_labels, fuse_planes, load_generator, shard, synthesize_plane,
+    NEIGHBOUR_MIN_PX, GeneratorRunner, SynthesisSettings, adjacent_labels, fuse_planes, load_generator,
+    neighbour_min_pixels, plane_pixel_area_mm2, settings_for, shard, synthesize_plane,
 )
 from models.networks import GeneratorOutput, HealthiVertGenerator
 from tests.synthetic_crops import BODY_COLS, CROP_SIZE, WIDE_WINDOW, body_rows, make_crop_arrays
@@ -71,6 +72,24 @@ class RecordingGenerator(nn.Module):
         self.inputs.append((masked_ct[:, 0].numpy().copy(), band_mask[:, 0].numpy().copy()))
         return ToyGenerator(self.ct_values[len(self.inputs) - 1])(masked_ct, offset_plane, band_mask, cam,
                                                                   mask_height_px)
+
+
+class BandSpyGenerator(nn.Module):
+    """The n-th call paints ``ct_values[n]`` (windowed) everywhere, segments the whole band and predicts
+    height 0 (so exactly the vertebra's rows are replaced, nothing moves); records the band rows of
+    every slice it receives."""
+
+    def __init__(self, ct_values: list[float]) -> None:
+        super().__init__()
+        self.ct_values = ct_values
+        self.band_rows: list[list[np.ndarray]] = []
+
+    def forward(self, masked_ct, offset_plane, band_mask, cam, mask_height_px=None) -> GeneratorOutput:
+        self.band_rows.append([np.flatnonzero(band[:, 0]) for band in band_mask[:, 0].numpy()])
+        fine_ct = torch.full_like(masked_ct, self.ct_values[len(self.band_rows) - 1])
+        height = torch.zeros(len(masked_ct))
+        zeros = torch.zeros_like(masked_ct)
+        return GeneratorOutput(fine_ct, band_mask, height, fine_ct, band_mask, height, torch.cat([zeros, zeros], dim=1))
 
 
 def tiny_generator(ngf: int = 8, mask_height_px: int = 16, seed: int = 0) -> HealthiVertGenerator:
@@ -132,8 +151,32 @@ def reference_compose(original, generated, x1, x2, band_centre, h_hat, mask_heig
     return out
 
 
+def move_down(image, shift, fill):
+    """One slice moved down by ``shift`` rows (up when negative), ``fill`` in the rows moved in."""
+    rows = image.shape[0]
+    out = np.full(image.shape, fill, dtype=np.float32)
+    if shift >= 0:
+        out[shift:] = image[:rows - shift]
+    else:
+        out[:rows + shift] = image[-shift:]
+    return out
+
+
+def move_back(moved, original, shift):
+    """Undo ``move_down(original, shift, ...)`` on ``moved``; rows moved out of the frame come from ``original``."""
+    rows = original.shape[0]
+    out = np.array(original, dtype=np.float32)
+    if shift >= 0:
+        out[:rows - shift] = moved[shift:]
+    else:
+        out[-shift:] = moved[:rows + shift]
+    return out
+
+
 def reference_synthesis(generator, ct_hu, label_map, cam, target, plane, settings):
-    """Slice-by-slice loop of the reference's eval_3d_sagittal_twostage (one generator call per slice)."""
+    """Slice-by-slice loop of the reference's eval_3d_sagittal_twostage (one generator call per slice),
+    with this implementation's centring of the neighbours: a neighbour slice is moved down so that the
+    neighbour's truncated mean row is row H // 2, synthesized, and moved back."""
     axis = 2 if plane == "sagittal" else 1
     move = lambda volume: np.moveaxis(volume, axis, 0)  # noqa: E731
     ct_out = np.array(ct_hu, dtype=np.float32)
@@ -162,6 +205,17 @@ def reference_synthesis(generator, ct_hu, label_map, cam, target, plane, setting
         return out
 
     def run_model(ct_slice, label_slice, cam_slice, vert_id, ratio, is_target):
+        rows = np.nonzero(label_slice == vert_id)[0]
+        shift = 0 if is_target or rows.size == 0 else label_slice.shape[0] // 2 - int(np.mean(rows))
+        result = run_centred(move_down(ct_slice, shift, settings.hu_window[0]), move_down(label_slice, shift, 0.0),
+                             move_down(cam_slice, shift, 0.0), vert_id, ratio)
+        if result is None:
+            return None
+        new_ct, new_labels = result
+        return (move_back(new_ct, ct_slice, shift),
+                move_back(new_labels, label_slice, shift).astype(np.uint8))
+
+    def run_centred(ct_slice, label_slice, cam_slice, vert_id, ratio):
         ct_w = paste(window_hu(ct_slice, settings.hu_window), CT_FILL)
         masked = reference_masking(ct_w, paste(label_slice, 0), vert_id, paste(cam_slice, 0.0),
                                    settings.mask_height_px, settings.min_component_px)
@@ -178,7 +232,7 @@ def reference_synthesis(generator, ct_hu, label_map, cam, target, plane, setting
         new_ct = reference_compose(ct_slice, fake_ct, x1, x2, band_centre, h_hat, settings.mask_height_px)
         new_labels = reference_compose(label_slice.astype(np.float32), (fake_seg > 0.5) * np.float32(vert_id),
                                        x1, x2, band_centre, h_hat, settings.mask_height_px)
-        return new_ct, new_labels.astype(np.uint8)
+        return new_ct, new_labels
 
     for z in range(new_z0, new_z1 + 1):
         ratio = abs(z - centre) / range_length * 2
@@ -280,6 +334,46 @@ def test_steps_run_upper_then_lower_then_target_on_the_synthesized_neighbours() 
         band_rows = np.flatnonzero(band[:, 0])
         assert np.flatnonzero(np.isclose(image, upper_value, atol=1e-5).any(axis=1)).max() < band_rows[0]
         assert np.flatnonzero(np.isclose(image, lower_value, atol=1e-5).any(axis=1)).min() > band_rows[-1]
+
+
+def test_neighbours_are_presented_centred_and_composed_back_in_place() -> None:
+    labels = [19, 20, 21]
+    ct, label_map, _ = crop_arrays(labels=labels)
+    values = {19: 0.6123, 21: 0.7311, 20: 0.1}  # windowed sentinels per step (upper, lower, target)
+    generator = BandSpyGenerator([values[19], values[21], values[20]])
+    settings = SynthesisSettings(16, WIDE_WINDOW)
+    result = synthesize_plane(GeneratorRunner(generator, batch_size=0), ct, label_map, None, TARGET, "sagittal",
+                              settings)
+    assert [step.label for step in result.steps] == [19, 21, 20]
+    centre = CROP_SIZE[0] // 2
+    for step, bands in zip(result.steps[:2], generator.band_rows[:2]):
+        assert len(step.slices) == len(bands) > 0
+        for z, band in zip(step.slices, bands):
+            first, last = body_rows(labels, TARGET, z)[step.label]
+            assert abs((first + last) // 2 - centre) > 10  # off-centre in the crop
+            assert band[0] + settings.mask_height_px // 2 == centre  # band centred as in training
+    # each vertebra is back on its own rows: the composition replaces rows x1 .. x2 - 1 (row x2 keeps
+    # the original, as in the reference), every other row is unchanged
+    for z in result.processed_slices:
+        vertebra_rows = np.zeros(CROP_SIZE[0], dtype=bool)
+        for label, (first, last) in body_rows(labels, TARGET, z).items():
+            body = result.label_map[:, BODY_COLS[0]:BODY_COLS[1], z]  # (the crop's stray blob lies outside)
+            np.testing.assert_array_equal(np.flatnonzero((body == label).any(axis=1)),
+                                          np.arange(first, last + 1))
+            np.testing.assert_allclose(result.ct_hu[first:last, :, z], unwindow(values[label], WIDE_WINDOW),
+                                       rtol=0, atol=1e-2)
+            vertebra_rows[first:last] = True
+        np.testing.assert_array_equal(result.ct_hu[~vertebra_rows, :, z], ct[~vertebra_rows, :, z])
+        np.testing.assert_array_equal(result.label_map[~vertebra_rows, :, z], label_map[~vertebra_rows, :, z])
+
+
+def test_neighbour_threshold_is_an_area() -> None:
+    assert neighbour_min_pixels(1.0) == NEIGHBOUR_MIN_PX == 200
+    assert neighbour_min_pixels(0.25) == 800
+    assert plane_pixel_area_mm2((2.0, 0.5, 0.8), "sagittal") == 1.0
+    assert plane_pixel_area_mm2((2.0, 0.5, 0.8), "coronal") == pytest.approx(1.6)
+    assert settings_for({}, 1.0, pixel_area_mm2=0.5).neighbour_min_px == 400
+    assert settings_for({}, 1.0).neighbour_min_px == NEIGHBOUR_MIN_PX
 
 
 def test_missing_neighbours_and_empty_slice_keep_the_original() -> None:
