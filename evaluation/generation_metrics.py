@@ -25,6 +25,7 @@ from tqdm import tqdm
 from data.crops import crop_paths
 from data.image_io import ImageIOError, check_same_grid, load_ct, load_mask
 from data.labels import parse_key
+from data.masking import CENTRAL_FRACTION, central_slice_range
 
 SLICE_AXIS = {"sagittal": 2, "coronal": 1}
 IMAGE_METRICS = ("PSNR", "SSIM", "PSNR_target_rows", "SSIM_target_rows")
@@ -37,15 +38,13 @@ class GenerationError(ValueError):
     """A vertebra whose generation metrics cannot be computed; the message names the file."""
 
 
-def central_slice_indices(target: np.ndarray, axis: int, fraction: float = 0.8) -> np.ndarray:
-    """Slice indices along ``axis`` in the central ``fraction`` of the target's extent."""
+def central_slice_indices(target: np.ndarray, axis: int, fraction: float = CENTRAL_FRACTION) -> np.ndarray:
+    """Slice indices along ``axis`` in the central ``fraction`` of the target's extent (empty if absent)."""
     present = np.flatnonzero(target.any(axis=tuple(a for a in range(target.ndim) if a != axis)))
     if present.size == 0:
         return present
-    length = int(present[-1] - present[0] + 1)
-    kept = int(length * fraction)
-    start = int(present[0]) + (length - kept) // 2
-    return np.arange(start, start + kept)
+    start, stop = central_slice_range(int(present[0]), int(present[-1]), fraction)
+    return np.arange(start, stop + 1)
 
 
 def image_scores(original: np.ndarray, synthesized: np.ndarray) -> tuple[float, float]:
