@@ -39,7 +39,7 @@ from tqdm import tqdm
 from data.crops import crop_paths, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
 from util.device import resolve_device, seed_everything
-from util.fileio import atomic_torch_save, write_json
+from util.fileio import atomic_torch_save, read_torch_file, write_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -360,15 +360,8 @@ def save_classifier(path: str | Path, model: nn.Module, opt: argparse.Namespace,
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the classifier of a checkpoint on ``device`` (eval mode); returns (model, checkpoint dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: classifier checkpoint not found; train one with python Attention/train_classifier.py"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable classifier checkpoint ({type(err).__name__}: {err})") from None
+    checkpoint = read_torch_file(path, "classifier checkpoint",
+                                 "; train one with python Attention/train_classifier.py")
     missing = {"arch", "state_dict", "window_hu", "in_channels", "num_classes"} - set(checkpoint)
     if not isinstance(checkpoint, dict) or missing:
         raise ValueError(f"{path}: not a classifier checkpoint (missing {sorted(missing)})")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from util.fileio import atomic_torch_save
+from util.fileio import atomic_torch_save, read_torch_file
 
 CHECKPOINT_FORMAT = "healthivert-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -88,13 +88,7 @@ def save_checkpoint(path: str | Path, model: Any, progress: Progress, options: d
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; clear errors for a missing or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    checkpoint = read_torch_file(path, map_location=map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} file")
     return checkpoint

@@ -72,3 +72,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", hint: str = "",
+                    map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file.
+
+    ``FileNotFoundError`` (``"<path>: <what> not found<hint>"``) for a missing file and
+    ``ValueError`` for a truncated, foreign or unsafe one.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found{hint}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from err
