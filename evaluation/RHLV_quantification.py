@@ -1,8 +1,13 @@
 """RHLV table (and height-loss maps) of synthesized vertebrae against the originals (DESIGN 5).
 
+Without flags it reads the published layout: ./dataset/straightened/label,
+./output/label_fake and vertebra_data.json, and writes
+evaluation/RHLV_quantification/rhlv.csv (the table SVM_grading.py reads by default).
+
 Example:
     python evaluation/RHLV_quantification.py --label_dir DIR/straightened/label \\
         --fake_dir R/N/label_fake --split_json F --out R/N/rhlv.csv --reference both --maps R/N/maps
+    python evaluation/RHLV_quantification.py --protocol reference  # the published code's numbers
 """
 
 import sys
@@ -13,22 +18,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from data.crops import read_split  # noqa: E402
+from util.cli import DefaultsHelpFormatter  # noqa: E402
+from util.protocol import add_protocol_argument  # noqa: E402
 from evaluation.plots import DEFAULT_MAP_VMAX  # noqa: E402
 from evaluation.rhlv import PLANES, MeasureOptions  # noqa: E402
-from evaluation.rhlv_table import MapSettings, default_workers, rhlv_tables, write_table  # noqa: E402
+from evaluation.rhlv_table import (  # noqa: E402
+    MapSettings,
+    default_workers,
+    rhlv_tables,
+    split_in_file_order,
+    write_table,
+)
+
+DEFAULT_LABEL_DIR = "./dataset/straightened/label"
+DEFAULT_FAKE_DIR = "./output/label_fake"
+DEFAULT_SPLIT_JSON = "vertebra_data.json"
+DEFAULT_OUT = "evaluation/RHLV_quantification/rhlv.csv"
+REFERENCE_MIN_COMPONENT_FRACTION = 0.0  # the published code counts every voxel of the label id
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--label_dir", required=True, help="original label crops <key>.nii.gz (straightened/label)")
-    parser.add_argument("--fake_dir", default=None,
-                        help="synthesized label crops <key>.nii.gz (R/N/label_fake); "
-                             "needed unless --reference neighbours")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--label_dir", default=DEFAULT_LABEL_DIR,
+                        help="original label crops <key>.nii.gz (straightened/label)")
+    parser.add_argument("--fake_dir", default=DEFAULT_FAKE_DIR,
+                        help="synthesized label crops <key>.nii.gz (R/N/label_fake); not read by --reference "
+                             "neighbours")
     parser.add_argument("--split_json", default=None,
-                        help="split JSON (DESIGN 3.5) giving each vertebra's grade and split; without it every "
-                             "crop of --label_dir is measured and Label/Dataset stay empty")
-    parser.add_argument("--out", required=True, help="output CSV (the neighbour baseline of --reference both "
-                                                    "goes to <out stem>_neighbours.csv)")
+                        help=f"split JSON (DESIGN 3.5) giving each vertebra's grade and split; default "
+                             f"{DEFAULT_SPLIT_JSON} when it exists, else every crop of --label_dir is measured and "
+                             f"Label/Dataset stay empty")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output CSV (the neighbour baseline of --reference both "
+                                                           "goes to <out stem>_neighbours.csv)")
     parser.add_argument("--reference", choices=("synthesized", "neighbours", "both"), default="synthesized",
                         help="pseudo-healthy reference: the synthesized labels, the non-learned neighbour "
                              "interpolation baseline, or both")
@@ -36,12 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sagittal: thirds anterior/middle/posterior; coronal: thirds right/middle/left "
                              "(reported in the Pre/Mid/Post columns)")
     parser.add_argument("--height_threshold", type=float, default=0.7,
-                        help="measure columns at least this fraction of the reference's centre column (0.64 in "
-                             "the paper's code)")
+                        help="measure columns at least this fraction of the reference's centre column (the "
+                             "published main() passes 0.7; its function default is 0.64)")
     parser.add_argument("--length_divisor", type=int, default=5,
                         help="measure slices within +/- extent // divisor of the centre slice")
-    parser.add_argument("--min_component_fraction", type=float, default=0.05,
-                        help="drop target islands smaller than this fraction of its voxels")
+    parser.add_argument("--min_component_fraction", type=float, default=None,
+                        help="drop target islands smaller than this fraction of its voxels (default 0.05; "
+                             "--protocol reference keeps every voxel)")
     parser.add_argument("--healthy_min_relative_height", type=float, default=0.7,
                         help="baseline: a neighbour is healthy-looking when min/max of its regional heights, "
                              "and its height relative to the target's tallest region, reach this (healthy "
@@ -51,7 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upper end of the shared colour scale of the maps (relative loss)")
     parser.add_argument("--xlsx", action="store_true", help="also write the table as XLSX beside the CSV")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core, at most 8)")
+    add_protocol_argument(parser, "half-open slice range, int() thirds, each body thresholded against its own "
+                                  "centre column, no island removal; synthesized reference only")
     return parser
+
+
+def measure_options(args: argparse.Namespace) -> MeasureOptions:
+    """The RHLV settings of a run, built once from the flags (protocol-dependent defaults resolved)."""
+    fraction = args.min_component_fraction
+    if fraction is None:
+        reference = args.protocol == "reference"
+        fraction = REFERENCE_MIN_COMPONENT_FRACTION if reference else MeasureOptions.min_component_fraction
+    return MeasureOptions(args.plane, args.height_threshold, args.length_divisor, fraction,
+                          args.healthy_min_relative_height, args.protocol)
+
+
+def _split_json(args: argparse.Namespace) -> Path | None:
+    if args.split_json is not None:
+        return Path(args.split_json)
+    if Path(DEFAULT_SPLIT_JSON).is_file():
+        return Path(DEFAULT_SPLIT_JSON)
+    print(f"note: no {DEFAULT_SPLIT_JSON} here: measuring every crop of {args.label_dir} without grades "
+          f"(give --split_json FILE for grades and splits)", file=sys.stderr)
+    return None
 
 
 def _output_path(out: Path, reference: str, references: tuple[str, ...]) -> Path:
@@ -63,13 +107,20 @@ def _output_path(out: Path, reference: str, references: tuple[str, ...]) -> Path
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     references = ("synthesized", "neighbours") if args.reference == "both" else (args.reference,)
-    if "synthesized" in references and args.fake_dir is None:
-        print("error: --fake_dir is required unless --reference neighbours", file=sys.stderr)
+    if args.protocol == "reference" and "neighbours" in references:
+        print("error: --reference neighbours/both: the neighbour baseline is not part of the published code; "
+              "use --protocol healthivert", file=sys.stderr)
         return 2
+    for flag, folder in (("--label_dir", args.label_dir), ("--fake_dir", args.fake_dir)):
+        if (flag == "--label_dir" or "synthesized" in references) and not Path(folder).is_dir():
+            print(f"error: {folder}: folder not found; give {flag} DIR", file=sys.stderr)
+            return 2
     try:
-        options = MeasureOptions(args.plane, args.height_threshold, args.length_divisor,
-                                 args.min_component_fraction, args.healthy_min_relative_height)
-        split = read_split(args.split_json) if args.split_json else None
+        options = measure_options(args)
+        split_path = _split_json(args)
+        split = read_split(split_path) if split_path else None
+        if split is not None and options.protocol == "reference":
+            split = split_in_file_order(split, split_path)
         maps = MapSettings(Path(args.maps) if args.maps else None, args.map_vmax)
         workers = args.workers if args.workers > 0 else default_workers()
         result = rhlv_tables(args.label_dir, args.fake_dir, split, references, options, maps, workers)

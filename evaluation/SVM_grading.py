@@ -2,8 +2,12 @@
 
 Writes <out>/grading.json, <out>/grading.txt and <out>/confusion_matrices.png.
 
+Without flags it reads evaluation/RHLV_quantification/rhlv.csv (what
+RHLV_quantification.py writes by default) and writes evaluation/classification_metric/.
+
 Example:
     python evaluation/SVM_grading.py --rhlv R/N/rhlv.csv --out R/N/grading
+    python evaluation/SVM_grading.py --protocol reference  # the published code's folds and scaler
     python evaluation/SVM_grading.py --rhlv R/N/rhlv.csv --rhlv_coronal R/N/rhlv_coronal.csv --out R/N/grading_2.5d
 """
 
@@ -16,6 +20,7 @@ import argparse  # noqa: E402
 import warnings  # noqa: E402
 
 from evaluation.grading import (  # noqa: E402
+    GradingSettings,
     GradingWarning,
     evaluate_grading,
     feature_table,
@@ -24,30 +29,41 @@ from evaluation.grading import (  # noqa: E402
 )
 from evaluation.plots import save_confusion_matrices  # noqa: E402
 from evaluation.rhlv_table import read_table  # noqa: E402
+from util.cli import DefaultsHelpFormatter  # noqa: E402
 from util.fileio import atomic_write, write_json  # noqa: E402
+from util.protocol import add_protocol_argument  # noqa: E402
+
+DEFAULT_RHLV = "evaluation/RHLV_quantification/rhlv.csv"
+DEFAULT_OUT = "evaluation/classification_metric"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rhlv", required=True, help="RHLV table (CSV or XLSX) of RHLV_quantification.py")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--rhlv", default=DEFAULT_RHLV, help="RHLV table (CSV or XLSX) of RHLV_quantification.py")
     parser.add_argument("--rhlv_coronal", default=None,
                         help="coronal RHLV table: grade on 6 features (sagittal + coronal Pre/Mid/Post)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--n_splits", type=int, default=5, help="stratified folds of the train+test pool")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffling")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffling (healthivert protocol)")
+    add_protocol_argument(parser, "folds in table order, one scaler fitted on the whole train+test pool")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.rhlv == DEFAULT_RHLV and not Path(args.rhlv).is_file():
+        print(f"error: {args.rhlv}: RHLV table not found; run evaluation/RHLV_quantification.py first or give "
+              f"--rhlv FILE", file=sys.stderr)
+        return 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GradingWarning)
         try:
             sagittal = read_table(args.rhlv)
             coronal = read_table(args.rhlv_coronal) if args.rhlv_coronal else None
             table, features = feature_table(sagittal, coronal, (str(args.rhlv), str(args.rhlv_coronal)))
-            data = prepare_grading_data(table, features, args.n_splits)
-            report = evaluate_grading(data, args.n_splits, args.seed)
+            settings = GradingSettings(args.n_splits, args.seed, args.protocol)
+            data = prepare_grading_data(table, features, settings.n_splits)
+            report = evaluate_grading(data, settings.n_splits, settings.seed, settings.protocol)
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

@@ -7,6 +7,12 @@ whole ``val`` split. Features are standardised inside each fold (the scaler is
 fitted on the fold's training rows only), the classifier is a linear SVC with
 balanced class weights. All indexing is positional (numpy arrays), so the rows a
 fold trains on are exactly the rows the splitter chose.
+
+``GradingSettings.protocol == "reference"`` reproduces the published code: folds
+in table order (unshuffled StratifiedKFold) and one scaler fitted on the whole
+train+test pool. Its label-based Series indexing of the fold rows is not
+reproduced (a bug): it agrees with positional indexing whenever the pool rows come
+first in the table and raises otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from evaluation.rhlv import RHLV_FEATURES
+from util.protocol import DEFAULT_PROTOCOL, check_protocol
 
 POOL_SPLITS = ("train", "test")
 SCORE_SPLIT = "val"
@@ -38,6 +45,28 @@ class GradingError(ValueError):
 
 class GradingWarning(UserWarning):
     """Input that can be graded but weakly (e.g. a class too small for every fold)."""
+
+
+@dataclass(frozen=True)
+class GradingSettings:
+    """How folds are made and features scaled; built once from the flags."""
+
+    n_splits: int = 5
+    seed: int = 0  # seed of the fold shuffling (healthivert protocol only)
+    protocol: str = DEFAULT_PROTOCOL
+
+    def __post_init__(self) -> None:
+        check_protocol(self.protocol)
+
+    @property
+    def shuffle_folds(self) -> bool:
+        """healthivert shuffles the pool before folding; the published code folds in table order."""
+        return self.protocol != "reference"
+
+    @property
+    def scaler_per_fold(self) -> bool:
+        """healthivert fits the scaler on each fold's training rows; the published code once on the pool."""
+        return self.protocol != "reference"
 
 
 @dataclass(frozen=True)
@@ -128,13 +157,17 @@ def prepare_grading_data(table: pd.DataFrame, features: Sequence[str], n_splits:
                        keys[in_val])
 
 
-def grading_folds(pool_y: np.ndarray, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds of the pool: (training rows, held-out rows) as positional indices."""
+def grading_folds(pool_y: np.ndarray, n_splits: int = 5, seed: int = 0,
+                  shuffle: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds of the pool: (training rows, held-out rows) as positional indices.
+
+    ``shuffle`` False folds the rows in table order (``seed`` unused), as the published code does.
+    """
     if n_splits < 2:
         raise GradingError(f"n_splits {n_splits}: cross-validation needs at least 2 folds")
     if len(pool_y) < n_splits:
         raise GradingError(f"{len(pool_y)} train/test vertebrae cannot make {n_splits} folds")
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    splitter = StratifiedKFold(n_splits=n_splits, shuffle=shuffle, random_state=seed if shuffle else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         try:
@@ -143,9 +176,10 @@ def grading_folds(pool_y: np.ndarray, n_splits: int = 5, seed: int = 0) -> list[
             raise GradingError(f"cannot make {n_splits} stratified folds: {err}") from None
 
 
-def make_classifier() -> object:
-    """Standardisation + linear SVC with balanced class weights (DESIGN 5)."""
-    return make_pipeline(StandardScaler(), SVC(kernel="linear", class_weight="balanced"))
+def make_classifier(scale: bool = True) -> object:
+    """Standardisation (``scale``) + linear SVC with balanced class weights (DESIGN 5)."""
+    svc = SVC(kernel="linear", class_weight="balanced")
+    return make_pipeline(StandardScaler(), svc) if scale else svc
 
 
 def score_predictions(true: np.ndarray, predicted: np.ndarray, classes: Sequence[int]) -> dict:
@@ -163,15 +197,27 @@ def score_predictions(true: np.ndarray, predicted: np.ndarray, classes: Sequence
     }
 
 
-def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0) -> dict:
-    """Run the fold protocol; returns the ``grading.json`` content (DESIGN 5 keys plus details)."""
+def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0,
+                     protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """Run the fold protocol; returns the ``grading.json`` content (DESIGN 5 keys plus details).
+
+    Each fold records its positional training rows (``train_positions``) and its
+    predictions on val (``val_predictions``, in table order).
+    """
+    settings = GradingSettings(n_splits, seed, protocol)
+    pool_x, val_x = data.pool_x, data.val_x
+    if not settings.scaler_per_fold:
+        scaler = StandardScaler().fit(pool_x)
+        pool_x, val_x = scaler.transform(pool_x), scaler.transform(val_x)
     folds = []
-    for index, (train, heldout) in enumerate(grading_folds(data.pool_y, n_splits, seed)):
-        classifier = make_classifier()
-        classifier.fit(data.pool_x[train], data.pool_y[train])
-        scores = score_predictions(data.val_y, classifier.predict(data.val_x), data.classes)
+    for index, (train, heldout) in enumerate(grading_folds(data.pool_y, n_splits, seed, settings.shuffle_folds)):
+        classifier = make_classifier(scale=settings.scaler_per_fold)
+        classifier.fit(pool_x[train], data.pool_y[train])
+        predicted = classifier.predict(val_x)
+        scores = score_predictions(data.val_y, predicted, data.classes)
         folds.append({"fold": index + 1, "n_train": int(train.size), "n_val": int(data.val_y.size),
-                      "heldout_vertebrae": data.pool_keys[heldout].tolist(), **scores})
+                      "heldout_vertebrae": data.pool_keys[heldout].tolist(), "train_positions": train.tolist(),
+                      "val_predictions": predicted.tolist(), **scores})
     mean = {key: float(np.mean([fold[key] for fold in folds])) for key in METRIC_KEYS}
     variance = {key: float(np.var([fold[key] for fold in folds])) for key in METRIC_KEYS}
     per_class_mean = {str(grade): {metric: float(np.mean([fold["per_class"][str(grade)][metric] for fold in folds]))
@@ -181,7 +227,8 @@ def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0) -> dic
         "folds": folds, "mean": mean, "variance": variance, "per_class_mean": per_class_mean,
         "confusion_matrix_total": np.sum([fold["confusion_matrix"] for fold in folds], axis=0).tolist(),
         "classes": data.classes, "features": data.features, "n_pool": int(data.pool_y.size),
-        "n_val": int(data.val_y.size), "n_splits": n_splits, "seed": seed,
+        "n_val": int(data.val_y.size), "n_splits": n_splits, "seed": seed, "protocol": protocol,
+        "val_labels": data.val_y.tolist(),
         "pool_class_counts": {str(g): int(np.count_nonzero(data.pool_y == g)) for g in data.classes},
         "val_class_counts": {str(g): int(np.count_nonzero(data.val_y == g)) for g in data.classes},
     }

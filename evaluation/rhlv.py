@@ -44,6 +44,7 @@ import numpy as np
 
 from data.labels import VERTEBRA_NAMES, spine_rank
 from data.morphology import remove_small_components
+from util.protocol import DEFAULT_PROTOCOL, check_protocol
 
 REGIONS = ("all", "pre", "mid", "post")
 THIRDS = REGIONS[1:]
@@ -64,15 +65,21 @@ class RHLVError(ValueError):
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """Parameters of the RHLV measurement (defaults: DESIGN 5)."""
+    """Parameters of the RHLV measurement (defaults: DESIGN 5).
+
+    ``protocol`` ``reference`` measures by the published code's rule
+    (:mod:`evaluation.rhlv_reference`, synthesized reference only, no island removal).
+    """
 
     plane: str = "sagittal"
     height_threshold: float = 0.7
     length_divisor: int = 5
     min_component_fraction: float = 0.05
     healthy_min_relative_height: float = 0.7
+    protocol: str = DEFAULT_PROTOCOL
 
     def __post_init__(self) -> None:
+        check_protocol(self.protocol)
         if self.plane not in PLANES:
             raise ValueError(f"plane {self.plane!r}: expected one of {PLANES}")
         if not 0.0 <= self.height_threshold <= 1.0:

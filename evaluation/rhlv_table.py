@@ -29,7 +29,8 @@ from evaluation.rhlv import (
     rhlv_neighbours_for_vertebra,
 )
 from evaluation.plots import DEFAULT_MAP_VMAX, save_height_loss_map
-from util.fileio import atomic_path
+from evaluation.rhlv_reference import rhlv_reference_for_vertebra
+from util.fileio import atomic_path, read_json
 
 NIFTI_SUFFIX = ".nii.gz"
 
@@ -92,6 +93,12 @@ def list_jobs(label_dir: str | Path, fake_dir: str | Path | None,
     return jobs, skipped
 
 
+def split_in_file_order(split: dict[str, dict[str, int]], path: str | Path) -> dict[str, dict[str, int]]:
+    """``split`` with its splits in the order the JSON file lists them (the published code's row order)."""
+    order = [name for name in read_json(Path(path)) if name in split]
+    return {name: split[name] for name in order + [name for name in split if name not in order]}
+
+
 def _map_title(job: VertebraJob, result: RHLVResult) -> str:
     grade = "?" if job.grade is None else str(job.grade)
     split = f", {job.dataset}" if job.dataset else ""
@@ -129,6 +136,8 @@ def _measure_checked(job: VertebraJob, reference: str, original: Volume, options
     common = dict(plane=options.plane, height_threshold=options.height_threshold,
                   length_divisor=options.length_divisor, min_component_fraction=options.min_component_fraction)
     if reference == "neighbours":
+        if options.protocol == "reference":
+            raise RHLVError("the neighbour baseline is not part of the published code; use --protocol healthivert")
         try:
             return rhlv_neighbours_for_vertebra(original.array, label, original.spacing_mm, **common,
                                                 healthy_min_relative_height=options.healthy_min_relative_height)
@@ -141,6 +150,9 @@ def _measure_checked(job: VertebraJob, reference: str, original: Volume, options
     fake = load_mask(job.fake_path)
     check_same_grid(original, fake)
     try:
+        if options.protocol == "reference":
+            return rhlv_reference_for_vertebra(original.array, fake.array, label, original.spacing_mm, options.plane,
+                                               options.height_threshold, options.length_divisor)
         return rhlv_for_vertebra(original.array, fake.array, label, original.spacing_mm, **common)
     except RHLVError as err:
         raise RHLVError(f"{job.fake_path} vs {job.label_path}: {err}") from None
