@@ -18,8 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from data.crops import read_split  # noqa: E402
-from util.cli import DefaultsHelpFormatter  # noqa: E402
-from util.protocol import add_protocol_argument  # noqa: E402
 from evaluation.plots import DEFAULT_MAP_VMAX  # noqa: E402
 from evaluation.rhlv import PLANES, MeasureOptions  # noqa: E402
 from evaluation.rhlv_table import (  # noqa: E402
@@ -29,6 +27,8 @@ from evaluation.rhlv_table import (  # noqa: E402
     split_in_file_order,
     write_table,
 )
+from util.cli import DefaultsHelpFormatter  # noqa: E402
+from util.protocol import add_protocol_argument  # noqa: E402
 
 DEFAULT_LABEL_DIR = "./dataset/straightened/label"
 DEFAULT_FAKE_DIR = "./output/label_fake"
