@@ -2,6 +2,10 @@
 
 Writes a per-vertebra CSV (--out) and a summary JSON beside it (<out stem>_summary.json).
 
+Without flags it reads the published layout: ./dataset/straightened/{CT,label},
+./output/{CT_fake,label_fake} and vertebra_data.json, and writes
+evaluation/generation_metric/generation_sagittal.csv.
+
 Example:
     python evaluation/generation_eval_sagittal.py --dataroot DIR/straightened --fake_dir R/N \\
         --split_json F --out R/N/generation.csv
@@ -16,16 +20,24 @@ import argparse  # noqa: E402
 
 from data.crops import SPLITS, read_split  # noqa: E402
 from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS, generation_table, summarize  # noqa: E402
+from util.cli import DefaultsHelpFormatter  # noqa: E402
 from util.fileio import atomic_path, write_json  # noqa: E402
+
+DEFAULT_DATAROOT = "./dataset/straightened"
+DEFAULT_FAKE_DIR = "./output"
+DEFAULT_SPLIT_JSON = "vertebra_data.json"
+DEFAULT_OUT = "evaluation/generation_metric/generation_{plane}.csv"
 
 
 def build_parser(plane: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.replace("sagittal", plane),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataroot", required=True, help="straightened crops: <dataroot>/{CT,label}/<key>.nii.gz")
-    parser.add_argument("--fake_dir", required=True, help="synthesis results: <fake_dir>/{CT_fake,label_fake}/")
-    parser.add_argument("--split_json", required=True, help="split JSON with grades (DESIGN 3.5)")
-    parser.add_argument("--out", required=True, help="per-vertebra CSV")
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--dataroot", default=DEFAULT_DATAROOT,
+                        help="straightened crops: <dataroot>/{CT,label}/<key>.nii.gz")
+    parser.add_argument("--fake_dir", default=DEFAULT_FAKE_DIR,
+                        help="synthesis results: <fake_dir>/{CT_fake,label_fake}/")
+    parser.add_argument("--split_json", default=DEFAULT_SPLIT_JSON, help="split JSON with grades (DESIGN 3.5)")
+    parser.add_argument("--out", default=DEFAULT_OUT.format(plane=plane), help="per-vertebra CSV")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["val"], help="splits to evaluate")
     parser.add_argument("--grades", nargs="+", type=int, choices=(0, 1, 2, 3), default=[0],
                         help="Genant grades to evaluate (healthy vertebrae should be reproduced)")
@@ -36,6 +48,11 @@ def build_parser(plane: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, plane: str = "sagittal") -> int:
     args = build_parser(plane).parse_args(argv)
+    for flag, path, is_there in (("--dataroot", args.dataroot, Path.is_dir), ("--fake_dir", args.fake_dir, Path.is_dir),
+                                 ("--split_json", args.split_json, Path.is_file)):
+        if not is_there(Path(path)):
+            print(f"error: {path}: not found; give {flag}", file=sys.stderr)
+            return 2
     try:
         split = read_split(args.split_json)
         table, failures = generation_table(args.dataroot, args.fake_dir, split, plane, tuple(args.splits),

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from benchmarks.reference_equivalence_evaluation import check_rhlv, check_svm, compare_rhlv_table, compare_svm
-from evaluation import RHLV_quantification, SVM_grading
+from evaluation import RHLV_quantification, SVM_grading, generation_eval_sagittal
 from evaluation.grading import evaluate_grading, feature_table, grading_folds, prepare_grading_data
 from evaluation.rhlv import MeasureOptions, central_slab, measure_columns, plane_heights, rhlv_for_vertebra
 from evaluation.rhlv_reference import (
@@ -202,6 +202,8 @@ def test_clis_without_flags_name_the_missing_default(tmp_path: Path, monkeypatch
     assert "./dataset/straightened/label: folder not found; give --label_dir" in capsys.readouterr().err
     assert SVM_grading.main([]) == 1
     assert "give --rhlv" in capsys.readouterr().err
+    assert generation_eval_sagittal.main([]) == 2
+    assert "./dataset/straightened: not found; give --dataroot" in capsys.readouterr().err
     (tmp_path / "dataset" / "straightened" / "label").mkdir(parents=True)
     assert RHLV_quantification.main(["--protocol", "reference", "--reference", "neighbours"]) == 2
     assert "--protocol healthivert" in capsys.readouterr().err
