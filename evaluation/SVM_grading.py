@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             sagittal = read_table(args.rhlv)
             coronal = read_table(args.rhlv_coronal) if args.rhlv_coronal else None
             table, features = feature_table(sagittal, coronal, (str(args.rhlv), str(args.rhlv_coronal)))
-            settings = GradingSettings(args.n_splits, args.seed, args.protocol)
+            settings = GradingSettings.for_protocol(args.protocol, args.n_splits, args.seed)
             data = prepare_grading_data(table, features, settings.n_splits)
-            report = evaluate_grading(data, settings.n_splits, settings.seed, settings.protocol)
+            report = evaluate_grading(data, settings=settings)
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

@@ -49,24 +49,25 @@ class GradingWarning(UserWarning):
 
 @dataclass(frozen=True)
 class GradingSettings:
-    """How folds are made and features scaled; built once from the flags."""
+    """How folds are made and features scaled; built once from the flags (:meth:`for_protocol`)."""
 
     n_splits: int = 5
-    seed: int = 0  # seed of the fold shuffling (healthivert protocol only)
-    protocol: str = DEFAULT_PROTOCOL
+    seed: int = 0  # seed of the fold shuffling
+    shuffle_folds: bool = True  # False: folds in table order, as the published code
+    scaler_per_fold: bool = True  # False: one scaler fitted on the whole pool, as the published code
 
-    def __post_init__(self) -> None:
-        check_protocol(self.protocol)
+    @classmethod
+    def for_protocol(cls, protocol: str = DEFAULT_PROTOCOL, n_splits: int = 5, seed: int = 0) -> GradingSettings:
+        """healthivert: shuffled folds, per-fold scaler; reference: the published code's choices."""
+        fixed = check_protocol(protocol) == "healthivert"
+        return cls(n_splits, seed, shuffle_folds=fixed, scaler_per_fold=fixed)
 
     @property
-    def shuffle_folds(self) -> bool:
-        """healthivert shuffles the pool before folding; the published code folds in table order."""
-        return self.protocol != "reference"
-
-    @property
-    def scaler_per_fold(self) -> bool:
-        """healthivert fits the scaler on each fold's training rows; the published code once on the pool."""
-        return self.protocol != "reference"
+    def protocol(self) -> str:
+        """``healthivert``, ``reference``, or ``custom`` for a mix of the two."""
+        if self.shuffle_folds and self.scaler_per_fold:
+            return "healthivert"
+        return "reference" if not (self.shuffle_folds or self.scaler_per_fold) else "custom"
 
 
 @dataclass(frozen=True)
@@ -197,14 +198,17 @@ def score_predictions(true: np.ndarray, predicted: np.ndarray, classes: Sequence
     }
 
 
-def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0,
-                     protocol: str = DEFAULT_PROTOCOL) -> dict:
+def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0, protocol: str = DEFAULT_PROTOCOL,
+                     settings: GradingSettings | None = None) -> dict:
     """Run the fold protocol; returns the ``grading.json`` content (DESIGN 5 keys plus details).
 
-    Each fold records its positional training rows (``train_positions``) and its
-    predictions on val (``val_predictions``, in table order).
+    ``settings`` (when given) replaces ``n_splits``, ``seed`` and ``protocol``. Each fold
+    records its positional training rows (``train_positions``) and its predictions on
+    val (``val_predictions``, in table order).
     """
-    settings = GradingSettings(n_splits, seed, protocol)
+    if settings is None:
+        settings = GradingSettings.for_protocol(protocol, n_splits, seed)
+    n_splits, seed = settings.n_splits, settings.seed
     pool_x, val_x = data.pool_x, data.val_x
     if not settings.scaler_per_fold:
         scaler = StandardScaler().fit(pool_x)
@@ -227,7 +231,7 @@ def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0,
         "folds": folds, "mean": mean, "variance": variance, "per_class_mean": per_class_mean,
         "confusion_matrix_total": np.sum([fold["confusion_matrix"] for fold in folds], axis=0).tolist(),
         "classes": data.classes, "features": data.features, "n_pool": int(data.pool_y.size),
-        "n_val": int(data.val_y.size), "n_splits": n_splits, "seed": seed, "protocol": protocol,
+        "n_val": int(data.val_y.size), "n_splits": n_splits, "seed": seed, "protocol": settings.protocol,
         "val_labels": data.val_y.tolist(),
         "pool_class_counts": {str(g): int(np.count_nonzero(data.pool_y == g)) for g in data.classes},
         "val_class_counts": {str(g): int(np.count_nonzero(data.val_y == g)) for g in data.classes},

@@ -87,11 +87,25 @@ def _scale_ratio(original: np.ndarray, reference: np.ndarray) -> float:
     return float(original.max() / (reference.max() + PUBLISHED_EPSILON))
 
 
-def published_columns(reference: np.ndarray, original: np.ndarray, height_threshold: float) -> PublishedColumns:
-    """Apply the published per-slice rule to (slices, columns) maps of the synthesized and original body."""
+def published_regions(reference: np.ndarray) -> np.ndarray:
+    """(slices, columns) int8 thirds 0/1/2 at the published ``int()`` boundaries of the synthesized extent."""
+    region = np.full(reference.shape, 2, dtype=np.int8)
+    for z in np.flatnonzero((reference > 0).any(axis=1)):
+        body = np.flatnonzero(reference[z])
+        one_third, two_third = published_thirds(int(body[0]), int(body[-1]))
+        region[z, :one_third], region[z, one_third:two_third] = 0, 1
+    return region
+
+
+def published_columns(reference: np.ndarray, original: np.ndarray, height_threshold: float,
+                      region: np.ndarray | None = None) -> PublishedColumns:
+    """Apply the published per-slice rule to (slices, columns) maps of the synthesized and original body.
+
+    ``region`` (contiguous thirds per slice) defaults to :func:`published_regions`.
+    """
     n_slices, n_columns = reference.shape
     measured = (reference > 0).any(axis=1) & (original > 0).any(axis=1)
-    region = np.full((n_slices, n_columns), 2, dtype=np.int8)
+    region = published_regions(reference) if region is None else np.asarray(region, dtype=np.int8)
     reference_whole = np.zeros_like(reference)
     reference_regional = np.zeros_like(reference)
     keep_whole = np.zeros((n_slices, n_columns), dtype=bool)
@@ -99,12 +113,10 @@ def published_columns(reference: np.ndarray, original: np.ndarray, height_thresh
     keep_original = np.zeros_like(keep_whole)
     for z in np.flatnonzero(measured):
         syn, ori = reference[z], original[z]
-        body = np.flatnonzero(syn)
-        one_third, two_third = published_thirds(int(body[0]), int(body[-1]))
-        region[z, :one_third], region[z, one_third:two_third] = 0, 1
         whole_ratio = _scale_ratio(ori, syn)
         reference_whole[z] = syn * whole_ratio
-        for part in (slice(0, one_third), slice(one_third, two_third), slice(two_third, None)):
+        for index in range(3):
+            part = region[z] == index
             reference_regional[z, part] = syn[part] * _scale_ratio(ori[part], syn[part])
         syn_floor = _centre_height(syn) * whole_ratio * height_threshold
         keep_whole[z] = reference_whole[z] > syn_floor
