@@ -11,7 +11,8 @@ differs (each a protocol choice of the published code, reproduced):
 - each body keeps its own columns taller than ``height_threshold`` x its own centre
   column (``int`` of its voxel-weighted mean column), strictly greater; the
   synthesized centre column is scaled with the whole-slice ratio;
-- scale ratios ``max_ori / (max_syn + 1e-6)``; RHLV ``(H_syn - H_ori) / (H_syn + 1e-6)``;
+- scale ratios ``max_ori / (max_syn + 1e-6)`` (sagittal; the published coronal script
+  divides without the 1e-6); RHLV ``(H_syn - H_ori) / (H_syn + 1e-6)``;
   Relative Height Label ``min / (max + 1e-6)``; a region without kept columns has
   mean height 0, as in the published code;
 - no removal of small islands (every voxel of the label id counts).
@@ -39,6 +40,7 @@ from evaluation.rhlv import (
 )
 
 PUBLISHED_EPSILON = 1e-6  # the published code's guard in every ratio
+RATIO_EPSILON = {"sagittal": PUBLISHED_EPSILON, "coronal": 0.0}  # scale-ratio guard of each published script
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,10 @@ def _centre_height(heights: np.ndarray) -> float:
     return float(heights[int((columns * heights).sum() / heights.sum())])
 
 
-def _scale_ratio(original: np.ndarray, reference: np.ndarray) -> float:
+def _scale_ratio(original: np.ndarray, reference: np.ndarray, epsilon: float) -> float:
     if original.size == 0 or reference.size == 0 or not original.max() > reference.max():
         return 1.0
-    return float(original.max() / (reference.max() + PUBLISHED_EPSILON))
+    return float(original.max() / (reference.max() + epsilon))
 
 
 def published_regions(reference: np.ndarray) -> np.ndarray:
@@ -98,10 +100,11 @@ def published_regions(reference: np.ndarray) -> np.ndarray:
 
 
 def published_columns(reference: np.ndarray, original: np.ndarray, height_threshold: float,
-                      region: np.ndarray | None = None) -> PublishedColumns:
+                      region: np.ndarray | None = None, ratio_epsilon: float = PUBLISHED_EPSILON) -> PublishedColumns:
     """Apply the published per-slice rule to (slices, columns) maps of the synthesized and original body.
 
-    ``region`` (contiguous thirds per slice) defaults to :func:`published_regions`.
+    ``region`` (contiguous thirds per slice) defaults to :func:`published_regions`;
+    ``ratio_epsilon`` is added to the synthesized maximum in the scale ratios.
     """
     n_slices, n_columns = reference.shape
     measured = (reference > 0).any(axis=1) & (original > 0).any(axis=1)
@@ -113,11 +116,11 @@ def published_columns(reference: np.ndarray, original: np.ndarray, height_thresh
     keep_original = np.zeros_like(keep_whole)
     for z in np.flatnonzero(measured):
         syn, ori = reference[z], original[z]
-        whole_ratio = _scale_ratio(ori, syn)
+        whole_ratio = _scale_ratio(ori, syn, ratio_epsilon)
         reference_whole[z] = syn * whole_ratio
         for index in range(3):
             part = region[z] == index
-            reference_regional[z, part] = syn[part] * _scale_ratio(ori[part], syn[part])
+            reference_regional[z, part] = syn[part] * _scale_ratio(ori[part], syn[part], ratio_epsilon)
         syn_floor = _centre_height(syn) * whole_ratio * height_threshold
         keep_whole[z] = reference_whole[z] > syn_floor
         keep_regional[z] = reference_regional[z] > syn_floor
@@ -171,7 +174,7 @@ def rhlv_reference_for_vertebra(original_label_map: np.ndarray, synthesized_labe
         maps.append(plane_heights(heights.counts, plane))
     original, synthesized = maps
     slab = published_slab(original, length_divisor)
-    columns = published_columns(synthesized, original, height_threshold)
+    columns = published_columns(synthesized, original, height_threshold, ratio_epsilon=RATIO_EPSILON[plane])
     reference_mean, original_mean = published_means(columns, original, slab)
     rhlv = {region: (reference_mean[region] - original_mean[region]) / (reference_mean[region] + PUBLISHED_EPSILON)
             for region in REGIONS}

@@ -138,6 +138,17 @@ def test_threshold_is_strict_and_ratios_carry_the_published_epsilon() -> None:
                                                rel=1e-12)
 
 
+def test_coronal_reference_uses_coronal_slices_and_no_ratio_epsilon() -> None:
+    """The published coronal script: slices [:, y, :], columns R->L, scale ratio max / max."""
+    label_map = body(np.full(20, 20), 10, range(8, 24))
+    taller = body(np.full(20, 22), 10, range(8, 24))
+    result = rhlv_reference_for_vertebra(taller, label_map, TARGET, plane="coronal")
+    assert result.height_syn_mm["all"] == 22.0  # 20 x 22 / 20 exactly
+    # coronal slices run along A->P (columns 10..29): centre int(19.5) = 19, n = 19 // 5 = 3 -> 16..21
+    assert result.slab == (16, 21)
+    assert rhlv_reference_for_vertebra(taller, label_map, TARGET).height_syn_mm["all"] != 22.0
+
+
 def test_reference_rhlv_keeps_islands_and_errors_without_overlap() -> None:
     slices = range(8, 24)  # 20 x 20 x 16 = 6400 voxels
     label_map = body(np.full(20, 20), 10, slices)
