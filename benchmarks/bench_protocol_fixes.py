@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -42,6 +44,7 @@ from evaluation.rhlv_reference import (  # noqa: E402
     published_columns,
     published_means,
     published_slab,
+    rhlv_reference_for_vertebra,
 )
 
 RHLV_VARIANTS = ("published", "+ inclusive slices", "+ balanced thirds", "+ synthesized footprint", "healthivert")
@@ -130,6 +133,27 @@ def print_effects(effects: pd.DataFrame, title: str) -> None:
               f"{change:.4f} |")
 
 
+def cpu_ms(function, repeats: int) -> float:
+    """Median CPU milliseconds of ``function()``."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        function()
+        times.append(time.process_time() - start)
+    return 1000 * statistics.median(times)
+
+
+def timing(fixtures: Path, repeats: int) -> tuple[float, float]:
+    """Median over the fixture pairs of the median CPU time per vertebra: reference rule, our default."""
+    folder, reference, ours = fixtures / "rhlv", [], []
+    for path in sorted((folder / "label").glob("*.nii.gz")):
+        label = parse_key(path.name[: -len(".nii.gz")])[1]
+        original, synthesized = load_mask(path).array, load_mask(folder / "label_fake" / path.name).array
+        reference.append(cpu_ms(lambda: rhlv_reference_for_vertebra(original, synthesized, label), repeats))
+        ours.append(cpu_ms(lambda: rhlv_for_vertebra(original, synthesized, label), repeats))
+    return statistics.median(reference), statistics.median(ours)
+
+
 def grading_effects(fixtures: Path, seeds: int) -> pd.DataFrame:
     table, features = feature_table(pd.read_csv(fixtures / "svm" / "rhlv_table.csv"))
     data = prepare_grading_data(table, features)
@@ -146,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fixtures", required=True, type=Path, help="reference fixture folder (rhlv/, svm/)")
     parser.add_argument("--seeds", type=int, default=20, help="fold-shuffling seeds for the shuffled variants")
+    parser.add_argument("--repeats", type=int, default=9, help="timing runs per vertebra")
     args = parser.parse_args(argv)
+    reference_ms, ours_ms = timing(args.fixtures, args.repeats)
+    print(f"RHLV computation per vertebra (median CPU): --protocol reference {reference_ms:.1f} ms, "
+          f"healthivert {ours_ms:.1f} ms (ratio {reference_ms / ours_ms:.2f})")
     for threshold in (0.7, 0.64):
         print_effects(rhlv_effects(args.fixtures, threshold), f"RHLV of the fixture pairs, threshold {threshold}")
         print_effects(wedge_effects(threshold), f"RHLV of the anterior-wedge series, threshold {threshold}")
