@@ -241,7 +241,7 @@ def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0, protoc
 def grading_summary(report: dict) -> str:
     """Human-readable text of a grading report (per fold, mean +/- variance, per class)."""
     classes = report["classes"]
-    lines = [f"features: {', '.join(report['features'])}",
+    lines = [f"features: {', '.join(report['features'])}; protocol: {report.get('protocol', 'healthivert')}",
              f"CV pool (train+test): {report['n_pool']} vertebrae {report['pool_class_counts']}; "
              f"scored on val: {report['n_val']} vertebrae {report['val_class_counts']}", ""]
     for fold in report["folds"]:

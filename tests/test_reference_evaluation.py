@@ -88,6 +88,36 @@ def test_rhlv_comparison_uses_the_1e9_tolerance(fixtures: Path) -> None:
     assert not all(row["passed"] for row in compare_rhlv_table(renamed, theirs, "t"))
 
 
+def test_checks_follow_the_files_of_another_fixture_set(fixtures: Path, tmp_path: Path) -> None:
+    """A subset in the same format passes; one changed recorded value fails; nothing of the set is built in."""
+    import shutil
+    subset = tmp_path / "fixtures"
+    (subset / "rhlv").mkdir(parents=True)
+    shutil.copytree(fixtures / "svm", subset / "svm")
+    info = json.loads((fixtures / "rhlv" / "dataset_info.json").read_text())
+    keep = {split: dict(list(entries.items())[::2]) for split, entries in info.items()}
+    write_json(subset / "rhlv" / "dataset_info.json", keep)
+    kept = [key for entries in keep.values() for key in entries]
+    for folder in ("label", "label_fake"):
+        (subset / "rhlv" / folder).mkdir()
+        for key in kept:
+            shutil.copy(fixtures / "rhlv" / folder / f"{key}.nii.gz", subset / "rhlv" / folder)
+    table = pd.read_csv(fixtures / "rhlv" / "rhlv_threshold_0.64.csv")
+    table = table[table["Vertebra"].isin(kept)]
+    table.to_csv(subset / "rhlv" / "rhlv_threshold_0.64.csv", index=False, float_format="%.17g")
+    rows = check_rhlv(subset)
+    assert all(row["passed"] for row in rows) and {row["item"].split(":")[0] for row in rows} == {"RHLV threshold 0.64"}
+    assert any(f"x {len(kept)} rows" in row["item"] for row in rows)
+    table.loc[table.index[0], "Post RHLV"] += 1e-6
+    table.to_csv(subset / "rhlv" / "rhlv_threshold_0.64.csv", index=False, float_format="%.17g")
+    assert not all(row["passed"] for row in check_rhlv(subset))
+    recorded = json.loads((subset / "svm" / "svm.json").read_text())
+    recorded["folds"][2]["val_predictions"][0] = 3 - recorded["folds"][2]["val_predictions"][0]
+    write_json(subset / "svm" / "svm.json", recorded)
+    failed = [row["item"] for row in check_svm(subset) if not row["passed"]]
+    assert failed == ["SVM fold 3: val predictions"]
+
+
 # --- the published rule on hand-made label volumes --------------------------------------------------------------
 
 def test_third_boundaries_are_int_of_the_extent_not_balanced() -> None:
