@@ -37,8 +37,14 @@ import pandas as pd  # noqa: E402
 from data.image_io import load_mask  # noqa: E402
 from data.labels import parse_key  # noqa: E402
 from evaluation.grading import GradingSettings, evaluate_grading, feature_table, prepare_grading_data  # noqa: E402
-from evaluation.rhlv import REGIONS, measure_columns, plane_heights, rhlv_for_vertebra, target_heights  # noqa: E402
-from evaluation.rhlv import central_slab  # noqa: E402
+from evaluation.rhlv import (  # noqa: E402
+    REGIONS,
+    central_slab,
+    measure_columns,
+    plane_heights,
+    rhlv_for_vertebra,
+    target_heights,
+)
 from evaluation.rhlv_reference import (  # noqa: E402
     PUBLISHED_EPSILON,
     published_columns,
@@ -149,8 +155,9 @@ def timing(fixtures: Path, repeats: int) -> tuple[float, float]:
     for path in sorted((folder / "label").glob("*.nii.gz")):
         label = parse_key(path.name[: -len(".nii.gz")])[1]
         original, synthesized = load_mask(path).array, load_mask(folder / "label_fake" / path.name).array
-        reference.append(cpu_ms(lambda: rhlv_reference_for_vertebra(original, synthesized, label), repeats))
-        ours.append(cpu_ms(lambda: rhlv_for_vertebra(original, synthesized, label), repeats))
+        pair = (original, synthesized, label)
+        reference.append(cpu_ms(lambda pair=pair: rhlv_reference_for_vertebra(*pair), repeats))
+        ours.append(cpu_ms(lambda pair=pair: rhlv_for_vertebra(*pair), repeats))
     return statistics.median(reference), statistics.median(ours)
 
 
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print_effects(rhlv_effects(args.fixtures, threshold), f"RHLV of the fixture pairs, threshold {threshold}")
         print_effects(wedge_effects(threshold), f"RHLV of the anterior-wedge series, threshold {threshold}")
     grading = grading_effects(args.fixtures, args.seeds)
-    print(f"\nGrading of svm/rhlv_table.csv (mean over 5 folds; shuffled variants: mean +/- sd over {args.seeds} seeds)")
+    print(f"\nGrading of svm/rhlv_table.csv (mean over 5 folds; shuffled variants: mean +/- sd over "
+          f"{args.seeds} seeds)")
     print("| variant | macro F1 | macro precision | macro recall | accuracy |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for variant, part in grading.groupby("variant", sort=False):

@@ -83,8 +83,8 @@ def compare_rhlv_table(ours: pd.DataFrame, theirs: pd.DataFrame, what: str) -> l
         a, b = ours[numbers].to_numpy(np.float64), theirs[numbers].to_numpy(np.float64)
         same_nan = np.isnan(a) == np.isnan(b)
         difference = float(np.nanmax(np.abs(a - b), initial=0.0)) if same_nan.all() else float("inf")
-        rows.append(_row(f"{what}: {len(numbers)} number columns x {len(theirs)} rows", difference, f"{RHLV_TOLERANCE:g}",
-                         difference <= RHLV_TOLERANCE))
+        rows.append(_row(f"{what}: {len(numbers)} number columns x {len(theirs)} rows", difference,
+                         f"{RHLV_TOLERANCE:g}", difference <= RHLV_TOLERANCE))
     return rows
 
 

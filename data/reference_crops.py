@@ -25,7 +25,6 @@ import numpy as np
 from data.crops import CROP_AXES, crop_affine, crop_paths, write_crop
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, load_ct, load_mask, save_nifti
 from data.labels import VERTEBRA_NAMES, parse_key
-from util.fileio import write_json
 
 GREY_MAX = 255.0
 GREY_TOLERANCE = 1e-6  # float rounding of the published window
