@@ -60,6 +60,7 @@ def test_svm_reproduces_the_published_metrics(fixtures: Path) -> None:
     assert all(row["passed"] for row in rows), [r for r in rows if not r["passed"]]
 
 
+@pytest.mark.slow
 def test_healthivert_protocol_differs_from_the_published_numbers(fixtures: Path) -> None:
     """The checks can fail: our default protocol does not reproduce the published values."""
     folder = fixtures / "rhlv"
@@ -89,6 +90,7 @@ def test_rhlv_comparison_uses_the_1e9_tolerance(fixtures: Path) -> None:
     assert not all(row["passed"] for row in compare_rhlv_table(renamed, theirs, "t"))
 
 
+@pytest.mark.slow
 def test_checks_follow_the_files_of_another_fixture_set(fixtures: Path, tmp_path: Path) -> None:
     """A subset in the same format passes; one changed recorded value fails; nothing of the set is built in."""
     import shutil
