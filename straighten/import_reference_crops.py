@@ -30,7 +30,8 @@ from data.image_io import ImageIOError  # noqa: E402
 from data.reference_crops import import_crop, published_keys  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402
 
-DEFAULT_CAM_SUBFOLDERS = ("heatmap", "heatmap_CT")
+DEFAULT_CAM_SUBFOLDERS = ("heatmap", "heatmap_CT")  # looked for inside --src
+PUBLISHED_CAM_FOLDER = Path("Attention/heatmap")  # where the published grad_CAM_3d_sagittal.py writes them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--src", required=True, type=Path, help="published straightened folder with CT/ and label/")
     parser.add_argument("--out", required=True, type=Path, help="output crop folder (our CT/ and label/)")
     parser.add_argument("--cam_src", type=Path, default=None,
-                        help="published heatmap folder (default: <src>/heatmap or <src>/heatmap_CT when present; "
-                             "crops without a heatmap are imported without one)")
+                        help="published heatmap folder (default: the first of <src>/heatmap, <src>/heatmap_CT and "
+                             "./Attention/heatmap that exists; crops without a heatmap are imported without one)")
     parser.add_argument("--cam_out", type=Path, default=None,
                         help="output heatmap folder (default: heatmap/ beside --out)")
     parser.add_argument("--spacing_mm", type=float, default=1.0,
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cam_source(args: argparse.Namespace) -> Path | None:
     if args.cam_src is not None:
         return args.cam_src
-    return next((args.src / name for name in DEFAULT_CAM_SUBFOLDERS if (args.src / name).is_dir()), None)
+    candidates = [args.src / name for name in DEFAULT_CAM_SUBFOLDERS] + [PUBLISHED_CAM_FOLDER]
+    return next((folder for folder in candidates if folder.is_dir()), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     if cam_src is None:
         print("note: no heatmap folder found; give --cam_src DIR to import the published heatmaps", file=sys.stderr)
+    else:
+        print(f"heatmaps read from {cam_src}")
     return 1 if failed else 0
 
 
