@@ -39,7 +39,7 @@ from tqdm import tqdm
 from data.crops import crop_paths, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
 from util.device import resolve_device, seed_everything
-from util.fileio import atomic_torch_save, read_torch_file, write_json
+from util.fileio import atomic_torch_save, prepare_output_dir, read_torch_file, write_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -471,6 +471,7 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
     seed_everything(opt.seed, deterministic=opt.deterministic)
     device = resolve_device(opt.gpu_ids)
     split = read_split(opt.split_json)
+    out_dir = prepare_output_dir(Path(opt.checkpoints_dir) / opt.name, "classifier folder (--checkpoints_dir/--name)")
     window = (float(opt.hu_window[0]), float(opt.hu_window[1]))
     train_set, skipped_train = load_vertebra_slices(opt.dataroot, split["train"], opt.fracture_grade, opt.n_slices,
                                                     opt.min_body_px, window)
@@ -494,8 +495,6 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
                                   weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(opt.n_epochs, opt.n_epochs_decay))
 
-    out_dir = Path(opt.checkpoints_dir) / opt.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / LOG_FILE
     if log_path.exists():
         log_path.unlink()

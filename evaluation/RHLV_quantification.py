@@ -16,6 +16,7 @@ from data.crops import read_split  # noqa: E402
 from evaluation.plots import DEFAULT_MAP_VMAX  # noqa: E402
 from evaluation.rhlv import PLANES, MeasureOptions  # noqa: E402
 from evaluation.rhlv_table import MapSettings, default_workers, rhlv_tables, write_table  # noqa: E402
+from util.fileio import prepare_output_dir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         options = MeasureOptions(args.plane, args.height_threshold, args.length_divisor,
                                  args.min_component_fraction, args.healthy_min_relative_height)
         split = read_split(args.split_json) if args.split_json else None
+        prepare_output_dir(Path(args.out).parent, "RHLV table folder (--out)")
+        if args.maps:
+            prepare_output_dir(args.maps, "height-loss map folder (--maps)")
         maps = MapSettings(Path(args.maps) if args.maps else None, args.map_vmax)
         workers = args.workers if args.workers > 0 else default_workers()
         result = rhlv_tables(args.label_dir, args.fake_dir, split, references, options, maps, workers)

@@ -24,7 +24,7 @@ from evaluation.grading import (  # noqa: E402
 )
 from evaluation.plots import save_confusion_matrices  # noqa: E402
 from evaluation.rhlv_table import read_table  # noqa: E402
-from util.fileio import atomic_write, write_json  # noqa: E402
+from util.fileio import atomic_write, prepare_output_dir, write_json  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GradingWarning)
         try:
+            prepare_output_dir(args.out, "grading output folder (--out)")
             sagittal = read_table(args.rhlv)
             coronal = read_table(args.rhlv_coronal) if args.rhlv_coronal else None
             table, features = feature_table(sagittal, coronal, (str(args.rhlv), str(args.rhlv_coronal)))

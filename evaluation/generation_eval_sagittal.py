@@ -16,7 +16,7 @@ import argparse  # noqa: E402
 
 from data.crops import SPLITS, read_split  # noqa: E402
 from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS, generation_table, summarize  # noqa: E402
-from util.fileio import atomic_path, write_json  # noqa: E402
+from util.fileio import atomic_path, prepare_output_dir, write_json  # noqa: E402
 
 
 def build_parser(plane: str) -> argparse.ArgumentParser:
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None, plane: str = "sagittal") -> int:
     args = build_parser(plane).parse_args(argv)
     try:
         split = read_split(args.split_json)
+        prepare_output_dir(Path(args.out).parent, "generation metrics folder (--out)")
         table, failures = generation_table(args.dataroot, args.fake_dir, split, plane, tuple(args.splits),
                                            tuple(args.grades), args.min_slice_voxels)
     except (ValueError, OSError) as err:
