@@ -64,6 +64,31 @@ def list_crop_keys(dataroot: str | Path) -> list[str]:
     return sorted(p.name[: -len(".nii.gz")] for p in label_dir.glob("*.nii.gz"))
 
 
+def missing_crops(dataroot: str | Path, keys: list[str], need_ct: bool = True) -> list[Path]:
+    """The absent crop files of ``keys``: label crops, and CT crops if ``need_ct``."""
+    missing = []
+    for key in keys:
+        paths = crop_paths(dataroot, key)
+        missing += [path for path in ((paths.ct, paths.label) if need_ct else (paths.label,)) if not path.is_file()]
+    return missing
+
+
+def require_listed_crops(dataroot: str | Path, keys: list[str], listed_in: str | Path, need_ct: bool = True) -> None:
+    """The one rule of every step for a listed vertebra without a crop: refuse before any work.
+
+    Raises :class:`ImageIOError` with one line naming ``listed_in`` (the split JSON), ``dataroot``
+    and the full list of missing crops.
+    """
+    refuse_missing_crops(missing_crops(dataroot, keys, need_ct), listed_in)
+
+
+def refuse_missing_crops(missing: list[Path], listed_in: str | Path) -> None:
+    """Raise :class:`ImageIOError` listing every missing crop file (no-op when ``missing`` is empty)."""
+    if missing:
+        raise ImageIOError(f"{listed_in}: {len(missing)} crop file(s) of listed vertebrae not found: "
+                           f"{', '.join(map(str, missing))}; straighten them or remove them from the list")
+
+
 def case_crop_keys(dataroot: str | Path, case: str) -> list[str]:
     """Keys of every crop file (CT, label or sidecar) of ``case`` under ``dataroot``."""
     root = Path(dataroot)

@@ -76,14 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             prepare_output_dir(args.maps, "height-loss map folder (--maps)")
         maps = MapSettings(Path(args.maps) if args.maps else None, args.map_vmax)
         workers = args.workers if args.workers > 0 else default_workers()
-        result = rhlv_tables(args.label_dir, args.fake_dir, split, references, options, maps, workers)
+        result = rhlv_tables(args.label_dir, args.fake_dir, split, references, options, maps, workers,
+                             listed_in=args.split_json or args.label_dir)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if result.skipped:
-        print(f"warning: {len(result.skipped)} vertebrae of the split have no label crop in {args.label_dir} "
-              f"(skipped): {', '.join(result.skipped[:10])}{' ...' if len(result.skipped) > 10 else ''}",
-              file=sys.stderr)
     status = 0
     out = Path(args.out)
     for reference in references:

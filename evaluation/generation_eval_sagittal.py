@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None, plane: str = "sagittal") -> int:
         split = read_split(args.split_json)
         prepare_output_dir(Path(args.out).parent, "generation metrics folder (--out)")
         table, failures = generation_table(args.dataroot, args.fake_dir, split, plane, tuple(args.splits),
-                                           tuple(args.grades), args.min_slice_voxels)
+                                           tuple(args.grades), args.min_slice_voxels, listed_in=args.split_json)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -74,7 +74,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from data.aligned_dataset import CT_CANVAS_FILL, default_split_json, mask_height_rows
-from data.crops import Crop, crop_paths, file_signature, list_crop_keys, load_crop, read_split
+from data.crops import Crop, crop_paths, file_signature, list_crop_keys, load_crop, read_split, require_listed_crops
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, Volume, check_same_grid, load_ct, save_nifti, unwindow, window_hu
 from data.labels import VERTEBRA_NAMES, spine_rank
 from data.masking import (
@@ -550,7 +550,7 @@ def shard(keys: Sequence[str], rank: int, world_size: int) -> list[str]:
 def select_keys(dataroot: str | Path, split_names: str | None, split_json: str | Path | None) -> list[str]:
     """Vertebra keys to synthesize: every label crop, or the keys of the named splits (comma-separated,
     e.g. ``val,test``) in the split JSON (default ``<dataroot>/../vertebra_data.json``). Keys listed
-    in the split without a crop are kept, so they are reported as failures."""
+    in the split without a crop are kept (``synthesize_dataset`` refuses them before any work)."""
     if not split_names or split_names == "all":
         return list_crop_keys(dataroot)
     path = Path(split_json) if split_json else default_split_json(dataroot)
@@ -731,6 +731,10 @@ def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> S
     num_test = getattr(opt, "num_test", math.inf)
     if num_test != math.inf:
         keys = keys[: int(num_test)]
+    split_names = getattr(opt, "split", None)
+    listed_in = (getattr(opt, "split_json", None) or default_split_json(opt.dataroot)
+                 if split_names and split_names != "all" else Path(opt.dataroot) / "label")
+    require_listed_crops(opt.dataroot, keys, listed_in)
     summary = SynthesisSummary()
     if not getattr(opt, "cam_dir", None) and rank == 0:
         warnings.warn("no --cam_dir given: attention maps are all zeros (no fracture attention)", stacklevel=2)
