@@ -174,18 +174,19 @@ class Trainer:
         self.opt = opt
         self.context = context
         self.folder = Path(opt.checkpoints_dir) / opt.name
+        resume_from = self._resume_checkpoint() if opt.continue_train else None  # checked before any work
         self.train_loader = create_dataset(opt, phase="train")
         samples_per_step = opt.batch_size * context.world_size
         if context.is_main and samples_per_step > len(self.train_loader):
             warnings.warn(f"--batch_size {opt.batch_size} x {context.world_size} process(es) exceeds the "
-                          f"{len(self.train_loader)} training vertebrae: every batch is smaller than asked", stacklevel=2)
+                          f"{len(self.train_loader)} training vertebrae: each epoch is one smaller batch", stacklevel=2)
         self.val_loader = self._validation_loader()
         self.model = create_model(opt)
         self.model.setup(opt, load=False)
         self.progress = Progress(epoch=opt.epoch_count, epoch_iter=0, total_iters=0)
         self.resumed = False
-        if opt.continue_train:
-            self._resume()
+        if resume_from is not None:
+            self._resume(*resume_from)
         if context.world_size > 1:
             wrap_distributed(self.model, context)
         self.visualizer = None
@@ -204,7 +205,8 @@ class Trainer:
                 warnings.warn(f"validation disabled: {err}", stacklevel=2)
             return None
 
-    def _resume(self) -> None:
+    def _resume_checkpoint(self) -> tuple[Path, dict[str, Any]]:
+        """The checkpoint to resume from, refused when its architecture options differ from the given ones."""
         tag = f"iter_{self.opt.load_iter}" if self.opt.load_iter > 0 else self.opt.epoch
         path = checkpoint_path(self.folder, tag)
         checkpoint = load_checkpoint(path, map_location=self.context.device)
@@ -212,6 +214,9 @@ class Trainer:
         if differences:
             raise ValueError(f"{path}: --continue_train with other architecture options than the checkpoint "
                              f"({'; '.join(differences)}); use the saved values or another --name")
+        return path, checkpoint
+
+    def _resume(self, path: Path, checkpoint: dict[str, Any]) -> None:
         try:
             self.progress = restore_checkpoint(checkpoint, self.model)
         except RuntimeError as err:

@@ -16,11 +16,12 @@ from data.crops import read_split  # noqa: E402
 from evaluation.plots import DEFAULT_MAP_VMAX  # noqa: E402
 from evaluation.rhlv import PLANES, MeasureOptions  # noqa: E402
 from evaluation.rhlv_table import MapSettings, default_workers, rhlv_tables, write_table  # noqa: E402
+from util.cli import HelpFormatter  # noqa: E402
 from util.fileio import prepare_output_dir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--label_dir", required=True, help="original label crops <key>.nii.gz (straightened/label)")
     parser.add_argument("--fake_dir", default=None,
                         help="synthesized label crops <key>.nii.gz (R/N/label_fake); "

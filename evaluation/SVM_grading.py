@@ -24,11 +24,12 @@ from evaluation.grading import (  # noqa: E402
 )
 from evaluation.plots import save_confusion_matrices  # noqa: E402
 from evaluation.rhlv_table import read_table  # noqa: E402
+from util.cli import HelpFormatter  # noqa: E402
 from util.fileio import atomic_write, prepare_output_dir, write_json  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--rhlv", required=True, help="RHLV table (CSV or XLSX) of RHLV_quantification.py")
     parser.add_argument("--rhlv_coronal", default=None,
                         help="coronal RHLV table: grade on 6 features (sagittal + coronal Pre/Mid/Post)")
