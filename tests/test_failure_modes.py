@@ -484,15 +484,42 @@ def test_wgangp_resume_restores_the_torch_rng(train_cohort, tmp_path: Path) -> N
     assert loss_rows(tmp_path / "cut") == loss_rows(tmp_path / "full")
 
 
-def test_grading_scaler_is_fitted_on_the_training_folds_not_on_val() -> None:
-    """val holds only grade-3 vertebrae: standardised with the pool's statistics they stay far out
-    on the grade-3 side; standardised with their own statistics they would land mid-scale."""
-    from evaluation.grading import evaluate_grading, feature_table, prepare_grading_data
+def grading_table_with_a_val_from_another_site(val_counts: dict[int, int], val_spread: float) -> pd.DataFrame:
+    """A pool (train+test) with overlapping grades and a val split drawn with another spread."""
     from tests.test_grading import rhlv_table
 
-    table = rhlv_table({0: 12, 1: 9, 2: 9, 3: 9}, {3: 8}, spread=0.01)
-    data = prepare_grading_data(*feature_table(table), 3)
-    report = evaluate_grading(data, 3)
-    for fold in report["folds"]:
+    pool = rhlv_table({0: 12, 1: 9, 2: 9, 3: 9}, {}, spread=0.05, seed=0)
+    val = rhlv_table({}, val_counts, spread=val_spread, seed=100)
+    val["Vertebra"] = [f"val{i:04d}_{20 + grade}" for i, grade in enumerate(val["Label"])]
+    return pd.concat([pool, val], ignore_index=True)
+
+
+def test_grading_scaler_is_fitted_on_the_training_folds_not_on_val() -> None:
+    """val holds only grade-3 vertebrae, tightly clustered: standardised with the training folds'
+    statistics they stay on the grade-3 side; standardised with their own they would land mid-scale."""
+    from evaluation.grading import evaluate_grading, feature_table, prepare_grading_data
+
+    data = prepare_grading_data(*feature_table(grading_table_with_a_val_from_another_site({3: 8}, 0.01)), 3)
+    for fold in evaluate_grading(data, 3)["folds"]:
         matrix = np.asarray(fold["confusion_matrix"])
         assert matrix[3, 3] == 8, matrix  # every val vertebra graded 3
+
+
+def test_grading_predictions_equal_a_pool_fitted_reference_on_a_shifted_val() -> None:
+    """Each fold's val predictions equal those of StandardScaler + linear SVC fitted on the fold's
+    training rows only, on a val split far wider than the pool (where a val-fitted scaler, even one
+    applied to both, changes the SVM's regularisation and so its predictions)."""
+    from sklearn.metrics import confusion_matrix
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from evaluation.grading import evaluate_grading, feature_table, grading_folds, prepare_grading_data
+
+    data = prepare_grading_data(*feature_table(grading_table_with_a_val_from_another_site({3: 8}, 0.5)), 3)
+    report = evaluate_grading(data, 3)
+    for fold, (train, _) in zip(report["folds"], grading_folds(data.pool_y, 3, 0)):
+        scaler = StandardScaler().fit(data.pool_x[train])
+        svm = SVC(kernel="linear", class_weight="balanced").fit(scaler.transform(data.pool_x[train]),
+                                                                data.pool_y[train])
+        expected = confusion_matrix(data.val_y, svm.predict(scaler.transform(data.val_x)), labels=data.classes)
+        np.testing.assert_array_equal(fold["confusion_matrix"], expected)
