@@ -523,3 +523,72 @@ def test_grading_predictions_equal_a_pool_fitted_reference_on_a_shifted_val() ->
                                                                 data.pool_y[train])
         expected = confusion_matrix(data.val_y, svm.predict(scaler.transform(data.val_x)), labels=data.classes)
         np.testing.assert_array_equal(fold["confusion_matrix"], expected)
+
+
+# ------------------------------------------------------------------------------------ 7. report honesty
+def test_report_headline_names_partial_and_failed_steps(tmp_path: Path) -> None:
+    import demo
+    from util.report import run_status_html
+
+    def step(name: str, returncode: int | None, present: int) -> demo.StepResult:
+        return demo.StepResult(name, f"python {name}.py", "x", returncode, present, 1)
+
+    run = demo.PipelineRun(demo.QUICK, demo.DemoPaths(tmp_path), "-1", [step("phantoms", 0, 1), step("RHLV", 1, 1)])
+    headline = run_status_html(run)
+    assert run.ok and "class='warn'" in headline and "RHLV" in headline and "partly" in headline
+    assert "completely" not in headline
+    run.steps.append(step("grading", 1, 0))
+    assert "class='bad'" in run_status_html(run) and "grading" in run_status_html(run)
+    run.steps[1:] = [step("RHLV", 0, 1)]
+    assert run_status_html(run) == "<span class='ok'>every step ran completely</span>"
+
+
+def test_summed_confusion_matrix_says_it_counts_each_val_vertebra_once_per_fold(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from evaluation.grading import evaluate_grading, feature_table, prepare_grading_data
+    from evaluation.plots import grading_confusion_panels, save_confusion_matrices
+    from tests.test_grading import rhlv_table
+
+    data = prepare_grading_data(*feature_table(rhlv_table({0: 25, 1: 10, 2: 10, 3: 10}, {0: 4, 1: 4, 2: 4, 3: 4})))
+    report = evaluate_grading(data)
+    matrices, titles = grading_confusion_panels(report)
+    assert len(matrices) == 6 and int(matrices[-1].sum()) == 5 * 16
+    assert titles[-1] == "sum of the 5 folds: each of the 16 val\nvertebrae counted 5 times (80 predictions)"
+    assert titles[0] == "fold 1: val (16 vertebrae)" and int(matrices[0].sum()) == 16
+    png = save_confusion_matrices(matrices, titles, report["classes"], tmp_path / "m.png")
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert width <= 1000 and height > width / 2  # a 3-column grid: shown at page width, digits are not shrunk
+
+
+def test_rhlv_scatter_panels_share_one_y_axis(tmp_path: Path) -> None:
+    from evaluation.phantom_truth import compare_to_truth, truth_table
+    from tests.test_demo import _truth_file, _vertebra
+    from util.report import scatter_figure
+
+    _truth_file(tmp_path, "ph000", [_vertebra(20, 0, "none", (0.0, 0.0, 0.0), False),
+                                    _vertebra(21, 3, "wedge", (0.45, 0.2, 0.0), True)])
+    truth = truth_table(tmp_path / "raw")
+
+    def comparison(values: list[float]) -> pd.DataFrame:
+        rhlv = pd.DataFrame({"Vertebra": ["ph000_20", "ph000_21"], "Pre RHLV": values, "Mid RHLV": values,
+                             "Post RHLV": values})
+        return compare_to_truth(rhlv, truth)
+
+    figure = scatter_figure({"narrow": comparison([0.0, 0.3]), "wide": comparison([-0.6, 1.4])})
+    first, second = figure.axes[:2]
+    assert first.get_ylim() == second.get_ylim()
+    assert first.get_ylim()[0] <= -0.6 and first.get_ylim()[1] >= 1.4
+
+
+def test_attention_panels_flag_maps_that_miss_the_target() -> None:
+    from util.report import attention_title
+
+    target = np.zeros((8, 8), dtype=bool)
+    target[2:6, 2:6] = True
+    on_target = np.where(target, 0.8, 0.05)
+    off_target = np.zeros((8, 8))
+    off_target[0, :] = 0.9  # all attention on the row above the body
+    assert "MISSES TARGET" not in attention_title(on_target, target)
+    assert "MISSES TARGET" in attention_title(off_target, target) and "0% on target" in attention_title(off_target, target)
+    assert attention_title(np.zeros((8, 8)), target) == "attention: none (all zero)"
