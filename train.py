@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     context = setup_distributed(opt)
     try:
         if context.is_main:
-            prepare_output_dir(Path(opt.checkpoints_dir) / opt.name, "checkpoint folder (--checkpoints_dir/--name)")
+            prepare_output_dir(Path(opt.checkpoints_dir) / opt.name, "checkpoint folder (--checkpoints_dir/--name)",
+                               recursive=True)  # web/images/ too
         seed_everything(opt.seed, opt.deterministic)
         trainer = Trainer(opt, context)
         if context.is_main:  # the options files describe a run that really started
