@@ -37,7 +37,7 @@ from typing import Callable
 REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from util.fileio import write_json  # noqa: E402
+from util.fileio import OutputDirError, prepare_output_dir, write_json  # noqa: E402
 
 DEMO_ENTRIES = ("raw", "straightened", "heatmap", "checkpoints", "results", "logs", "report",
                 "vertebra_data.json", "demo_summary.json")
@@ -360,7 +360,7 @@ def log_tail(path: str | Path, lines: int = 12) -> str:
 def prepare_out_dir(root: Path, overwrite: bool) -> None:
     """Create ``root``; refuse a folder holding an earlier run unless ``overwrite`` (which removes only
     the demo's own entries)."""
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(root, "demo output folder (--out)")
     existing = [root / name for name in DEMO_ENTRIES if (root / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{root}: holds an earlier demo run ({existing[0].name}, ...); "
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({config.vertebrae}), crops {'x'.join(map(str, config.crop_size))} at {config.spacing_mm:g} mm, "
               f"{'GPU' if gpu_ids != '-1' else 'CPU'}; output in {args.out.resolve()}")
         run = run_pipeline(config, args.out, gpu_ids, args.overwrite, args.verbose, threads=args.threads)
-    except (FileExistsError, RuntimeError) as err:
+    except (FileExistsError, OutputDirError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -219,6 +219,14 @@ def test_unwritable_outputs_of_the_preprocessing_scripts(tmp_path: Path, capsys)
     assert "not writable" in one_line_error(capsys.readouterr().err)
 
 
+def test_unwritable_demo_folder_is_one_line(tmp_path: Path, capsys) -> None:
+    import demo
+
+    bad = unwritable(tmp_path)
+    assert demo.main(["--out", str(bad), "--device", "cpu"]) == 2
+    assert f"{bad}: demo output folder (--out) is not writable" in one_line_error(capsys.readouterr().err)
+
+
 def test_prepare_output_dir_reports_a_failing_writer(tmp_path: Path, monkeypatch) -> None:
     import tempfile
 
