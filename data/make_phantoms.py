@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        prepare_output_dir(args.out, "phantom cohort folder (--out)")
+        prepare_output_dir(args.out, "phantom cohort folder (--out)", create=False)
         truths, failures = make_cohort(
             args.out,
             args.cases,

@@ -61,16 +61,25 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False)
     return removed
 
 
-def prepare_output_dir(folder: str | os.PathLike, what: str = "output folder", recursive: bool = False) -> Path:
+def prepare_output_dir(folder: str | os.PathLike, what: str = "output folder", recursive: bool = False,
+                       create: bool = True) -> Path:
     """Create ``folder`` if needed, prove it writable and remove stale temporaries of killed runs.
 
     Call before the work starts. Raises :class:`OutputDirError` (one line naming the folder) when
     the folder cannot be created or written; prints one line to stderr when temporaries were removed.
+    With ``create=False`` a missing folder is not created: its nearest existing parent must be a
+    writable folder (for steps that validate more input before writing anything).
     """
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".probe.{TEMP_TAG}-{os.getpid()}-", dir=folder)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        probe_dir = folder
+        while not create and not probe_dir.exists() and probe_dir.parent != probe_dir:
+            probe_dir = probe_dir.parent
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(probe_dir))
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{TEMP_TAG}-{os.getpid()}-", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
