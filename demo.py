@@ -32,11 +32,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from util.fileio import write_json  # noqa: E402
+from util.fileio import OutputDirError, prepare_output_dir, write_json  # noqa: E402
 
 DEMO_ENTRIES = ("raw", "straightened", "heatmap", "checkpoints", "results", "logs", "report",
                 "vertebra_data.json", "demo_summary.json")
@@ -44,6 +45,9 @@ CLASSIFIER_NAME = "classifier"
 GAN_NAME = "healthivert"
 GENERATION_MIN_VOXELS_AT_1MM = 400  # DESIGN 5: slices with > 400 target voxels at 1 mm
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+MIN_CASES = 3  # the split needs at least one case each in train, val and test
+QUICK_DURATION = "480 instead of 2400 training iterations"  # the README says the same; wall time depends on the machine
+HEARTBEAT_S = 30.0  # a step running longer than this prints its latest progress line this often
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,7 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
     crop = [str(n) for n in config.crop_size]
     gan_common = ["--dataroot", str(p.dataroot), "--split_json", str(p.split_json), "--cam_dir", str(p.heatmap),
                   "--name", GAN_NAME, "--checkpoints_dir", str(p.checkpoints), "--ngf", str(config.gan_ngf),
-                  "--seed", str(config.seed), "--num_threads", "0", "--no_progress", *device]
+                  "--seed", str(config.seed), "--num_threads", "0", *device]  # progress bars feed the heartbeat
     return [
         Step("phantoms", "data/make_phantoms.py",
              ["--out", str(p.root), "--cases", str(config.cases), "--seed", str(config.seed),
@@ -300,9 +304,18 @@ def step_environment(threads: int | None) -> dict[str, str]:
     return env
 
 
-def run_step(step: Step, log_dir: Path, index: int, verbose: bool = False, threads: int | None = None) -> StepResult:
+def last_log_line(path: str | Path) -> str:
+    """The latest line of a log, progress-bar updates (carriage returns) included; '' when empty."""
+    tail = log_tail(path, 1)
+    return tail.splitlines()[-1].strip() if tail else ""
+
+
+def run_step(step: Step, log_dir: Path, index: int, verbose: bool = False, threads: int | None = None,
+             heartbeat: Callable[[str], None] | None = None) -> StepResult:
     """Run one step from the repository root; stdout and stderr go to ``log_dir/<NN>_<name>.log``
-    (and to the terminal with ``verbose``). Returns its exit status and wall/CPU seconds."""
+    (and to the terminal with ``verbose``). Without ``verbose``, ``heartbeat`` receives every
+    ``HEARTBEAT_S`` seconds the elapsed time and the log's latest line (the step's own progress).
+    Returns its exit status and wall/CPU seconds."""
     log = log_dir / f"{index:02d}_{step.name.replace(' ', '_').replace('(', '').replace(')', '')}.log"
     command = step.command()
     result = StepResult(step.name, step.display(), step.artefact, log=str(log))
@@ -318,8 +331,17 @@ def run_step(step: Step, log_dir: Path, index: int, verbose: bool = False, threa
                 sys.stdout.write(f"    {line}")
             returncode = process.wait()
         else:
-            returncode = subprocess.run(command, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                        env=step_environment(threads)).returncode
+            process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                       env=step_environment(threads))
+            next_beat = start + HEARTBEAT_S
+            while True:
+                try:
+                    returncode = process.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    if heartbeat is not None and time.perf_counter() >= next_beat:
+                        heartbeat(f"{time.perf_counter() - start:5.0f} s  {last_log_line(log)[:100]}")
+                        next_beat += HEARTBEAT_S
     result.returncode = returncode
     result.outputs_present = sum(path.exists() for path in step.outputs)
     result.outputs_expected = len(step.outputs)
@@ -338,7 +360,7 @@ def log_tail(path: str | Path, lines: int = 12) -> str:
 def prepare_out_dir(root: Path, overwrite: bool) -> None:
     """Create ``root``; refuse a folder holding an earlier run unless ``overwrite`` (which removes only
     the demo's own entries)."""
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(root, "demo output folder (--out)")
     existing = [root / name for name in DEMO_ENTRIES if (root / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{root}: holds an earlier demo run ({existing[0].name}, ...); "
@@ -370,9 +392,17 @@ def run_pipeline(config: DemoConfig, root: Path, gpu_ids: str = "-1", overwrite:
             if echo:
                 print(f"skipped      ({result.log})", flush=True)
             continue
-        result = run_step(step, paths.logs, index, verbose, threads)
+        beats: list[str] = []
+
+        def heartbeat(line: str) -> None:
+            print(("\n" if not beats else "") + f"      ... {line}", flush=True)
+            beats.append(line)
+
+        result = run_step(step, paths.logs, index, verbose, threads, heartbeat if echo else None)
         run.steps.append(result)
         if echo:
+            if beats:  # the heartbeat lines broke the step's line: name the step again
+                print(f"[{index:2d}/{len(steps)}] {step.name:<26} ", end="")
             print(f"{result.status:<12} {result.wall_s:7.1f} s  -> {step.artefact}", flush=True)
             if result.status != "ok":
                 print(f"    log: {result.log}\n" + "\n".join(f"    | {line}" for line in log_tail(result.log).splitlines()))
@@ -385,8 +415,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="cpu, cuda (the first GPU) or auto: cuda when available (default)")
     parser.add_argument("--quick", action="store_true",
-                        help="4 cases and a shorter training (about 3 minutes on a quiet 2-core CPU): checks that "
-                             "everything runs; the test suite runs it")
+                        help=f"4 cases and a shorter training ({QUICK_DURATION}): checks that everything runs; "
+                             "the test suite runs it")
     parser.add_argument("--cases", type=int, default=None, help="phantom cases, T10-L5 each (default 8, --quick 4)")
     parser.add_argument("--seed", type=int, default=None, help="cohort and training seed (default 1)")
     parser.add_argument("--gan_epochs", type=int, default=None,
@@ -398,6 +428,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="replace an earlier demo run in --out (removes only the demo's own files)")
     parser.add_argument("--verbose", action="store_true", help="also stream every step's output")
     return parser.parse_args(argv)
+
+
+def impossible_settings(args: argparse.Namespace) -> str | None:
+    """Why the demo settings cannot work (checked before any step runs), or ``None``."""
+    if args.cases is not None and args.cases < MIN_CASES:
+        return (f"--cases {args.cases}: the demo needs at least {MIN_CASES} cases (one each for the train, "
+                "val and test splits)")
+    if args.gan_epochs is not None and args.gan_epochs < 1:
+        return f"--gan_epochs {args.gan_epochs}: must be >= 1"
+    if args.threads < 0:
+        return f"--threads {args.threads}: must be >= 0"
+    return None
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
@@ -426,6 +468,10 @@ def gpu_ids_for(device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; 0 when every step succeeded and the report was written."""
     args = parse_args(argv)
+    problem = impossible_settings(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     config = config_from_args(args)
     try:
         gpu_ids = gpu_ids_for(args.device)
@@ -433,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({config.vertebrae}), crops {'x'.join(map(str, config.crop_size))} at {config.spacing_mm:g} mm, "
               f"{'GPU' if gpu_ids != '-1' else 'CPU'}; output in {args.out.resolve()}")
         run = run_pipeline(config, args.out, gpu_ids, args.overwrite, args.verbose, threads=args.threads)
-    except (FileExistsError, RuntimeError) as err:
+    except (FileExistsError, OutputDirError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -9,8 +9,13 @@ neighbour, then the lower neighbour, then the target are synthesized on the cent
 target's slices, each step batched over the slices (``models.iterative_synthesis``). Outputs on the
 crop grid: ``R/N/CT_fake/<case>_<v>.nii.gz`` (int16 HU) and ``R/N/label_fake/<case>_<v>.nii.gz``
 (uint8 VerSe ids); with ``--plane both`` also ``R/N/coronal/`` and the 2.5D fusion in ``R/N/fused/``.
-Finished vertebrae are skipped unless ``--overwrite``; a summary (also ``R/N/synthesis_summary.json``)
-lists failures, and the exit status is 1 when any vertebra failed.
+Each output has a provenance record ``R/N/provenance/<key>.json`` (SHA-256 of the checkpoint(s),
+plane, autocast, ``--cam_dir``, size and mtime of the input crop and map). A vertebra is skipped when
+its outputs exist and their record matches this run; when they came from another checkpoint, options
+or input it is re-synthesized and counted in the summary. ``--overwrite`` recomputes every vertebra.
+A summary (also ``R/N/synthesis_summary.json``) lists failures; exit status 0 when every vertebra
+succeeded, 1 when some failed, 2 on a setup error (bad flag, checkpoint, unwritable ``--results_dir``),
+always with a one-line reason.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class SynthesisOptions(TestOptions):
         parser.add_argument("--split", default="all",
                             help="vertebrae to synthesize: all crops, or comma-separated splits of --split_json, "
                                  "e.g. val,test (--phase is not used here)")
-        parser.add_argument("--overwrite", action="store_true", help="recompute vertebrae whose outputs exist")
+        parser.add_argument("--overwrite", action="store_true", help="recompute every vertebra, even those whose outputs match this run's checkpoint and inputs")
         parser.add_argument("--synthesis_batch_size", type=int, default=-1,
                             help="slices per generator call within each step: 0 = all slices of the vertebra at once, "
                                  f"-1 = automatic (all on GPU, {CPU_BATCH_SIZE} on CPU)")

@@ -36,6 +36,25 @@ from options.base_options import options_to_dict
 from options.train_options import TrainOptions
 from util.checkpoint import Progress, checkpoint_path, load_checkpoint, restore_checkpoint, save_checkpoint
 from util.device import resolve_device, seed_everything
+from util.fileio import prepare_output_dir
+
+# options that shape the networks or their inputs: a resume must use the checkpoint's values
+ARCHITECTURE_OPTIONS = ("model", "dataset_mode", "plane", "ngf", "ndf", "n_layers_D", "norm", "mask_height",
+                        "local_width", "hu_window", "protocol")
+
+
+def option_differences(saved: dict[str, Any], given: argparse.Namespace,
+                       keys: tuple[str, ...] = ARCHITECTURE_OPTIONS) -> list[str]:
+    """``"--key saved -> given"`` for every architecture option that differs (keys missing on either side are ignored)."""
+    differences = []
+    for key in keys:
+        if key not in saved or not hasattr(given, key):
+            continue
+        now = getattr(given, key)
+        now = list(now) if isinstance(now, tuple) else now
+        if saved[key] != now:
+            differences.append(f"--{key} {saved[key]} -> {now}")
+    return differences
 
 
 @dataclass
@@ -155,14 +174,19 @@ class Trainer:
         self.opt = opt
         self.context = context
         self.folder = Path(opt.checkpoints_dir) / opt.name
+        resume_from = self._resume_checkpoint() if opt.continue_train else None  # checked before any work
         self.train_loader = create_dataset(opt, phase="train")
+        samples_per_step = opt.batch_size * context.world_size
+        if context.is_main and samples_per_step > len(self.train_loader):
+            warnings.warn(f"--batch_size {opt.batch_size} x {context.world_size} process(es) exceeds the "
+                          f"{len(self.train_loader)} training vertebrae: each epoch is one smaller batch", stacklevel=2)
         self.val_loader = self._validation_loader()
         self.model = create_model(opt)
         self.model.setup(opt, load=False)
         self.progress = Progress(epoch=opt.epoch_count, epoch_iter=0, total_iters=0)
         self.resumed = False
-        if opt.continue_train:
-            self._resume()
+        if resume_from is not None:
+            self._resume(*resume_from)
         if context.world_size > 1:
             wrap_distributed(self.model, context)
         self.visualizer = None
@@ -181,11 +205,23 @@ class Trainer:
                 warnings.warn(f"validation disabled: {err}", stacklevel=2)
             return None
 
-    def _resume(self) -> None:
+    def _resume_checkpoint(self) -> tuple[Path, dict[str, Any]]:
+        """The checkpoint to resume from, refused when its architecture options differ from the given ones."""
         tag = f"iter_{self.opt.load_iter}" if self.opt.load_iter > 0 else self.opt.epoch
         path = checkpoint_path(self.folder, tag)
         checkpoint = load_checkpoint(path, map_location=self.context.device)
-        self.progress = restore_checkpoint(checkpoint, self.model)
+        differences = option_differences(checkpoint.get("options") or {}, self.opt)
+        if differences:
+            raise ValueError(f"{path}: --continue_train with other architecture options than the checkpoint "
+                             f"({'; '.join(differences)}); use the saved values or another --name")
+        return path, checkpoint
+
+    def _resume(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        try:
+            self.progress = restore_checkpoint(checkpoint, self.model)
+        except RuntimeError as err:
+            first_line = str(err).strip().splitlines()[0]
+            raise ValueError(f"{path}: checkpoint does not fit the model ({first_line})") from None
         if self.progress.epoch_done:
             self.progress = Progress(self.progress.epoch + 1, 0, self.progress.total_iters)
         self.resumed = True
@@ -286,11 +322,18 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, train, and return the exit status (non-zero with a one-line reason on bad input)."""
-    opt = TrainOptions().parse(argv)
+    options = TrainOptions()
+    opt = options.parse(argv, save=False)
     context = setup_distributed(opt)
     try:
+        if context.is_main:
+            prepare_output_dir(Path(opt.checkpoints_dir) / opt.name, "checkpoint folder (--checkpoints_dir/--name)",
+                               recursive=True)  # web/images/ too
         seed_everything(opt.seed, opt.deterministic)
-        Trainer(opt, context).run()
+        trainer = Trainer(opt, context)
+        if context.is_main:  # the options files describe a run that really started
+            options.save_options(opt)
+        trainer.run()
     except (ValueError, FileNotFoundError, ImageIOError, KeyError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 1

@@ -30,10 +30,10 @@ from tqdm import tqdm
 from Attention.classifier import (
     FRACTURE_CLASS, cam_target_layer, central_sagittal_slices, checkpoint_path, load_classifier, sagittal_slices,
 )
-from data.crops import crop_paths, list_crop_keys, load_crop
+from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import window_hu, save_nifti
 from util.device import resolve_device, seed_everything
-from util.fileio import atomic_path
+from util.fileio import atomic_path, prepare_output_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -179,8 +179,10 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(opt.gpu_ids)
     model, checkpoint = load_classifier(checkpoint_path(opt.checkpoints_dir, opt.name), device)
     window = (float(checkpoint["window_hu"][0]), float(checkpoint["window_hu"][1]))
-    out = Path(opt.out) if opt.out is not None else default_cam_dir(opt.dataroot)
+    out = prepare_output_dir(Path(opt.out) if opt.out is not None else default_cam_dir(opt.dataroot),
+                             "attention map folder (--out)")
     keys = list(opt.keys) if opt.keys else list_crop_keys(opt.dataroot)
+    require_listed_crops(opt.dataroot, keys, "--keys" if opt.keys else Path(opt.dataroot) / "label")
     written: list[str] = []
     skipped: list[str] = []
     failed: dict[str, str] = {}

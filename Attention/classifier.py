@@ -36,10 +36,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from data.crops import crop_paths, load_crop, read_split
+from data.crops import load_crop, read_split, require_listed_crops
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
 from util.device import resolve_device, seed_everything
-from util.fileio import atomic_torch_save, read_torch_file, write_json
+from util.fileio import atomic_torch_save, prepare_output_dir, read_torch_file, write_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -181,19 +181,13 @@ def load_vertebra_slices(dataroot: str | Path, grades: dict[str, int], fracture_
                          ) -> tuple[list[VertebraSlices], list[str]]:
     """Windowed sagittal slices of every vertebra in ``grades`` (key -> Genant grade).
 
-    Returns the loaded vertebrae and the keys skipped because their CT or label crop is
-    absent or no central slice holds ``min_body_px`` voxels of the body. Crops that
-    exist but cannot be read raise an error naming the file.
+    Returns the loaded vertebrae and the keys skipped because no central slice holds
+    ``min_body_px`` voxels of the body. A missing or unreadable crop raises an error naming the
+    file (callers check the list first with ``data.crops.require_listed_crops``).
     """
     vertebrae: list[VertebraSlices] = []
     skipped: list[str] = []
     for key, grade in tqdm(sorted(grades.items()), desc="loading crops", unit="crop", leave=False):
-        paths = crop_paths(dataroot, key)
-        missing = [p for p in (paths.ct, paths.label) if not p.is_file()]
-        if missing:
-            LOGGER.warning("%s: crop file missing (%s); vertebra skipped", key, ", ".join(map(str, missing)))
-            skipped.append(key)
-            continue
         crop = load_crop(dataroot, key)
         start, stop = central_sagittal_slices(crop.ct_hu.shape[2], n_slices)
         indices = body_slice_indices(crop.label_map, crop.label, start, stop, min_body_px)
@@ -471,6 +465,8 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
     seed_everything(opt.seed, deterministic=opt.deterministic)
     device = resolve_device(opt.gpu_ids)
     split = read_split(opt.split_json)
+    require_listed_crops(opt.dataroot, sorted({*split["train"], *split["val"]}), opt.split_json)
+    out_dir = prepare_output_dir(Path(opt.checkpoints_dir) / opt.name, "classifier folder (--checkpoints_dir/--name)")
     window = (float(opt.hu_window[0]), float(opt.hu_window[1]))
     train_set, skipped_train = load_vertebra_slices(opt.dataroot, split["train"], opt.fracture_grade, opt.n_slices,
                                                     opt.min_body_px, window)
@@ -494,8 +490,6 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
                                   weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(opt.n_epochs, opt.n_epochs_decay))
 
-    out_dir = Path(opt.checkpoints_dir) / opt.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / LOG_FILE
     if log_path.exists():
         log_path.unlink()

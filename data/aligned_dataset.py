@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.crops import CachedCrop, CropCache, crop_paths, read_split
+from data.crops import CachedCrop, CropCache, crop_paths, read_split, require_listed_crops
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, window_hu
 from data.labels import parse_key
 from data.masking import (
@@ -131,16 +131,12 @@ class AlignedDataset(Dataset):
         keys = keys[: int(max_size)] if max_size != math.inf else keys
         self.neighbours = healthy_labels_by_case(split, opt.max_healthy_grade)
         self.cache = CropCache(opt.dataroot, getattr(opt, "cache_dir", None), getattr(opt, "cam_dir", None))
-        self._check_files_exist(keys)
+        self._check_files_exist(keys, split_path)
         self.entries = self._index(keys, show_progress)
         self._warn_missing_attention(keys)
 
-    def _check_files_exist(self, keys: list[str]) -> None:
-        missing = [p for key in keys for p in (crop_paths(self.opt.dataroot, key).label,
-                                               crop_paths(self.opt.dataroot, key).ct) if not p.is_file()]
-        if missing:
-            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-            raise ImageIOError(f"{missing[0]}: crop listed in the split is missing on disk{more}")
+    def _check_files_exist(self, keys: list[str], split_path: Path) -> None:
+        require_listed_crops(self.opt.dataroot, keys, split_path)
 
     def _index(self, keys: list[str], show_progress: bool) -> list[VertebraEntry]:
         from tqdm import tqdm

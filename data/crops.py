@@ -64,6 +64,52 @@ def list_crop_keys(dataroot: str | Path) -> list[str]:
     return sorted(p.name[: -len(".nii.gz")] for p in label_dir.glob("*.nii.gz"))
 
 
+def missing_crops(dataroot: str | Path, keys: list[str], need_ct: bool = True) -> list[Path]:
+    """The absent crop files of ``keys``: label crops, and CT crops if ``need_ct``."""
+    missing = []
+    for key in keys:
+        paths = crop_paths(dataroot, key)
+        missing += [path for path in ((paths.ct, paths.label) if need_ct else (paths.label,)) if not path.is_file()]
+    return missing
+
+
+def require_listed_crops(dataroot: str | Path, keys: list[str], listed_in: str | Path, need_ct: bool = True) -> None:
+    """The one rule of every step for a listed vertebra without a crop: refuse before any work.
+
+    Raises :class:`ImageIOError` with one line naming ``listed_in`` (the split JSON), ``dataroot``
+    and the full list of missing crops.
+    """
+    refuse_missing_crops(missing_crops(dataroot, keys, need_ct), listed_in)
+
+
+def refuse_missing_crops(missing: list[Path], listed_in: str | Path) -> None:
+    """Raise :class:`ImageIOError` listing every missing crop file (no-op when ``missing`` is empty)."""
+    if missing:
+        raise ImageIOError(f"{listed_in}: {len(missing)} crop file(s) of listed vertebrae not found: "
+                           f"{', '.join(map(str, missing))}; straighten them or remove them from the list")
+
+
+def case_crop_keys(dataroot: str | Path, case: str) -> list[str]:
+    """Keys of every crop file (CT, label or sidecar) of ``case`` under ``dataroot``."""
+    root = Path(dataroot)
+    keys = set()
+    for folder, pattern in ((root / "CT", "*.nii.gz"), (root / "label", "*.nii.gz"), (root / "label", "*.json")):
+        for path in folder.glob(f"{case}_{pattern}"):
+            key = path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+            with_case = key.rpartition("_")
+            if with_case[0] == case and with_case[2].isdigit():
+                keys.add(key)
+    return sorted(keys)
+
+
+def remove_crops(dataroot: str | Path, keys: list[str]) -> None:
+    """Delete the CT crop, label crop and sidecar of each key (absent files are ignored)."""
+    for key in keys:
+        paths = crop_paths(dataroot, key)
+        for path in (paths.ct, paths.label, paths.sidecar):
+            path.unlink(missing_ok=True)
+
+
 def crop_affine(spacing_mm: float | tuple[float, float, float], centre_world_ras: np.ndarray,
                 crop_size: tuple[int, int, int]) -> np.ndarray:
     """Affine of an IPL crop whose centre voxel maps to ``centre_world_ras`` (mm).

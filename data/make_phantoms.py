@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from data.phantoms import make_cohort, parse_vertebra_range  # noqa: E402
+from util.fileio import prepare_output_dir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
+        prepare_output_dir(args.out, "phantom cohort folder (--out)", create=False)
         truths, failures = make_cohort(
             args.out,
             args.cases,

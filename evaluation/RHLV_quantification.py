@@ -28,6 +28,7 @@ from evaluation.rhlv_table import (  # noqa: E402
     write_table,
 )
 from util.cli import DefaultsHelpFormatter  # noqa: E402
+from util.fileio import prepare_output_dir  # noqa: E402
 from util.protocol import add_protocol_argument  # noqa: E402
 
 DEFAULT_LABEL_DIR = "./dataset/straightened/label"
@@ -121,16 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         split = read_split(split_path) if split_path else None
         if split is not None and options.protocol == "reference":
             split = split_in_file_order(split, split_path)
+        prepare_output_dir(Path(args.out).parent, "RHLV table folder (--out)")
+        if args.maps:
+            prepare_output_dir(args.maps, "height-loss map folder (--maps)")
         maps = MapSettings(Path(args.maps) if args.maps else None, args.map_vmax)
         workers = args.workers if args.workers > 0 else default_workers()
-        result = rhlv_tables(args.label_dir, args.fake_dir, split, references, options, maps, workers)
+        result = rhlv_tables(args.label_dir, args.fake_dir, split, references, options, maps, workers,
+                             listed_in=split_path or args.label_dir)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if result.skipped:
-        print(f"warning: {len(result.skipped)} vertebrae of the split have no label crop in {args.label_dir} "
-              f"(skipped): {', '.join(result.skipped[:10])}{' ...' if len(result.skipped) > 10 else ''}",
-              file=sys.stderr)
     status = 0
     out = Path(args.out)
     for reference in references:

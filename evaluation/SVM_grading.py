@@ -27,10 +27,10 @@ from evaluation.grading import (  # noqa: E402
     grading_summary,
     prepare_grading_data,
 )
-from evaluation.plots import save_confusion_matrices  # noqa: E402
+from evaluation.plots import grading_confusion_panels, save_confusion_matrices  # noqa: E402
 from evaluation.rhlv_table import read_table  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402
-from util.fileio import atomic_write, write_json  # noqa: E402
+from util.fileio import atomic_write, prepare_output_dir, write_json  # noqa: E402
 from util.protocol import add_protocol_argument  # noqa: E402
 
 DEFAULT_RHLV = "evaluation/RHLV_quantification/rhlv.csv"
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GradingWarning)
         try:
+            prepare_output_dir(args.out, "grading output folder (--out)")
             sagittal = read_table(args.rhlv)
             coronal = read_table(args.rhlv_coronal) if args.rhlv_coronal else None
             table, features = feature_table(sagittal, coronal, (str(args.rhlv), str(args.rhlv_coronal)))
@@ -76,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "grading.json", report)
     with atomic_write(out / "grading.txt") as handle:
         handle.write(summary)
-    matrices = [fold["confusion_matrix"] for fold in report["folds"]] + [report["confusion_matrix_total"]]
-    titles = [f"fold {fold['fold']} (val)" for fold in report["folds"]] + ["all folds"]
+    matrices, titles = grading_confusion_panels(report)
     save_confusion_matrices(matrices, titles, report["classes"], out / "confusion_matrices.png")
     print(summary, end="")
     print(f"written: {out / 'grading.json'}, {out / 'grading.txt'}, {out / 'confusion_matrices.png'}")

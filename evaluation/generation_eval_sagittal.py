@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 from data.crops import SPLITS, read_split  # noqa: E402
 from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS, generation_table, summarize  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402
-from util.fileio import atomic_path, write_json  # noqa: E402
+from util.fileio import atomic_path, prepare_output_dir, write_json  # noqa: E402
 
 DEFAULT_DATAROOT = "./dataset/straightened"
 DEFAULT_FAKE_DIR = "./output"
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None, plane: str = "sagittal") -> int:
             return 2
     try:
         split = read_split(args.split_json)
+        prepare_output_dir(Path(args.out).parent, "generation metrics folder (--out)")
         table, failures = generation_table(args.dataroot, args.fake_dir, split, plane, tuple(args.splits),
-                                           tuple(args.grades), args.min_slice_voxels)
+                                           tuple(args.grades), args.min_slice_voxels, listed_in=args.split_json)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ import pandas as pd
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
-from data.crops import crop_paths
+from data.crops import crop_paths, require_listed_crops
 from data.image_io import ImageIOError, check_same_grid, load_ct, load_mask
 from data.labels import parse_key
 from data.masking import CENTRAL_FRACTION, central_slice_range
@@ -164,11 +164,17 @@ def selected_keys(split: dict[str, dict[str, int]], splits: tuple[str, ...] = ("
 
 def generation_table(dataroot: str | Path, fake_dir: str | Path, split: dict[str, dict[str, int]],
                      plane: str = "sagittal", splits: tuple[str, ...] = ("val",), grades: tuple[int, ...] = (0,),
-                     min_slice_voxels: int = 400, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
-    """Per-vertebra metrics table and the failure messages (one per vertebra that failed)."""
+                     min_slice_voxels: int = 400, progress: bool = True,
+                     listed_in: str | Path = "the split") -> tuple[pd.DataFrame, list[str]]:
+    """Per-vertebra metrics table and the failure messages (one per vertebra that failed).
+
+    A selected vertebra without an original crop stops the run before any work, with the full list
+    (``data.crops.require_listed_crops``); a missing or unusable synthesized crop is a failure.
+    """
     rows, failures = [], []
-    for key, name, grade in tqdm(selected_keys(split, splits, grades), desc="generation metrics",
-                                 unit="vertebra", disable=not progress):
+    selected = selected_keys(split, splits, grades)
+    require_listed_crops(dataroot, [key for key, _, _ in selected], listed_in)
+    for key, name, grade in tqdm(selected, desc="generation metrics", unit="vertebra", disable=not progress):
         try:
             metrics = metrics_for_key(dataroot, fake_dir, key, plane, min_slice_voxels)
         except (GenerationError, ImageIOError, OSError, ValueError) as err:

@@ -100,17 +100,39 @@ def save_height_loss_map(result: RHLVResult, path: str | Path, title: str,
     return _save(figure, path)
 
 
+MATRIX_COLUMNS = 3  # panels per row: the PNG stays ~900 px wide, so digits stay readable when shown at page width
+MATRIX_DIGIT_FONTSIZE = 13  # points at 100 dpi: ~18 px digits
+
+
+def grading_confusion_panels(report: dict) -> tuple[list[np.ndarray], list[str]]:
+    """Confusion matrices of a grading report with honest titles: one per fold (its val predictions),
+    then their sum, which counts every val vertebra once per fold."""
+    folds = report["folds"]
+    matrices = [np.asarray(fold["confusion_matrix"]) for fold in folds]
+    titles = [f"fold {fold['fold']}: val ({fold['n_val']} vertebrae)" for fold in folds]
+    matrices.append(np.asarray(report["confusion_matrix_total"]))
+    titles.append(f"sum of the {len(folds)} folds: each of the {report['n_val']} val\n"
+                  f"vertebrae counted {len(folds)} times ({len(folds) * report['n_val']} predictions)")
+    return matrices, titles
+
+
 def save_confusion_matrices(matrices: Sequence[np.ndarray], titles: Sequence[str], classes: Sequence[int],
                             path: str | Path) -> Path:
-    """Write confusion matrices (rows: true grade, columns: predicted grade) side by side as a PNG."""
-    figure = Figure(figsize=(3.2 * len(matrices), 3.4))
-    axes = np.atleast_1d(figure.subplots(1, len(matrices)))
+    """Write confusion matrices (rows: true grade, columns: predicted grade) as a PNG grid of
+    ``MATRIX_COLUMNS`` panels per row."""
+    columns = min(MATRIX_COLUMNS, len(matrices))
+    rows = -(-len(matrices) // columns)
+    figure = Figure(figsize=(3.2 * columns, 3.5 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for axis in axes[len(matrices):]:
+        axis.set_visible(False)
     for axis, matrix, title in zip(axes, matrices, titles):
         matrix = np.asarray(matrix)
         axis.imshow(matrix, cmap="Blues", vmin=0)
         for (row, column), count in np.ndenumerate(matrix):
             colour = "white" if count > matrix.max() / 2 else "black"
-            axis.text(column, row, f"{count:g}", ha="center", va="center", color=colour, fontsize=8)
+            axis.text(column, row, f"{count:g}", ha="center", va="center", color=colour,
+                      fontsize=MATRIX_DIGIT_FONTSIZE)
         axis.set_xticks(range(len(classes)), [str(c) for c in classes])
         axis.set_yticks(range(len(classes)), [str(c) for c in classes])
         axis.set_xlabel("predicted grade")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
 
+from data.crops import refuse_missing_crops
 from data.image_io import ImageIOError, Volume, check_same_grid, load_mask
 from data.labels import parse_key
 from evaluation.rhlv import (
@@ -60,14 +61,14 @@ class RHLVTables:
 
     tables: dict[str, pd.DataFrame]
     failures: dict[str, list[str]]
-    skipped: list[str] = field(default_factory=list)  # split keys without an original crop
 
 
 def list_jobs(label_dir: str | Path, fake_dir: str | Path | None,
-              split: dict[str, dict[str, int]] | None) -> tuple[list[VertebraJob], list[str]]:
+              split: dict[str, dict[str, int]] | None, listed_in: str | Path = "the split") -> list[VertebraJob]:
     """Vertebrae to measure, in split order (train, val, test) or sorted by key without a split.
 
-    Returns the jobs and the split keys that have no original label crop (skipped).
+    A vertebra listed in the split without a label crop stops the run before any work, with the
+    full list (``data.crops.refuse_missing_crops``, the rule of every step).
     """
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
@@ -82,15 +83,10 @@ def list_jobs(label_dir: str | Path, fake_dir: str | Path | None,
 
     if split is None:
         keys = sorted(p.name[: -len(NIFTI_SUFFIX)] for p in label_dir.glob(f"*{NIFTI_SUFFIX}"))
-        return [job(key, None, None) for key in keys], []
-    jobs, skipped = [], []
-    for dataset, entries in split.items():
-        for key, grade in entries.items():
-            if (label_dir / f"{key}{NIFTI_SUFFIX}").is_file():
-                jobs.append(job(key, grade, dataset))
-            else:
-                skipped.append(key)
-    return jobs, skipped
+        return [job(key, None, None) for key in keys]
+    jobs = [job(key, grade, dataset) for dataset, entries in split.items() for key, grade in entries.items()]
+    refuse_missing_crops([j.label_path for j in jobs if not j.label_path.is_file()], listed_in)
+    return jobs
 
 
 def split_in_file_order(split: dict[str, dict[str, int]], path: str | Path) -> dict[str, dict[str, int]]:
@@ -171,13 +167,14 @@ def _run_jobs(jobs: list[VertebraJob], references: tuple[str, ...], options: Mea
 
 def rhlv_tables(label_dir: str | Path, fake_dir: str | Path | None, split: dict[str, dict[str, int]] | None,
                 references: Iterable[str] = ("synthesized",), options: MeasureOptions = MeasureOptions(),
-                maps: MapSettings = MapSettings(), workers: int = 1, progress: bool = True) -> RHLVTables:
-    """Measure every vertebra of ``label_dir`` (or of the split) against each reference."""
+                maps: MapSettings = MapSettings(), workers: int = 1, progress: bool = True,
+                listed_in: str | Path = "the split") -> RHLVTables:
+    """Measure every vertebra of ``label_dir`` (or of the split, named ``listed_in`` in errors) against each reference."""
     references = tuple(references)
     unknown = set(references) - set(REFERENCES)
     if unknown:
         raise ValueError(f"unknown reference(s) {sorted(unknown)}; expected {list(REFERENCES)}")
-    jobs, skipped = list_jobs(label_dir, fake_dir if "synthesized" in references else None, split)
+    jobs = list_jobs(label_dir, fake_dir if "synthesized" in references else None, split, listed_in)
     rows: dict[str, list[dict]] = {reference: [] for reference in references}
     failures: dict[str, list[str]] = {reference: [] for reference in references}
     outcomes = _run_jobs(jobs, references, options, maps, workers)
@@ -185,7 +182,7 @@ def rhlv_tables(label_dir: str | Path, fake_dir: str | Path | None, split: dict[
         for reference, value in outcome.items():
             (rows[reference] if isinstance(value, dict) else failures[reference]).append(value)
     tables = {reference: pd.DataFrame(rows[reference], columns=RHLV_COLUMNS) for reference in references}
-    return RHLVTables(tables, failures, skipped)
+    return RHLVTables(tables, failures)
 
 
 def write_table(table: pd.DataFrame, path: str | Path, xlsx: bool = False) -> list[Path]:

@@ -59,6 +59,7 @@ and averages the CT.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import time
@@ -73,7 +74,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from data.aligned_dataset import CT_CANVAS_FILL, default_split_json, mask_height_rows
-from data.crops import Crop, crop_paths, list_crop_keys, load_crop, read_split
+from data.crops import Crop, crop_paths, file_signature, list_crop_keys, load_crop, read_split, require_listed_crops
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, Volume, check_same_grid, load_ct, save_nifti, unwindow, window_hu
 from data.labels import VERTEBRA_NAMES, spine_rank
 from data.masking import (
@@ -84,7 +85,7 @@ from models.composition import compose_height_adaptive
 from models.networks import GeneratorOutput, HealthiVertGenerator
 from util.checkpoint import checkpoint_path, load_checkpoint
 from util.device import resolve_device
-from util.fileio import write_json
+from util.fileio import prepare_output_dir, read_json, write_json
 
 NEIGHBOUR_MIN_MM2 = 200.0  # a neighbour is synthesized in a slice where its area (mm²) exceeds this
 NEIGHBOUR_MIN_PX = 200  # the same threshold in pixels at 1 mm x 1 mm pixels (the reference's 200 pixels)
@@ -475,9 +476,19 @@ def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argpa
                              neighbour_min_pixels(pixel_area_mm2))
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class OutputLayout:
-    """Where the synthesized volumes go: ``<root>/CT_fake/<key>.nii.gz`` and ``<root>/label_fake/<key>.nii.gz``."""
+    """Where the synthesized volumes go: ``<root>/CT_fake/<key>.nii.gz``, ``<root>/label_fake/<key>.nii.gz``
+    and their provenance record ``<root>/provenance/<key>.json`` (checkpoints, options and inputs they came from)."""
 
     root: Path
 
@@ -487,15 +498,35 @@ class OutputLayout:
     def label(self, key: str) -> Path:
         return self.root / "label_fake" / f"{key}.nii.gz"
 
-    def done(self, key: str) -> bool:
-        """Both files of ``key`` exist (they are written atomically, CT first)."""
+    def record(self, key: str) -> Path:
+        return self.root / "provenance" / f"{key}.json"
+
+    def exists(self, key: str) -> bool:
+        """Both volumes of ``key`` exist (they are written atomically, CT first, the record last)."""
         return self.ct(key).is_file() and self.label(key).is_file()
 
-    def write(self, key: str, ct_hu: np.ndarray, label_map: np.ndarray, affine: np.ndarray) -> None:
-        """int16 HU CT and uint8 labels on the crop grid, each written atomically."""
+    def done(self, key: str, provenance: dict[str, Any]) -> bool:
+        """Both volumes exist and were made from exactly ``provenance`` (same checkpoints, options, inputs)."""
+        if not self.exists(key) or not self.record(key).is_file():
+            return False
+        try:
+            return read_json(self.record(key)) == provenance
+        except ValueError:
+            return False
+
+    def write(self, key: str, ct_hu: np.ndarray, label_map: np.ndarray, affine: np.ndarray,
+              provenance: dict[str, Any]) -> None:
+        """int16 HU CT and uint8 labels on the crop grid, then the provenance record, each written atomically."""
+        self.record(key).unlink(missing_ok=True)  # volumes and record must never disagree, even if killed mid-way
         hu = np.clip(np.rint(ct_hu), np.iinfo(np.int16).min, np.iinfo(np.int16).max).astype(np.int16)
         save_nifti(hu, affine, self.ct(key))
         save_nifti(np.asarray(label_map, dtype=np.uint8), affine, self.label(key))
+        write_json(self.record(key), provenance)
+
+    def prepare(self) -> None:
+        """Prove the output folders writable and remove partial files of killed runs (before any work)."""
+        for folder in ("CT_fake", "label_fake", "provenance"):
+            prepare_output_dir(self.root / folder, "synthesis output folder (--results_dir/--name)")
 
 
 def output_layouts(results_dir: str | Path, name: str, plane_mode: str) -> dict[str, OutputLayout]:
@@ -519,7 +550,7 @@ def shard(keys: Sequence[str], rank: int, world_size: int) -> list[str]:
 def select_keys(dataroot: str | Path, split_names: str | None, split_json: str | Path | None) -> list[str]:
     """Vertebra keys to synthesize: every label crop, or the keys of the named splits (comma-separated,
     e.g. ``val,test``) in the split JSON (default ``<dataroot>/../vertebra_data.json``). Keys listed
-    in the split without a crop are kept, so they are reported as failures."""
+    in the split without a crop are kept (``synthesize_dataset`` refuses them before any work)."""
     if not split_names or split_names == "all":
         return list_crop_keys(dataroot)
     path = Path(split_json) if split_json else default_split_json(dataroot)
@@ -550,6 +581,7 @@ class SynthesisSummary:
     succeeded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    redone: list[str] = field(default_factory=list)  # outputs existed but came from another checkpoint/options/input
     missing_attention: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -560,12 +592,13 @@ class SynthesisSummary:
     def merge(self, other: "SynthesisSummary") -> None:
         self.succeeded += other.succeeded
         self.skipped += other.skipped
+        self.redone += other.redone
         self.failed.update(other.failed)
         self.missing_attention += other.missing_attention
         self.seconds = max(self.seconds, other.seconds)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"succeeded": sorted(self.succeeded), "skipped": sorted(self.skipped),
+        return {"succeeded": sorted(self.succeeded), "skipped": sorted(self.skipped), "redone": sorted(self.redone),
                 "failed": dict(sorted(self.failed.items())), "missing_attention": sorted(self.missing_attention),
                 "seconds": round(self.seconds, 2)}
 
@@ -573,6 +606,9 @@ class SynthesisSummary:
         """Multi-line human summary."""
         lines = [f"synthesis: {len(self.succeeded)} succeeded, {len(self.skipped)} skipped (already done), "
                  f"{len(self.failed)} failed in {self.seconds:.1f} s"]
+        if self.redone:
+            lines.append(f"  re-synthesized {len(self.redone)} vertebra(e) whose outputs came from another checkpoint, "
+                         f"options or input, e.g. {sorted(self.redone)[0]}")
         if self.missing_attention:
             lines.append(f"  no attention map (zeros used) for {len(self.missing_attention)} vertebra(e), "
                          f"e.g. {sorted(self.missing_attention)[0]}")
@@ -602,12 +638,33 @@ class DatasetSynthesizer:
         amp_dtype = autocast_dtype(device, bool(getattr(opt, "amp", False)), bool(getattr(opt, "cpu_bf16", False)))
         self.runners = {plane: GeneratorRunner(model.generator, device, batch_size, amp_dtype)
                         for plane, model in self.models.items()}
+        self.run_provenance = {
+            "checkpoints": {plane: {"path": str(model.path.resolve()), "sha256": file_sha256(model.path)}
+                            for plane, model in self.models.items()},
+            "options": {"plane": self.plane_mode, "amp_dtype": str(amp_dtype),
+                        "protocol": getattr(opt, "protocol", None),
+                        "cam_dir": str(Path(opt.cam_dir).resolve()) if getattr(opt, "cam_dir", None) else None},
+        }
+
+    def provenance(self, key: str) -> dict[str, Any]:
+        """What the outputs of ``key`` depend on: checkpoint contents, options, and the input files' size/mtime."""
+        paths = crop_paths(self.opt.dataroot, key)
+        cam_dir = getattr(self.opt, "cam_dir", None)
+        inputs = {"ct": file_signature(paths.ct), "label": file_signature(paths.label),
+                  "cam": file_signature(Path(cam_dir) / f"{key}.nii.gz") if cam_dir else None}
+        return {**self.run_provenance, "inputs": inputs}
+
+    def exists(self, key: str) -> bool:
+        return all(layout.exists(key) for layout in self.layouts.values())
 
     def done(self, key: str) -> bool:
-        return all(layout.done(key) for layout in self.layouts.values())
+        """Every output of ``key`` exists and was made from the current checkpoints, options and inputs."""
+        provenance = self.provenance(key)
+        return all(layout.done(key, provenance) for layout in self.layouts.values())
 
     def synthesize(self, key: str) -> bool:
         """Synthesize and write one vertebra; returns whether its attention map was found."""
+        provenance = self.provenance(key)
         crop = load_crop(self.opt.dataroot, key)
         cam = load_attention(getattr(self.opt, "cam_dir", None), crop, crop_paths(self.opt.dataroot, key).label)
         row_spacing_mm = float(crop.spacing_mm[0])
@@ -624,10 +681,10 @@ class DatasetSynthesizer:
             except ValueError as err:
                 raise ValueError(f"{crop_paths(self.opt.dataroot, key).label}: {err}") from None
         for plane, result in results.items():
-            self.layouts[plane].write(key, result.ct_hu, result.label_map, crop.affine)
+            self.layouts[plane].write(key, result.ct_hu, result.label_map, crop.affine, provenance)
         if "fused" in self.layouts:
             ct, labels = fuse_planes(results["sagittal"], results["coronal"], crop.label)
-            self.layouts["fused"].write(key, ct, labels, crop.affine)
+            self.layouts["fused"].write(key, ct, labels, crop.affine, provenance)
         return cam is not None or not getattr(self.opt, "cam_dir", None)
 
 
@@ -666,10 +723,18 @@ def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> S
     rank, world_size = distributed_context()
     device = resolve_device(getattr(opt, "gpu_ids", "-1"))
     synthesizer = DatasetSynthesizer(opt, device)
+    if rank == 0:
+        for layout in synthesizer.layouts.values():
+            layout.prepare()
+        prepare_output_dir(Path(opt.results_dir) / opt.name, "synthesis output folder (--results_dir/--name)")
     keys = select_keys(opt.dataroot, getattr(opt, "split", None), getattr(opt, "split_json", None))
     num_test = getattr(opt, "num_test", math.inf)
     if num_test != math.inf:
         keys = keys[: int(num_test)]
+    split_names = getattr(opt, "split", None)
+    listed_in = (getattr(opt, "split_json", None) or default_split_json(opt.dataroot)
+                 if split_names and split_names != "all" else Path(opt.dataroot) / "label")
+    require_listed_crops(opt.dataroot, keys, listed_in)
     summary = SynthesisSummary()
     if not getattr(opt, "cam_dir", None) and rank == 0:
         warnings.warn("no --cam_dir given: attention maps are all zeros (no fracture attention)", stacklevel=2)
@@ -678,9 +743,12 @@ def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> S
     progress = tqdm(shard(keys, rank, world_size), desc=f"synthesis ({synthesizer.plane_mode})", unit="vertebra",
                     disable=not show_progress or rank != 0, dynamic_ncols=True)
     for key in progress:
-        if synthesizer.done(key) and not getattr(opt, "overwrite", False):
-            summary.skipped.append(key)
-            continue
+        if not getattr(opt, "overwrite", False):
+            if synthesizer.done(key):
+                summary.skipped.append(key)
+                continue
+            if synthesizer.exists(key):
+                summary.redone.append(key)
         progress.set_postfix_str(key)
         try:
             if not synthesizer.synthesize(key):

@@ -65,7 +65,8 @@ class BaseOptions:
         parser.add_argument("--split_json", default=None,
                             help="split JSON {train,val,test: {<case>_<v>: grade}}; if omitted, <dataroot>/../vertebra_data.json")
         parser.add_argument("--cam_dir", default=None,
-                            help="folder of attention maps <key>.nii.gz (missing: all-zero attention, one warning)")
+                            help="folder of attention maps <key>.nii.gz (must exist; a vertebra without a map gets "
+                                 "all-zero attention, one warning; leave the flag out for no attention)")
         parser.add_argument("--name", default="experiment_name",
                             help="experiment name; checkpoints and logs go to <checkpoints_dir>/<name>")
         parser.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are stored")
@@ -98,7 +99,8 @@ class BaseOptions:
         """Parser with the base, model and dataset flags (model and dataset chosen from ``argv``)."""
         parser = argparse.ArgumentParser(
             description="HealthiVert-GAN " + ("training" if self.isTrain else "testing") + " options",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=False)
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=False,
+            usage="%(prog)s --dataroot DIR [options]  (--help lists every flag)")
         parser = self.initialize(parser)
         known, _ = parser.parse_known_args(argv)
         parser = models.get_option_setter(known.model)(parser, self.isTrain)
@@ -136,6 +138,9 @@ class BaseOptions:
             handle.write(text + "\n")
         write_json(folder / f"{self.file_prefix}opt.json", options_to_dict(opt))
 
+    def validate(self, opt: argparse.Namespace) -> None:
+        """Reject impossible flag values with ``self.parser.error`` (subclasses add their checks)."""
+
     def parse(self, argv: list[str] | None = None, save: bool = True) -> argparse.Namespace:
         """Parse, post-process (suffix, GPU ids) and, on rank 0, print and save the options."""
         opt = self.gather_options(argv)
@@ -148,6 +153,9 @@ class BaseOptions:
             self.parser.error(f"--batch_size must be >= 1, got {opt.batch_size}")
         if opt.num_threads < 0:
             self.parser.error(f"--num_threads must be >= 0, got {opt.num_threads}")
+        if opt.cam_dir and not Path(opt.cam_dir).is_dir():
+            self.parser.error(f"--cam_dir {opt.cam_dir}: folder not found (leave the flag out to run without attention)")
+        self.validate(opt)
         if save and int(os.environ.get("RANK", 0)) == 0:
             self.save_options(opt)
         return opt

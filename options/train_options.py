@@ -54,3 +54,15 @@ class TrainOptions(BaseOptions):
                             help="validate on the healthy val vertebrae every this many epochs (0: never)")
         parser.add_argument("--val_phase", default="val", help="split used for validation")
         return parser
+
+    def validate(self, opt: argparse.Namespace) -> None:
+        """Frequencies >= 1, counts >= 0 (a zero frequency would divide by zero in the loop)."""
+        at_least = {"print_freq": 1, "save_latest_freq": 1, "save_epoch_freq": 1, "display_freq": 1,
+                    "display_ncols": 1, "max_steps": 0, "val_freq": 0, "n_epochs": 0, "n_epochs_decay": 0,
+                    "epoch_count": 1, "lr_decay_iters": 1}
+        for key, minimum in at_least.items():
+            value = getattr(opt, key, None)
+            if value is not None and value < minimum:
+                self.parser.error(f"--{key} must be >= {minimum}, got {value}")
+        if opt.n_epochs + opt.n_epochs_decay < 1:
+            self.parser.error("--n_epochs + --n_epochs_decay must be >= 1")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data.crops import CROP_AXES, crop_affine, crop_paths, write_crop
+from data.crops import CROP_AXES, case_crop_keys, crop_affine, crop_paths, remove_crops, write_crop
 from data.image_io import CaseFiles, ImageIOError, check_same_grid, list_cases, load_ct, load_mask, read_grid
 from data.labels import split_key
 from straighten.frames import StraightGrid, grid_for_crops, straight_line
@@ -29,6 +29,7 @@ class CaseResult:
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    removed: list[str] = field(default_factory=list)  # obsolete crops of an earlier run, deleted
 
     @property
     def failed(self) -> bool:
@@ -141,6 +142,8 @@ def _write_case_crops(case: CaseFiles, out_dir: str | Path, model: SpineModel, g
             written.extend([paths.ct, paths.label, paths.sidecar])
             # Fortran order is NIfTI's on-disk order: nibabel then writes without transposing
             ct_crop = None if straight_ct is None else np.asfortranarray(straight_ct[first:last])
+            if ct_crop is None:
+                paths.ct.unlink(missing_ok=True)  # a CT crop of an earlier run with a CT would be stale
             write_crop(out_dir, key, ct_crop, np.asfortranarray(label_crop), affine, sidecar)
             result.written.append(key)
     except BaseException:
@@ -150,12 +153,23 @@ def _write_case_crops(case: CaseFiles, out_dir: str | Path, model: SpineModel, g
         raise
 
 
+def remove_obsolete_crops(out_dir: str | Path, result: CaseResult) -> None:
+    """Delete the case's crops that this run did not write (a vertebra relabelled, skipped, or the case
+    failed), so that later steps never read crops of an earlier input; lists them in ``result.removed``."""
+    obsolete = sorted(set(case_crop_keys(out_dir, result.case)) - set(result.written))
+    remove_crops(out_dir, obsolete)
+    result.removed = obsolete
+
+
 def _run_one(case: CaseFiles, out_dir: Path, crop_size: tuple[int, int, int], spacing_mm: float) -> CaseResult:
-    """Straighten one case, turning an expected failure into ``CaseResult.error``."""
+    """Straighten one case, turning an expected failure into ``CaseResult.error``; either way the
+    case is left with exactly the crops of its current inputs."""
     try:
-        return straighten_case(case, out_dir, crop_size, spacing_mm)
+        result = straighten_case(case, out_dir, crop_size, spacing_mm)
     except Exception as err:  # one bad case must not stop the batch; the report names it
-        return CaseResult(case.case, error=f"{type(err).__name__}: {err}")
+        result = CaseResult(case.case, error=f"{type(err).__name__}: {err}")
+    remove_obsolete_crops(out_dir, result)
+    return result
 
 
 def straighten_root(root: str | Path, out_dir: str | Path | None = None,

@@ -11,7 +11,9 @@ de-pedicled labels (nearest) along it, and write, for every complete vertebra,
 Axes: 0 superior->inferior, 1 anterior->posterior, 2 right->left; the target's body centroid is
 at the crop centre. A mask without a CT gives label crops only. Vertebrae cut by the volume
 border or with too few voxels are skipped (listed in the report). A case that fails is reported
-and skipped; the exit status is 1 when any case failed.
+and skipped; the exit status is 1 when any case failed. Each processed case is left with exactly
+the crops of its current inputs: crops of an earlier run that this run did not write (a vertebra
+relabelled or now skipped, or the case failed) are deleted and listed.
 
 Example:  python straighten/straighten_mask_3d.py --root DIR --workers 2
 """
@@ -28,6 +30,7 @@ import argparse  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.image_io import ImageIOError  # noqa: E402
+from util.fileio import OutputDirError, prepare_output_dir  # noqa: E402
 from straighten.pipeline import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, CaseResult, straighten_root  # noqa: E402
 
 
@@ -51,10 +54,12 @@ def format_report(results: list[CaseResult]) -> str:
     for result in results:
         if result.failed:
             lines.append(f"FAILED {result.case}: {result.error}")
-            continue
-        lines.append(f"ok     {result.case}: {len(result.written)} crop(s)")
-        lines.extend(f"       skipped {key}: {why}" for key, why in result.skipped.items())
-        lines.extend(f"       note: {note}" for note in result.notes)
+        else:
+            lines.append(f"ok     {result.case}: {len(result.written)} crop(s)")
+            lines.extend(f"       skipped {key}: {why}" for key, why in result.skipped.items())
+            lines.extend(f"       note: {note}" for note in result.notes)
+        if result.removed:
+            lines.append(f"       removed {len(result.removed)} obsolete crop(s) of an earlier run: {', '.join(result.removed)}")
     failed = sum(r.failed for r in results)
     crops = sum(len(r.written) for r in results)
     lines.append(f"{len(results)} case(s), {crops} crop(s) written, {failed} case(s) failed")
@@ -70,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else args.root / "straightened"
     progress = None if args.quiet else (lambda total: tqdm(total=total, desc="straighten", unit="case"))
     try:
+        for folder in (out / "CT", out / "label"):
+            prepare_output_dir(folder, "straightened crop folder (--out)")
         results = straighten_root(args.root, out, tuple(args.crop_size), args.spacing, args.workers, args.cases, progress)
-    except ImageIOError as err:
+    except (ImageIOError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_report(results))

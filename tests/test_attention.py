@@ -226,14 +226,13 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_classifier(path)
 
 
-def test_missing_crop_is_reported_and_others_still_written(cohort, tmp_path):
+def test_missing_crop_is_refused_before_any_map(cohort, tmp_path):
     out = tmp_path / "heatmap"
     good = split_key("syn002", 22)
-    summary = generate_maps(cam_options(cohort, out, "--keys", "syn999_20", good, "--no_png"))
-    assert summary["written"] == [good]
-    assert "syn999_20" in summary["failed"]
-    assert str(crop_paths(cohort["dataroot"], "syn999_20").ct) in summary["failed"]["syn999_20"]
-    assert not (out / "syn999_20.nii.gz").exists()
+    with pytest.raises(ValueError, match="crop file.* of listed vertebrae not found") as refused:
+        generate_maps(cam_options(cohort, out, "--keys", "syn999_20", good, "--no_png"))
+    assert str(crop_paths(cohort["dataroot"], "syn999_20").ct) in str(refused.value)
+    assert not list(out.glob("*.nii.gz"))
 
 
 def test_missing_ct_crop_fails_the_script(cohort, tmp_path, capsys):
@@ -256,5 +255,5 @@ def test_training_without_crops_is_a_clear_error(tmp_path):
     split_json.write_text(json.dumps({"train": {"nocase_20": 0, "nocase_21": 2}, "val": {}}))
     (tmp_path / "straightened" / "label").mkdir(parents=True)
     opt = classifier_options(tmp_path / "straightened", split_json, tmp_path / "ck", "none")
-    with pytest.raises(ValueError, match="no usable 'train' vertebra has a crop"):
+    with pytest.raises(ValueError, match="split.json: 4 crop file.* not found: .*nocase_20.nii.gz"):
         train_classifier(opt)

@@ -540,7 +540,7 @@ def test_plane_mismatch_and_missing_coronal_name_are_errors(cohort: dict, capsys
 
 def test_bad_vertebra_is_reported_and_the_run_continues(cohort: dict, capsys) -> None:
     bad = cohort["keys"][2]
-    (cohort["dataroot"] / "CT" / f"{bad}.nii.gz").unlink()
+    (cohort["dataroot"] / "CT" / f"{bad}.nii.gz").write_bytes(b"not a NIfTI file")
     assert script.main(command(cohort)) == 1
     report = capsys.readouterr().out
     assert f"FAILED {bad}" in report and "2 succeeded" in report

@@ -48,6 +48,7 @@ METHODS = {"HealthiVert-GAN": ("rhlv", "grading"), "neighbour baseline": ("rhlv_
 MORPHOLOGY_ORDER = ("none", "wedge", "biconcave", "crush")
 GRADING_KEYS = ("macro_precision", "macro_recall", "macro_f1", "accuracy")
 GENERATION_KEYS = (*IMAGE_METRICS, *OVERLAP_METRICS)
+ATTENTION_ON_TARGET = 0.5  # an attention map "misses" the target when less of its mass lies on the body
 
 
 # --------------------------------------------------------------------------- loading helpers
@@ -250,8 +251,24 @@ def pick_examples(truth: pd.DataFrame, split: dict[str, dict[str, int]] | None, 
     return examples
 
 
+def attention_on_target(cam_slice: np.ndarray, target: np.ndarray) -> float | None:
+    """Fraction of an attention slice's mass on the target body (``None`` for an all-zero map)."""
+    total = float(np.asarray(cam_slice, dtype=np.float64).sum())
+    return float(np.asarray(cam_slice, dtype=np.float64)[target].sum()) / total if total > 0 else None
+
+
+def attention_title(cam_slice: np.ndarray, target: np.ndarray) -> str:
+    """Panel title: the map's peak and how much of it lies on the target, flagged when it misses."""
+    fraction = attention_on_target(cam_slice, target)
+    if fraction is None:
+        return "attention: none (all zero)"
+    flag = "  MISSES TARGET" if fraction < ATTENTION_ON_TARGET else ""
+    return f"attention max {float(np.max(cam_slice)):.2f}\n{100 * fraction:.0f}% on target{flag}"
+
+
 def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Example]) -> Figure | None:
-    """Mid-sagittal slice of each example's straightened CT crop, with its attention map overlaid."""
+    """Mid-sagittal slice of each example's straightened CT crop, with its attention map overlaid
+    (titled with the share of the map on the target body)."""
     panels = []
     for example in examples:
         try:
@@ -272,8 +289,8 @@ def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Examp
               vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
         ct_axis.contour(crop.label_map[:, :, z] == crop.label, levels=[0.5], colors="yellow", linewidths=0.8)
         cam_axis = figure.add_subplot(2, len(panels), len(panels) + column + 1)
-        _show(cam_axis, crop.ct_hu[:, :, z], spacing, f"attention (max {float(cam[:, :, z].max()):.2f})", cmap="gray",
-              vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
+        _show(cam_axis, crop.ct_hu[:, :, z], spacing, attention_title(cam[:, :, z], crop.label_map[:, :, z] == crop.label),
+              cmap="gray", vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
         cam_axis.imshow(cam[:, :, z], aspect=spacing[0] / spacing[1], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
     figure.tight_layout()
     return figure
@@ -321,16 +338,19 @@ def scatter_figure(comparisons: dict[str, pd.DataFrame]) -> Figure | None:
         return None
     figure = Figure(figsize=(5.0 * len(comparisons), 4.6))
     colours = {"anterior": "tab:red", "middle": "tab:green", "posterior": "tab:blue"}
-    for index, (method, table) in enumerate(comparisons.items()):
-        axis = figure.add_subplot(1, len(comparisons), index + 1)
+    measured = np.concatenate([table[list(RHLV_COLUMN_OF_REGION.values())].to_numpy(dtype=float).ravel()
+                               for table in comparisons.values()])
+    measured = measured[np.isfinite(measured)]
+    low = min(-0.1, float(measured.min())) if measured.size else -0.1  # one y-range for every panel
+    high = max(0.7, float(measured.max())) if measured.size else 0.7
+    axes = np.atleast_1d(figure.subplots(1, len(comparisons), sharey=True))
+    for index, (axis, (method, table)) in enumerate(zip(axes, comparisons.items())):
         for region in REGIONS:
             for adjacent, marker in ((False, "o"), (True, "^")):
                 rows = table[table["adjacent_fracture"] == adjacent]
                 axis.scatter(rows[f"loss_{region}"], rows[RHLV_COLUMN_OF_REGION[region]], s=18, marker=marker,
                              facecolors=colours[region] if adjacent else "none", edgecolors=colours[region],
                              label=f"{region}{' (adjacent fracture)' if adjacent else ''}")
-        low = min(-0.1, float(np.nanmin(table[list(RHLV_COLUMN_OF_REGION.values())].to_numpy(dtype=float))))
-        high = max(0.7, float(np.nanmax(table[list(RHLV_COLUMN_OF_REGION.values())].to_numpy(dtype=float))))
         axis.plot([low, high], [low, high], color="0.3", linewidth=0.8, linestyle="--")
         for threshold in GENANT_THRESHOLDS:
             axis.axvline(threshold, color="0.8", linewidth=0.6)
@@ -341,8 +361,8 @@ def scatter_figure(comparisons: dict[str, pd.DataFrame]) -> Figure | None:
         axis.set_title(f"{method}: MAE {_fmt(summary['mae_anterior'])} / {_fmt(summary['mae_middle'])} / "
                        f"{_fmt(summary['mae_posterior'])} (n={summary['n']})", fontsize=9)
         axis.set_xlabel("true height-loss ratio (phantom truth)")
-        axis.set_ylabel("measured RHLV")
         if index == 0:
+            axis.set_ylabel("measured RHLV (same scale in every panel)")
             axis.legend(fontsize=6, loc="upper left")
     figure.tight_layout()
     return figure
@@ -449,7 +469,8 @@ def grading_section(grading: dict[str, dict | None], run: "PipelineRun") -> str:
         images.append(f"<h4>{html.escape(method)}</h4>" + _image(figure, f"confusion matrices, {method}"))
     return (_table(["method", "macro-P", "macro-R", "macro-F1", "accuracy", "CV pool (train+test)", "scored (val)"], rows)
             + "<p>Mean over the stratified folds (variance in brackets), each fold scored on the val split "
-              "(evaluation/SVM_grading.py). Confusion matrices: rows true grade, columns predicted.</p>"
+              "(evaluation/SVM_grading.py). Confusion matrices: rows true grade, columns predicted; one per fold "
+              "(its val predictions), and last their sum, which counts every val vertebra once per fold.</p>"
             + "".join(images))
 
 
@@ -487,10 +508,24 @@ th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: left; }
 th { background: #eee; }
 td:last-child { word-break: break-all; }
 .missing { color: #a00; }
-.ok { color: #070; } .bad { color: #a00; }
+.ok { color: #070; } .bad { color: #a00; } .warn { color: #b60; }
 h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; }
 code { background: #f4f4f4; }
 """
+
+
+def run_status_html(run: "PipelineRun") -> str:
+    """The report's headline: green only when every step ran completely; partial steps are named."""
+    def names(statuses: tuple[str, ...]) -> str:
+        return ", ".join(html.escape(step.name) for step in run.steps if step.status in statuses)
+
+    failed, partial = names(("failed", "skipped")), names(("partial",))
+    if failed:
+        return f"<span class='bad'>some steps failed or were skipped: {failed}</span>"
+    if partial:
+        return (f"<span class='warn'>every step ran, but some only partly (items failed, see their logs): "
+                f"{partial}</span>")
+    return "<span class='ok'>every step ran completely</span>"
 
 
 def build_html(run: "PipelineRun", summary: dict[str, Any], data: ReportData) -> str:
@@ -498,7 +533,7 @@ def build_html(run: "PipelineRun", summary: dict[str, Any], data: ReportData) ->
     paths = run.paths
     sections: list[tuple[str, str]] = []
     config = run.config
-    status = "<span class='ok'>every step ran</span>" if run.ok else "<span class='bad'>some steps failed</span>"
+    status = run_status_html(run)
     intro = (f"<p>{status}. Phantom cohort of {config.cases} cases ({config.vertebrae}), straightened crops "
              f"{' x '.join(map(str, config.crop_size))} voxels at {config.spacing_mm:g} mm, generator ngf "
              f"{config.gan_ngf}, {config.gan_epochs}+{config.gan_epochs_decay} epochs, "
@@ -519,7 +554,13 @@ def build_html(run: "PipelineRun", summary: dict[str, Any], data: ReportData) ->
     attention = attention_figure(paths.dataroot, paths.heatmap, examples) if examples else None
     sections.append(("Straightened crops and attention maps",
                      "<p>Mid-sagittal slice of the straightened CT crop (superior at the top, anterior on the left; "
-                     "the target body outlined in yellow) and the classifier's Grad-CAM++ map.</p>"
+                     "the target body outlined in yellow) and the classifier's Grad-CAM++ map, titled with the share "
+                     "of the map on the target body.</p>"
+                     "<p class='warn'>Known limitation: Grad-CAM++ of a small classifier often puts its attention "
+                     "outside the fractured body (on an endplate, a neighbour or the background); panels marked "
+                     "MISSES TARGET show it. There the generator's 1 &minus; CAM input does not mark the fractured "
+                     "region as unreliable, so the synthesis may keep part of the fracture: read those vertebrae's "
+                     "RHLV with care.</p>"
                      + _image(figure_data_uri(attention) if attention else None, "crops and attention maps")))
     synthesis = synthesis_figure(paths.dataroot, paths.results, examples) if examples else None
     sections.append(("Original vs pseudo-healthy",
