@@ -15,6 +15,7 @@ keeps it); the outputs are written only after every step succeeded.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 import warnings
@@ -141,6 +142,12 @@ def verse_mask_file(settings: PredictSettings, work: Path, case: str) -> Path:
     return path
 
 
+def _without_work_paths(message: str, key: str, work: Path) -> str:
+    """A step's failure message without the vertebra key prefix and the (deleted) work-folder file names."""
+    message = re.sub(rf"{re.escape(str(work))}/\S+?: ", "", message)
+    return re.sub(rf"^{re.escape(key)}( \([a-z]+\))?: ", "", message)
+
+
 def _status_rows(records: list[dict[str, Any]], case: str) -> dict[str, dict[str, Any]]:
     """One table row per labelled vertebra of the centroid records (status and reason from the border flags)."""
     rows = {}
@@ -261,14 +268,26 @@ def slicer_markups(table: pd.DataFrame) -> dict[str, Any]:
                          "labelFormat": "%N-%d", "controlPoints": points}]}
 
 
+def _json_value(value: Any) -> Any:
+    """A table cell as plain JSON: NumPy scalars to Python numbers, NaN and missing values to null."""
+    if isinstance(value, (list, str)):
+        return value
+    if value is None or pd.isna(value):
+        return None
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value)
+    return value
+
+
 def _write_table(table: pd.DataFrame, out: Path, method: str, notes: list[str]) -> dict[str, Path]:
     csv_path, json_path = out / "vertebrae.csv", out / "vertebrae.json"
     flat = table.copy()
     flat["centroid_ras_mm"] = [" ".join(f"{x:.2f}" for x in value) for value in flat["centroid_ras_mm"]]
     with atomic_path(csv_path) as temporary:
         flat.to_csv(temporary, index=False, float_format="%.4f")
-    records = [{key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                for key, value in row.items()} for row in table.to_dict(orient="records")]
+    records = [{key: _json_value(value) for key, value in row.items()} for row in table.to_dict(orient="records")]
     write_json(json_path, {"grade_method": method, "notes": notes, "vertebrae": records})
     return {"vertebrae.csv": csv_path, "vertebrae.json": json_path}
 
@@ -316,20 +335,21 @@ def predict_scan(settings: PredictSettings) -> PredictResult:
                 notes.append(f"{key}: no attention map ({why}); zeros used")
         results = work / "results"
         for key, why in _synthesize(settings, dataroot, cam_dir, results, plane).items():
-            rows[key]["status"], rows[key]["reason"] = "synthesis_failed", why
+            rows[key]["status"], rows[key]["reason"] = "synthesis_failed", _without_work_paths(why, key, work)
         fake_root = results / settings.name
         tables = rhlv_tables(dataroot / "label", fake_root / "label_fake", None, (settings.reference,),
                              MeasureOptions(plane=plane), MapSettings(work / "maps"), progress=False)
         for failure in tables.failures[settings.reference]:
             key = failure.split(" ", 1)[0]
             if key in rows and rows[key]["status"] == "ok":
-                rows[key]["status"], rows[key]["reason"] = "not_measured", failure
+                rows[key]["status"], rows[key]["reason"] = "not_measured", _without_work_paths(failure, key, work)
         rhlv = tables.tables[settings.reference]
         table = pd.DataFrame(list(rows.values()))
         table.loc[(table["status"] == "ok") & ~table["Vertebra"].isin(rhlv["Vertebra"]), "status"] = "not_measured"
         _add_measurements(table, rhlv)
         table["grade"] = np.nan
         method = _grade(table, rhlv, settings.grader)
+        table["grade"] = table["grade"].astype("Int64")
         table["reference"] = np.where(table["status"] == "ok", settings.reference, "")
         if not (table["status"] == "ok").any():
             raise PredictError(f"{settings.mask}: no vertebra could be measured: "

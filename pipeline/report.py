@@ -49,7 +49,7 @@ def _number(value: Any, digits: int = 2) -> str:
 
 
 def _grade_swatch(grade: Any) -> str:
-    if grade is None or not np.isfinite(float(grade)):
+    if grade is None or pd.isna(grade):
         return ""
     return f'<span class="grade" style="background:{GRADE_COLOURS[int(grade)]}"></span> '
 
@@ -187,6 +187,6 @@ def write_report(path: Path, settings: "PredictSettings", table: pd.DataFrame, m
         body.append(f"<h2>Notes</h2><ul class='note'>{note_items}</ul>")
     document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>HealthiVert report</title>"
                 f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
-    with atomic_write(path) as handle:
+    with atomic_write(path, encoding="utf-8") as handle:
         handle.write(document)
     return path
