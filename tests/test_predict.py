@@ -150,7 +150,7 @@ def test_predict_from_dicom_grades_the_fractured_vertebra_on_the_scan_grid(obliq
     points = {p["label"]: np.array(p["position"]) for p in markups["controlPoints"]}
     truth_l2 = next(v for v in oblique_case["phantom"].truth["vertebrae"] if v["label"] == FRACTURED)
     assert np.linalg.norm(points["L2"] - np.array(truth_l2["centroid_ras_mm"]) * [-1, -1, 1]) < 2.0
-    report = (out / "report.html").read_text()
+    report = (out / "report.html").read_text(encoding="utf-8")
     assert report.count("data:image/png;base64,") >= 1 + 2 * len(measured) and "Genant thresholds" in report
 
 
