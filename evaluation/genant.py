@@ -9,7 +9,7 @@ middle -> biconcave; a body that lost about as much everywhere (smallest regiona
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 GENANT_THRESHOLDS = (0.20, 0.25, 0.40)
 GENANT_GRADES = (0, 1, 2, 3)

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from data.crops import crop_paths, load_crop
-from data.image_io import CaseFiles, ImageIOError, check_same_grid, load_ct, load_mask, read_grid, save_nifti
+from data.crops import load_crop
+from data.image_io import CaseFiles, check_same_grid, load_ct, load_mask, read_grid, save_nifti
 from data.labels import LABEL_SCHEMES, TOTALSEG_TO_VERSE, split_key, totalseg_to_verse, vertebra_name
 from evaluation.genant import GENANT_THRESHOLDS, genant_grade, suggested_morphology
 from evaluation.grader import SCORE_PREFIX, grade_features, load_grader
@@ -89,13 +89,7 @@ class PredictResult:
 
 def case_name(ct: Path) -> str:
     """A case id from the CT's file or folder name (``sub-01_ct.nii.gz`` -> ``sub-01``)."""
-    name = ct.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    for suffix in ("_ct", "_CT"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+    name = ct.name.removesuffix(".gz").removesuffix(".nii").removesuffix("_ct").removesuffix("_CT")
     return name.replace(" ", "_") or "case"
 
 
@@ -223,16 +217,19 @@ def pseudo_healthy_ct(ct: np.ndarray, affine: np.ndarray, dataroot: Path, fake_r
     """The scan's CT with each synthesized target's voxels replaced by the synthesized CT (float32 HU).
 
     The replaced region of a vertebra is its original or synthesized body in the crop, dilated by
-    ``PASTE_MARGIN_VOXELS``; it is mapped onto the scan through the crop's sidecar (nearest) and
-    filled with the synthesized crop CT interpolated linearly at the scan voxels.
+    ``PASTE_MARGIN_VOXELS`` and kept within the original body's axial (A-P x R-L) footprint, dilated
+    alike (a synthesized body may be taller, not wider); it is mapped onto the scan through the
+    crop's sidecar (nearest) and filled with the synthesized crop CT interpolated linearly there.
     """
     out = np.array(ct, dtype=np.float32, copy=True)
     for key in keys:
         crop = load_crop(dataroot, key, need_ct=False)
         fake_ct = load_ct(fake_root / "CT_fake" / f"{key}.nii.gz").array
         fake_label = load_mask(fake_root / "label_fake" / f"{key}.nii.gz").array
-        region = ndimage.binary_dilation((crop.label_map == crop.label) | (fake_label == crop.label),
-                                         iterations=PASTE_MARGIN_VOXELS)
+        original = crop.label_map == crop.label
+        footprint_2d = ndimage.binary_dilation(original.any(axis=0), iterations=PASTE_MARGIN_VOXELS)
+        region = ndimage.binary_dilation(original | (fake_label == crop.label), iterations=PASTE_MARGIN_VOXELS)
+        region &= footprint_2d[None]
         index = np.argwhere(region)
         footprint = scan_footprint(crop.sidecar, out.shape, affine, (index.min(axis=0), index.max(axis=0)))
         paste = sample_crop(region.astype(np.float32), footprint, order=0) > 0.5
@@ -311,7 +308,11 @@ def predict_scan(settings: PredictSettings) -> PredictResult:
     case = settings.case or case_name(Path(settings.ct))
     notes: list[str] = []
     settings.out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_FILES:  # a failed run must not leave an earlier run's results looking like its own
+        (settings.out / name).unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".predict-work-", dir=settings.out))
+    if settings.keep_work:
+        notes.append(f"intermediate files kept in {work}")
     try:
         mask_path = verse_mask_file(settings, work, case)
         records, centroid_notes = case_centroids(mask_path)
@@ -359,9 +360,7 @@ def predict_scan(settings: PredictSettings) -> PredictResult:
                                 synthesized, work / "maps")
         files = {name: path.replace(settings.out / name) for name, path in staged.items()}
     finally:
-        if settings.keep_work:
-            notes.append(f"intermediate files kept in {work}")
-        else:
+        if not settings.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     return PredictResult(table, files, notes, method)
 
