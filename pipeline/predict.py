@@ -137,8 +137,9 @@ def verse_mask_file(settings: PredictSettings, work: Path, case: str) -> Path:
 
 
 def _without_work_paths(message: str, key: str, work: Path) -> str:
-    """A step's failure message without the vertebra key prefix and the (deleted) work-folder file names."""
-    message = re.sub(rf"{re.escape(str(work))}/\S+?: ", "", message)
+    """A step's failure message without the vertebra key prefix and the names of work-folder files (deleted)."""
+    if str(work) in message:
+        message = message.rsplit(str(work), 1)[1].split(": ", 1)[-1]
     return re.sub(rf"^{re.escape(key)}( \([a-z]+\))?: ", "", message)
 
 

@@ -97,19 +97,19 @@ def overview_figure(sidecar: dict[str, Any], ct: Volume, pseudo_hu: np.ndarray, 
     figure = Figure(figsize=(8.5, max(4.0, min(11.0, 8.5 * original.shape[0] / (2 * original.shape[1])))))
     axes = figure.subplots(1, 2)
     low, high = CT_DISPLAY_WINDOW_HU
-    for axis, image, title in ((axes[0], original, "original"), (axes[1], pseudo, "pseudo-healthy")):
+    for axis, image, title in ((axes[0], original, "original, coloured by grade"), (axes[1], pseudo, "pseudo-healthy")):
         axis.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="bilinear")
-        axis.imshow(_grade_overlay(graded), interpolation="nearest")
-        axis.set_title(f"{title} (straightened mid-sagittal, anterior left)", fontsize=9)
+        axis.set_title(f"{title}\n(straightened mid-sagittal, anterior left)", fontsize=9)
         axis.set_xticks([])
         axis.set_yticks([])
+    axes[0].imshow(_grade_overlay(graded), interpolation="nearest")
     for row in table[table["status"] == "ok"].itertuples():
         arc = next((a for lab, a in zip(line.labels, line.arc_mm) if lab == row.verse_id), None)
         if arc is not None:
             axes[0].text(2, grid.row_of(arc), row.name, color="white", fontsize=8, va="center")
     figure.legend(handles=[Patch(color=c, label=f"grade {n}") for c, n in zip(GRADE_COLOURS, GRADE_NAMES)],
                   loc="lower center", ncol=4, fontsize=8)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.tight_layout(rect=(0, 0.05, 1, 0.98))
     return figure
 
 
