@@ -262,3 +262,27 @@ def test_straightening_scripts_read_totalsegmentator_masks(oblique_case: dict, t
                                     "48", "--quiet"]) == 0
     crop = np.asanyarray(nib.load(str(tmp_path / "straightened" / "label" / "ts_21.nii.gz")).dataobj)
     assert set(np.unique(crop)) <= {0, 19, 20, 21, 22, 23} and (crop == 21).sum() > 1000
+
+
+def test_grades_come_from_the_saved_grader_or_genant_thresholds(tmp_path: Path) -> None:
+    from evaluation.grader import fit_grader, save_grader
+    from evaluation.grading import feature_table, prepare_grading_data
+    from pipeline.predict import _add_measurements, _grade
+    from tests.test_grading import rhlv_table
+
+    cohort = rhlv_table({0: 30, 1: 20, 2: 20, 3: 15}, {0: 10, 1: 8, 2: 8, 3: 6})
+    grader_path = save_grader(fit_grader(prepare_grading_data(*feature_table(cohort))), tmp_path / "grader.skops")
+    rhlv = cohort.head(6).drop(columns=["Label", "Dataset"]).assign(
+        **{f"H_{w}_{r}_mm": 20.0 for w in ("syn", "ori") for r in ("all", "pre", "mid", "post")})
+    table = pd.DataFrame({"Vertebra": list(rhlv["Vertebra"]) + ["x_1"], "status": ["ok"] * 6 + ["cut_by_border"]})
+    _add_measurements(table, rhlv)
+    with_grader = table.copy()
+    assert "SVM grader" in _grade(with_grader, rhlv, grader_path)
+    assert with_grader["grade"].iloc[:6].tolist() == cohort.head(6)["Label"].tolist()  # separable table
+    assert {f"score_grade_{g}" for g in range(4)} <= set(with_grader.columns)
+    assert np.isnan(with_grader["grade"].iloc[6])
+    thresholds = table.copy()
+    assert "Genant thresholds" in _grade(thresholds, rhlv, None)
+    largest = rhlv[["Pre RHLV", "Mid RHLV", "Post RHLV"]].max(axis=1).to_numpy()
+    expected = np.select([largest < 0.2, largest < 0.25, largest <= 0.4], [0, 1, 2], 3)
+    assert thresholds["grade"].iloc[:6].tolist() == expected.tolist()
