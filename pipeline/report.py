@@ -143,8 +143,8 @@ def vertebra_section(row: Any, dataroot: Path, fake_root: Path, maps: Path, refe
     if row.status != "ok":
         return (f"<section><h3>{title}</h3><p>not graded: {html.escape(row.status)} – "
                 f"{html.escape(row.reason)}</p></section>")
-    parts = [f"<section><h3>{_grade_swatch(row.grade)}{title}: grade {int(row.grade)}, "
-             f"{html.escape(row.morphology)}</h3>"]
+    parts = [(f"<section><h3>{_grade_swatch(row.grade)}{title}: grade {int(row.grade)}, "
+              f"{html.escape(row.morphology)}</h3>")]
     figure = vertebra_figure(dataroot, fake_root, row.Vertebra)
     if figure is not None:
         parts.append(f'<img alt="{title} slices" src="{figure_data_uri(figure, dpi=90)}">')
@@ -161,7 +161,7 @@ def vertebra_section(row: Any, dataroot: Path, fake_root: Path, maps: Path, refe
     return "".join(parts)
 
 
-def write_report(path: Path, settings: "PredictSettings", table: pd.DataFrame, method: str, notes: list[str],
+def write_report(path: Path, settings: PredictSettings, table: pd.DataFrame, method: str, notes: list[str],
                  ct: Volume, pseudo_hu: np.ndarray, grades: np.ndarray, dataroot: Path, fake_root: Path,
                  maps: Path) -> Path:
     """Write ``report.html`` (atomic) and return its path."""
@@ -174,9 +174,9 @@ def write_report(path: Path, settings: "PredictSettings", table: pd.DataFrame, m
                  else "nearest healthy neighbours (baseline, no synthesis in the heights)")
     body = [
         f"<h1>Vertebral height loss: {html.escape(Path(settings.ct).name)}</h1>",
-        f"<p>CT <code>{html.escape(str(settings.ct))}</code>, mask <code>{html.escape(str(settings.mask))}</code> "
-        f"({html.escape(settings.label_scheme)} labels); model <code>{html.escape(settings.name)}</code>; "
-        f"heights against the {reference}.</p>",
+        (f"<p>CT <code>{html.escape(str(settings.ct))}</code>, mask <code>{html.escape(str(settings.mask))}</code> "
+         f"({html.escape(settings.label_scheme)} labels); model <code>{html.escape(settings.name)}</code>; "
+         f"heights against the {reference}.</p>"),
         f"<p><b>Grading:</b> {html.escape(method)}.</p>",
         "<h2>Summary</h2>", summary_table(table),
         "<h2>Whole spine</h2>", f'<img alt="whole-spine overview" src="{overview}">',
