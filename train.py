@@ -243,7 +243,12 @@ class Trainer:
     def save(self, tag: str | int, progress: Progress) -> None:
         """Write ``<tag>.pth`` on rank 0."""
         if self.context.is_main:
-            save_checkpoint(checkpoint_path(self.folder, tag), self.model, progress, options_to_dict(self.opt))
+            dataset = self.train_loader.dataset
+            # the crop geometry a model was trained on, so inference can straighten new scans alike
+            geometry = {"crop_size": [int(n) for n in dataset.crop_shape],
+                        "crop_spacing_mm": [float(x) for x in dataset.spacing_mm]}
+            save_checkpoint(checkpoint_path(self.folder, tag), self.model, progress,
+                            {**options_to_dict(self.opt), **geometry})
 
     def current_lr(self) -> float:
         return float(self.model.optimizers[0].param_groups[0]["lr"]) if self.model.optimizers else 0.0

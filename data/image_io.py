@@ -16,6 +16,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from data.labels import LABEL_SCHEMES, totalseg_to_verse
+
 from util.fileio import atomic_path
 
 AFFINE_TOLERANCE_MM = 1e-3
@@ -160,8 +162,12 @@ def load_ct(path: str | Path) -> Volume:
     return Volume(ct, affine, path)
 
 
-def load_mask(path: str | Path) -> Volume:
-    """Load a vertebra label mask as int16 VerSe ids (0 = background)."""
+def load_mask(path: str | Path, label_scheme: str = "verse") -> Volume:
+    """Load a vertebra label mask as int16 VerSe ids (0 = background).
+
+    ``label_scheme`` ``totalseg``: the file holds TotalSegmentator v2 ``total`` ids, mapped to VerSe
+    ids (``data.labels.totalseg_to_verse``; other structures become background).
+    """
     path = Path(path)
     array, affine = _read_nifti(path)
     values = np.asarray(array)
@@ -173,6 +179,10 @@ def load_mask(path: str | Path) -> Volume:
             raise ImageIOError(f"{path}: mask has non-integer values; expected vertebra label ids")
     if values.size and (values.min() < 0 or values.max() > 255):
         raise ImageIOError(f"{path}: mask values {values.min()}..{values.max()} outside label range 0..255")
+    if label_scheme == "totalseg":
+        values = totalseg_to_verse(values)
+    elif label_scheme != "verse":
+        raise ImageIOError(f"{path}: unknown label scheme {label_scheme!r}; expected one of {LABEL_SCHEMES}")
     return Volume(values.astype(np.int16), affine, path)
 
 

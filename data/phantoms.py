@@ -66,13 +66,13 @@ from scipy import ndimage
 
 from data.image_io import save_nifti, voxel_to_world, world_to_voxel
 from data.labels import VERTEBRA_NAMES, spine_rank, split_key, vertebra_name
+from evaluation.genant import GENANT_THRESHOLDS, genant_grade  # noqa: F401  (re-exported for the phantom tools)
 from util.fileio import write_json
 
 GENERATOR_VERSION = "healthivert-phantom-1"
 DEFAULT_LABELS: tuple[int, ...] = tuple(range(17, 25))  # T10-L5
 REGIONS = ("anterior", "middle", "posterior")
 MORPHOLOGIES = ("none", "wedge", "biconcave", "crush")
-GENANT_THRESHOLDS = (0.20, 0.25, 0.40)
 ORIENTATIONS = ("RAS", "LPS", "LAS", "RPS", "LPI", "RAI", "PIR", "ASL", "PIL", "AIL", "IPL", "SPR", "LIP", "RSA")
 HEIGHT_DEFINITION = (
     "Body height in mm along frame.superior, from the lower to the upper endplate surface (endplate concavity "
@@ -149,17 +149,6 @@ class PhantomCase:
     mask: np.ndarray
     affine: np.ndarray
     truth: dict[str, Any]
-
-
-def genant_grade(loss_ratio: float) -> int:
-    """Genant grade of a height-loss ratio: < 0.20 -> 0, < 0.25 -> 1, <= 0.40 -> 2, > 0.40 -> 3."""
-    if loss_ratio < GENANT_THRESHOLDS[0]:
-        return 0
-    if loss_ratio < GENANT_THRESHOLDS[1]:
-        return 1
-    if loss_ratio <= GENANT_THRESHOLDS[2]:
-        return 2
-    return 3
 
 
 def parse_vertebra_range(text: str) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ Example:
     python evaluation/SVM_grading.py --rhlv R/N/rhlv.csv --out R/N/grading
     python evaluation/SVM_grading.py --protocol reference  # the published code's folds and scaler
     python evaluation/SVM_grading.py --rhlv R/N/rhlv.csv --rhlv_coronal R/N/rhlv_coronal.csv --out R/N/grading_2.5d
+    python evaluation/SVM_grading.py --rhlv R/N/rhlv.csv --out R/N/grading --save_grader R/N/grader.skops
 """
 
 import sys
@@ -27,6 +28,7 @@ from evaluation.grading import (  # noqa: E402
     grading_summary,
     prepare_grading_data,
 )
+from evaluation.grader import fit_grader, save_grader  # noqa: E402
 from evaluation.plots import grading_confusion_panels, save_confusion_matrices  # noqa: E402
 from evaluation.rhlv_table import read_table  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_splits", type=int, default=5, help="stratified folds of the train+test pool")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffling (healthivert protocol)")
     add_protocol_argument(parser, "folds in table order, one scaler fitted on the whole train+test pool")
+    parser.add_argument("--save_grader", default=None,
+                        help="also fit the classifier on the whole train+test pool and save it here (skops file) "
+                             "for evaluation/grade.py and predict.py")
     return parser
 
 
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     save_confusion_matrices(matrices, titles, report["classes"], out / "confusion_matrices.png")
     print(summary, end="")
     print(f"written: {out / 'grading.json'}, {out / 'grading.txt'}, {out / 'confusion_matrices.png'}")
+    if args.save_grader:
+        grader = fit_grader(data, getattr(args, "protocol", "healthivert"))
+        print(f"grader fitted on {grader.n_train} train/test vertebrae: {save_grader(grader, args.save_grader)}")
     return 0
 
 

@@ -23,7 +23,8 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from data.labels import split_key
-from data.phantoms import REGIONS, genant_grade
+from data.phantoms import REGIONS
+from evaluation.genant import genant_grade
 from util.fileio import read_json
 
 RHLV_COLUMN_OF_REGION = {"anterior": "Pre RHLV", "middle": "Mid RHLV", "posterior": "Post RHLV"}

@@ -10,10 +10,10 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evaluation.genant import GENANT_THRESHOLDS
 from evaluation.rhlv import RHLVResult
 from util.fileio import atomic_path
 
-GENANT_THRESHOLDS = (0.20, 0.25, 0.40)
 DEFAULT_MAP_VMAX = 0.6  # shared colour scale of every height-loss map: 0 .. 60 % loss
 
 

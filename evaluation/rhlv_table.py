@@ -96,9 +96,9 @@ def split_in_file_order(split: dict[str, dict[str, int]], path: str | Path) -> d
 
 
 def _map_title(job: VertebraJob, result: RHLVResult) -> str:
-    grade = "?" if job.grade is None else str(job.grade)
+    grade = "" if job.grade is None else f", Genant grade {job.grade}"
     split = f", {job.dataset}" if job.dataset else ""
-    return f"{job.key}: {result.name}, Genant grade {grade}{split}"
+    return f"{job.key}: {result.name}{grade}{split}"
 
 
 def measure_job(job: VertebraJob, references: tuple[str, ...], options: MeasureOptions,

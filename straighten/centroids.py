@@ -48,13 +48,13 @@ def vertebra_record(vertebra: Vertebra, affine: np.ndarray) -> dict[str, Any]:
     return record
 
 
-def case_centroids(mask_path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+def case_centroids(mask_path: str | Path, label_scheme: str = "verse") -> tuple[list[dict[str, Any]], list[str]]:
     """Centroid records (ordered by label) and notes for one vertebra mask file.
 
     Body centroids need at least one complete vertebra; without one the whole-vertebra
     centroids and flags are still returned, with a note.
     """
-    mask = load_mask(mask_path)
+    mask = load_mask(mask_path, label_scheme)
     try:
         model = build_spine_model(mask)
         vertebrae, notes = model.vertebrae, list(model.notes)
@@ -76,12 +76,12 @@ class CentroidResult:
     error: str | None = None
 
 
-def write_case_centroids(case: CaseFiles) -> CentroidResult:
+def write_case_centroids(case: CaseFiles, label_scheme: str = "verse") -> CentroidResult:
     """Write ``<case>.json`` beside the case's mask (atomic); errors are returned, not raised."""
     if case.mask is None:
         return CentroidResult(case.case, error=f"{case.folder}: no vertebra mask found")
     try:
-        records, notes = case_centroids(case.mask)
+        records, notes = case_centroids(case.mask, label_scheme)
         write_json(case.centroids, records)
     except Exception as err:  # one bad case must not stop the batch; the report names it
         return CentroidResult(case.case, error=f"{type(err).__name__}: {err}")
@@ -89,7 +89,7 @@ def write_case_centroids(case: CaseFiles) -> CentroidResult:
     return CentroidResult(case.case, case.centroids, flagged, notes)
 
 
-def locate_root(root: str | Path, cases: list[str] | None = None) -> list[CentroidResult]:
+def locate_root(root: str | Path, cases: list[str] | None = None, label_scheme: str = "verse") -> list[CentroidResult]:
     """Write the centroid JSON of every case under ``<root>/raw/`` (or only the named ``cases``)."""
     selected = [c for c in list_cases(root) if not cases or c.case in set(cases)]
-    return [write_case_centroids(case) for case in selected]
+    return [write_case_centroids(case, label_scheme) for case in selected]

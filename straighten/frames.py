@@ -191,3 +191,42 @@ def crop_voxel_to_world(sidecar: dict[str, Any], ijk: np.ndarray) -> np.ndarray:
     u = (ijk[:, 1] - centre[1]) * spacing
     w = (ijk[:, 2] - centre[2]) * spacing
     return origins + u[:, None] * posterior + w[:, None] * left
+
+
+def world_to_crop_voxel(sidecar: dict[str, Any], xyz: np.ndarray, iterations: int = 100,
+                        tolerance_mm: float = 1e-7) -> np.ndarray:
+    """Inverse of :func:`crop_voxel_to_world`: RAS mm points (N, 3) of the source scan -> crop voxel indices (N, 3).
+
+    The arc position ``s`` of a point solves ``(X - O(s)) . T(s) = 0`` (the point lies in the plane
+    of row ``s``). It starts from the rigid frame of the nearest body centroid (exact inside a
+    vertebra's rigid zone) and is refined by Newton steps (until the point is within ``tolerance_mm``
+    of the row's plane), which matter only between bodies, where the frame blends. Points far from the spine where the planes of different rows cross (beyond the
+    centre line's radius of curvature) have no unique answer; crops never reach that far.
+    """
+    xyz = np.atleast_2d(np.asarray(xyz, dtype=np.float64))
+    line = StraightLine.from_json(sidecar["centreline"])
+    sampling = sidecar["sampling"]
+    spacing = float(sampling["spacing_mm"])
+    centre = np.asarray(sidecar["centre_voxel"], dtype=np.float64)
+    nearest = np.argmin(((xyz[:, None, :] - line.centroids_ras[None]) ** 2).sum(axis=2), axis=1)
+    s = line.arc_mm[nearest] + np.einsum("ij,ij->i", xyz - line.centroids_ras[nearest], line.tangents[nearest])
+
+    def plane_offset(s_mm: np.ndarray, points: np.ndarray) -> np.ndarray:
+        origins, tangents, _, _ = line.frames_at(s_mm)
+        return np.einsum("ij,ij->i", points - origins, tangents)
+
+    step = 1e-4
+    active = np.arange(len(s))
+    for _ in range(iterations):
+        offset = plane_offset(s[active], xyz[active])
+        converged = np.abs(offset) < tolerance_mm
+        active, offset = active[~converged], offset[~converged]
+        if active.size == 0:
+            break
+        slope = (plane_offset(s[active] + step, xyz[active]) - offset) / step
+        s[active] -= offset / np.where(slope < -0.1, slope, -1.0)
+    origins, _, posterior, left = line.frames_at(s)
+    offsets = xyz - origins
+    return np.stack([(s - float(sampling["crop_row0_arc_mm"])) / spacing,
+                     np.einsum("ij,ij->i", offsets, posterior) / spacing + centre[1],
+                     np.einsum("ij,ij->i", offsets, left) / spacing + centre[2]], axis=1)

@@ -21,6 +21,7 @@ import argparse  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.image_io import ImageIOError, list_cases  # noqa: E402
+from data.labels import LABEL_SCHEMES  # noqa: E402
 from straighten.centroids import write_case_centroids  # noqa: E402
 
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, type=Path, help="dataset root holding raw/<case>/ folders")
     parser.add_argument("--cases", nargs="*", default=None, help="only these case folder names (default: all)")
+    parser.add_argument("--label_scheme", choices=LABEL_SCHEMES, default="verse",
+                        help="mask ids: VerSe, or TotalSegmentator v2 'total' (vertebrae_L5=27 ... vertebrae_C1=50)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     failed = 0
     for case in tqdm(cases, desc="centroids", unit="case", disable=args.quiet):
-        result = write_case_centroids(case)
+        result = write_case_centroids(case, args.label_scheme)
         if result.error:
             failed += 1
             print(f"FAILED {result.case}: {result.error}")

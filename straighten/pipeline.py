@@ -87,12 +87,13 @@ def _sidecar(case: CaseFiles, model: SpineModel, grid: StraightGrid, vertebra: V
 
 
 def straighten_case(case: CaseFiles, out_dir: str | Path, crop_size: tuple[int, int, int] = DEFAULT_CROP_SIZE,
-                    spacing_mm: float = DEFAULT_SPACING_MM) -> CaseResult:
+                    spacing_mm: float = DEFAULT_SPACING_MM, label_scheme: str = "verse") -> CaseResult:
     """Straighten one case and write a CT crop (if the CT exists), a body-label crop and a sidecar per complete vertebra.
 
     Raises :class:`ImageIOError` / :class:`StraightenError` for a bad case; vertebrae cut by the
     border or with too few voxels are skipped and listed in ``CaseResult.skipped``. Files of a
-    case are all written or, on an error while writing, all removed.
+    case are all written or, on an error while writing, all removed. ``label_scheme``: ids of the
+    mask (``verse`` or ``totalseg``, see ``data.image_io.load_mask``).
     """
     crop_size = tuple(int(n) for n in crop_size)
     if len(crop_size) != 3 or min(crop_size) < 1:
@@ -102,7 +103,7 @@ def straighten_case(case: CaseFiles, out_dir: str | Path, crop_size: tuple[int, 
         raise StraightenError(f"{case.folder}: CT without a vertebra mask (expected {case.case}_msk.nii.gz)")
     if case.ct is not None:
         check_same_grid(read_grid(case.ct), read_grid(case.mask))
-    mask = load_mask(case.mask)
+    mask = load_mask(case.mask, label_scheme)
     model = build_spine_model(mask)
     result.notes.extend(model.notes)
     for vertebra in model.vertebrae:
@@ -161,11 +162,12 @@ def remove_obsolete_crops(out_dir: str | Path, result: CaseResult) -> None:
     result.removed = obsolete
 
 
-def _run_one(case: CaseFiles, out_dir: Path, crop_size: tuple[int, int, int], spacing_mm: float) -> CaseResult:
+def _run_one(case: CaseFiles, out_dir: Path, crop_size: tuple[int, int, int], spacing_mm: float,
+             label_scheme: str = "verse") -> CaseResult:
     """Straighten one case, turning an expected failure into ``CaseResult.error``; either way the
     case is left with exactly the crops of its current inputs."""
     try:
-        result = straighten_case(case, out_dir, crop_size, spacing_mm)
+        result = straighten_case(case, out_dir, crop_size, spacing_mm, label_scheme)
     except Exception as err:  # one bad case must not stop the batch; the report names it
         result = CaseResult(case.case, error=f"{type(err).__name__}: {err}")
     remove_obsolete_crops(out_dir, result)
@@ -175,7 +177,7 @@ def _run_one(case: CaseFiles, out_dir: Path, crop_size: tuple[int, int, int], sp
 def straighten_root(root: str | Path, out_dir: str | Path | None = None,
                     crop_size: tuple[int, int, int] = DEFAULT_CROP_SIZE, spacing_mm: float = DEFAULT_SPACING_MM,
                     workers: int = 1, cases: list[str] | None = None,
-                    progress: Callable[[int], Any] | None = None) -> list[CaseResult]:
+                    progress: Callable[[int], Any] | None = None, label_scheme: str = "verse") -> list[CaseResult]:
     """Straighten every case under ``<root>/raw/`` (or the named ``cases``) into ``out_dir``.
 
     ``workers`` > 1 runs cases in parallel processes. ``progress(total)`` may return a
@@ -192,12 +194,12 @@ def straighten_root(root: str | Path, out_dir: str | Path | None = None,
     results: dict[str, CaseResult] = {}
     if workers <= 1:
         for case in all_cases:
-            results[case.case] = _run_one(case, out, crop_size, spacing_mm)
+            results[case.case] = _run_one(case, out, crop_size, spacing_mm, label_scheme)
             if bar is not None:
                 bar.update(1)
     else:
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_run_one, case, out, crop_size, spacing_mm): case for case in all_cases}
+            futures = {pool.submit(_run_one, case, out, crop_size, spacing_mm, label_scheme): case for case in all_cases}
             for future in concurrent.futures.as_completed(futures):
                 case = futures[future]
                 try:

@@ -30,6 +30,7 @@ import argparse  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from data.image_io import ImageIOError  # noqa: E402
+from data.labels import LABEL_SCHEMES  # noqa: E402
 from util.fileio import OutputDirError, prepare_output_dir  # noqa: E402
 from straighten.pipeline import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, CaseResult, straighten_root  # noqa: E402
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="crop shape in voxels: superior-inferior, anterior-posterior, right-left (default 256 256 64)")
     parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM, help="isotropic crop voxel size in mm (default 1.0)")
     parser.add_argument("--cases", nargs="*", default=None, help="only these case folder names (default: all)")
+    parser.add_argument("--label_scheme", choices=LABEL_SCHEMES, default="verse",
+                        help="mask ids: VerSe, or TotalSegmentator v2 'total' (vertebrae_L5=27 ... vertebrae_C1=50)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for folder in (out / "CT", out / "label"):
             prepare_output_dir(folder, "straightened crop folder (--out)")
-        results = straighten_root(args.root, out, tuple(args.crop_size), args.spacing, args.workers, args.cases, progress)
+        results = straighten_root(args.root, out, tuple(args.crop_size), args.spacing, args.workers, args.cases, progress,
+                                  args.label_scheme)
     except (ImageIOError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

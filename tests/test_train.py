@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from tests.synthetic_crops import write_synthetic_cohort
+from tests.synthetic_crops import CROP_SIZE, SPACING_MM, write_synthetic_cohort
 from util.checkpoint import load_checkpoint
 from util.fileio import write_json
 
@@ -61,6 +61,9 @@ def test_short_run_writes_checkpoints_and_logs(cohort: tuple[Path, Path], tmp_pa
     assert set(checkpoint["model"]["nets"]) == {"G", "D_1", "D_2", "D_3"}
     assert set(checkpoint["model"]["optimizers"]) == {"G", "D_1", "D_2", "D_3"}
     assert checkpoint["options"]["name"] == "demo" and checkpoint["options"]["mask_height"] == 16.0
+    # the crop geometry trained on, which predict.py straightens new scans with
+    assert checkpoint["options"]["crop_size"] == list(CROP_SIZE)
+    assert checkpoint["options"]["crop_spacing_mm"] == pytest.approx(list(SPACING_MM))
     assert {"python", "numpy", "torch"} <= set(checkpoint["rng"])
     rows = loss_rows(folder)
     assert [int(r["total_iters"]) for r in rows] == [1, 2, 3, 4]

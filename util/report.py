@@ -30,7 +30,8 @@ from matplotlib.figure import Figure
 from data.crops import load_crop, read_split, split_of
 from data.image_io import ImageIOError, load_ct, load_mask
 from data.labels import spine_rank, vertebra_name
-from data.phantoms import GENANT_THRESHOLDS, REGIONS
+from data.phantoms import REGIONS
+from evaluation.genant import GENANT_THRESHOLDS
 from evaluation.phantom_truth import (
     GRADES, RHLV_COLUMN_OF_REGION, accuracy_summary, compare_to_truth, restrict_to_common, subsets, threshold_confusion,
     truth_table,
