@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary, end="")
     print(f"written: {out / 'grading.json'}, {out / 'grading.txt'}, {out / 'confusion_matrices.png'}")
     if args.save_grader:
-        grader = fit_grader(data, getattr(args, "protocol", "healthivert"))
+        grader = fit_grader(data, args.protocol)
         print(f"grader fitted on {grader.n_train} train/test vertebrae: {save_grader(grader, args.save_grader)}")
     return 0
 
