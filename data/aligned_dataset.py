@@ -9,7 +9,7 @@ memory-mapped cache (``data.crops.CropCache``), so an item costs a few slice cop
 Item dict (what ``model.set_input`` consumes; images (1, H, W) float32, H = crop rows,
 W = ``data.masking.canvas_width``):
 
-- ``masked_ct``: windowed CT with the target cut out, band zero;  ``real_ct``: the windowed slice;
+- ``masked_ct``: windowed CT with the target cut out, band -1 (``data.masking.BAND_FILL_VALUE``);  ``real_ct``: the windowed slice;
 - ``band_mask``: 1 in the band;  ``offset_plane``: constant plane r = |z - z_c| / extent * 2;
 - ``cam``: shifted attention map (zeros without maps);  ``neighbour_label``: shifted mask of the
   healthy neighbours;  ``target_label``: target mask in the original slice;

@@ -23,7 +23,7 @@ import numpy as np
 from data.morphology import remove_small_components, row_extent
 
 PLANES = ("sagittal", "coronal")
-BAND_FILL_VALUE = 0.0  # the band of the masked CT is zero (windowed units, DESIGN 4.1)
+BAND_FILL_VALUE = -1.0  # the band of the masked CT, windowed units: the reference's uint8 0 (DESIGN 4.1)
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
 MIN_COMPONENT_PX = 50
 
