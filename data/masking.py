@@ -212,6 +212,19 @@ def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_l
     )
 
 
+def extend_band_rows(band_mask: np.ndarray, band_top: np.ndarray, mask_height_px: int,
+                     extra_rows: int = 1) -> np.ndarray:
+    """Copy of an (N, H, W) band mask that also marks the ``extra_rows`` rows after each band (clipped
+    to the image; rows of ``band_top`` < 0, i.e. invalid slices, unchanged). The reference's inference
+    marks rows band_top .. band_top + M inclusive (41 rows for M = 40) while the CT band stays M rows."""
+    out = np.array(band_mask, copy=True)
+    rows = np.arange(out.shape[1])[None, :]
+    start = np.asarray(band_top)[:, None]
+    extra = (start >= 0) & (rows >= start + mask_height_px) & (rows < start + mask_height_px + extra_rows)
+    out[extra] = 1.0
+    return out
+
+
 def make_masked_slice(ct_slice: np.ndarray, label_slice: np.ndarray, target_label: int,
                       cam_slice: np.ndarray | None, mask_height_px: int,
                       min_component_px: int = MIN_COMPONENT_PX, *,

@@ -21,12 +21,21 @@ import models
 from data.masking import PLANES
 from util.device import parse_gpu_ids
 from util.fileio import atomic_write, write_json
+from util.protocol import DEFAULT_PROTOCOL, PROTOCOL_NAMES
 
 
 def add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
     """``parser.add_argument(flag, ...)`` unless ``flag`` is already defined (first definition wins)."""
     if flag not in parser._option_string_actions:
         parser.add_argument(flag, **kwargs)
+
+
+def add_protocol_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--protocol healthivert|reference`` (``util.protocol``; README "Two protocols"), for every script."""
+    add_option(parser, "--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOL_NAMES),
+               help="healthivert: this project's fixes (default); reference: reproduce the published code's "
+                    "behaviour where it is not a crash or a plain bug (README, 'Two protocols')")
+    return parser
 
 
 def non_negative_float_or_inf(text: str) -> float:
@@ -91,6 +100,7 @@ class BaseOptions:
         parser.add_argument("--deterministic", action="store_true",
                             help="bitwise repeatable kernels on one device (slower)")
         parser.add_argument("--verbose", action="store_true", help="print network sizes and more")
+        add_protocol_option(parser)
         parser.add_argument("--suffix", default="", help="appended to --name, formatted with the options, e.g. {plane}")
         return parser
 
