@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from torch.utils.data import Dataset
 from data.crops import CachedCrop, CropCache, crop_paths, read_split
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, window_hu
 from data.labels import parse_key
+from util.protocol import get_protocol
 from data.masking import (
     CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, fits_in_band,
     make_masked_slice, paste_columns, slice_centre, slice_offset_ratio, slice_sampling_weights,
@@ -62,10 +64,14 @@ def healthy_keys(split: dict[str, dict[str, int]], phase: str, max_healthy_grade
     return sorted(key for key, grade in split.get(phase, {}).items() if grade <= max_healthy_grade)
 
 
-def healthy_labels_by_case(split: dict[str, dict[str, int]], max_healthy_grade: int) -> dict[str, set[int]]:
-    """Labels of the healthy vertebrae of each case, over all splits (the neighbours the generator segments)."""
+def healthy_labels_by_case(split: dict[str, dict[str, int]], max_healthy_grade: int,
+                           phases: Collection[str] | None = None) -> dict[str, set[int]]:
+    """Labels of the healthy vertebrae of each case, over the splits ``phases`` (default all): the
+    neighbours the generator segments."""
     labels: dict[str, set[int]] = {}
-    for entries in split.values():
+    for phase, entries in split.items():
+        if phases is not None and phase not in phases:
+            continue
         for key, grade in entries.items():
             if grade <= max_healthy_grade:
                 case, label = parse_key(key)
@@ -129,7 +135,9 @@ class AlignedDataset(Dataset):
                              f"(Genant grade <= {opt.max_healthy_grade}; see --max_healthy_grade)")
         max_size = getattr(opt, "max_dataset_size", math.inf)
         keys = keys[: int(max_size)] if max_size != math.inf else keys
-        self.neighbours = healthy_labels_by_case(split, opt.max_healthy_grade)
+        self.protocol = get_protocol(getattr(opt, "protocol", None))
+        self.neighbours = healthy_labels_by_case(split, opt.max_healthy_grade,
+                                                 [self.phase] if self.protocol.neighbours_same_split else None)
         self.cache = CropCache(opt.dataroot, getattr(opt, "cache_dir", None), getattr(opt, "cam_dir", None))
         self._check_files_exist(keys)
         self.entries = self._index(keys, show_progress)
@@ -240,7 +248,8 @@ class AlignedDataset(Dataset):
         label = paste_columns(np.asarray(crop.label_map[z]), width, 0)
         cam = None if crop.cam is None else paste_columns(np.asarray(crop.cam[z], dtype=np.float32), width, 0.0)
         masked = make_masked_slice(ct, label, entry.label, cam, self.mask_height_px, self.min_component_px,
-                                   neighbour_labels=self.neighbours.get(entry.case, set()))
+                                   neighbour_labels=self.neighbours.get(entry.case, set()),
+                                   target_is_neighbour=self.protocol.target_in_neighbour_mask)
         if masked is None:
             raise RuntimeError(f"{entry.key}: slice {z} cannot be masked (index inconsistent with the crop cache)")
         offset = np.float32(slice_offset_ratio(z, entry.first, entry.last, CENTRAL_FRACTION))

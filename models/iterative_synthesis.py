@@ -95,6 +95,7 @@ NEIGHBOUR_MIN_MM2 = 200.0  # a neighbour is synthesized in a slice where its are
 NEIGHBOUR_MIN_PX = 200  # the same threshold in pixels at 1 mm x 1 mm pixels (the reference's 200 pixels)
 SEGMENTATION_THRESHOLD = 0.5
 FUSED_TARGET_THRESHOLD = 0.5
+TRUNCATION_EPS = 1e-4  # grey levels (--protocol reference truncation, see truncate_to_grey)
 CPU_BATCH_SIZE = 4  # slices per generator call on CPU: the fastest per slice in benchmarks/bench_synthesis.py
 PLANE_MODES = (*PLANES, "both")
 
@@ -297,7 +298,7 @@ class GeneratorRunner:
 
 def synthesize_step(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarray, target_probability: np.ndarray,
                     cam: np.ndarray | None, offsets: np.ndarray, step_label: int, is_target: bool,
-                    settings: SynthesisSettings, canvas: int) -> np.ndarray:
+                    settings: SynthesisSettings, canvas: int, stepped: np.ndarray | None = None) -> np.ndarray:
     """One batched step: synthesize vertebra ``step_label`` in every given slice, in place.
 
     ct_hu, labels, target_probability: (N, H, W) current slices (float32 HU, integer ids, float32),
@@ -320,33 +321,58 @@ def synthesize_step(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarr
     slices = (ct_hu, labels, target_probability)
     centred = [shift_rows(image, shifts, fill) for image, fill in zip(slices, (settings.hu_window[0], 0.0, 0.0))]
     centred_cam = None if cam is None else shift_rows(cam, shifts, 0.0)
-    valid = synthesize_centred(runner, *centred, centred_cam, offsets, step_label, is_target, settings, canvas)
+    valid = synthesize_centred(runner, *centred, centred_cam, offsets, step_label, is_target, settings, canvas,
+                               stepped)
     for image, result in zip(slices, centred):
         image[valid] = shift_rows_back(result[valid], image[valid], shifts[valid]).astype(image.dtype)
     return valid
 
 
-def truncate_to_grey(ct_hu: np.ndarray, cam: np.ndarray | None, hu_window: tuple[float, float]
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The reference's ``astype(np.uint8)`` of its inputs: CT as grey ``hu_window`` -> 0..255 (clipped),
-    truncated, back in HU (float32); attention map truncated to k/255."""
+def reference_float_grey(grey: np.ndarray) -> np.ndarray:
+    """Grey levels as the reference holds a step's output: a pixel kept from its uint8 input k is
+    ``(((k / 255 - 0.5) / 0.5) + 1) * 127.5`` in float32, often just below k (e.g. 46.999996), so its
+    next ``astype(np.uint8)`` drops a level. Values within ``TRUNCATION_EPS`` of an integer are taken
+    as such kept levels; others (generated pixels) are returned unchanged. float64 in and out."""
+    level = np.rint(grey)
+    tensor = (level.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
+    held = ((tensor + np.float32(1.0)) * np.float32(127.5)).astype(np.float64)
+    return np.where(np.abs(grey - level) < TRUNCATION_EPS, held, grey)
+
+
+def truncate_to_grey(ct_hu: np.ndarray, cam: np.ndarray | None, hu_window: tuple[float, float],
+                     stepped: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reference's ``astype(np.uint8)`` of a step's inputs, for (N, H, W) slices: CT as grey
+    ``hu_window`` -> 0..255 (clipped), truncated, back in HU (float32); attention map truncated to k/255.
+
+    ``stepped`` (N,) marks slices that are the output of an earlier step, whose kept pixels the
+    reference holds as float32 just below their level (``reference_float_grey``); other slices hold
+    the crop's values, truncated after ``TRUNCATION_EPS`` grey levels absorb the float32 rounding of HU.
+    """
     low, high = hu_window
-    grey = np.floor(np.clip((np.asarray(ct_hu, dtype=np.float64) - low) / (high - low) * 255.0, 0.0, 255.0))
-    truncated_ct = (grey / 255.0 * (high - low) + low).astype(np.float32)
-    truncated_cam = None if cam is None else (np.floor(np.clip(cam, 0.0, 1.0) * np.float32(255.0)) / 255.0
-                                              ).astype(np.float32)
-    return truncated_ct, truncated_cam
+    grey = np.clip((np.asarray(ct_hu, dtype=np.float64) - low) / (high - low) * 255.0, 0.0, 255.0)
+    held = grey + TRUNCATION_EPS
+    if stepped is not None and np.any(stepped):
+        held[stepped] = reference_float_grey(grey[stepped])
+    truncated_ct = (np.floor(held) / 255.0 * (high - low) + low).astype(np.float32)
+    if cam is None:
+        return truncated_ct, None
+    levels = np.floor(np.clip(np.asarray(cam, dtype=np.float64), 0.0, 1.0) * 255.0 + TRUNCATION_EPS)
+    return truncated_ct, (levels / 255.0).astype(np.float32)
 
 
 def synthesize_centred(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarray, target_probability: np.ndarray,
                        cam: np.ndarray | None, offsets: np.ndarray, step_label: int, is_target: bool,
-                       settings: SynthesisSettings, canvas: int) -> np.ndarray:
+                       settings: SynthesisSettings, canvas: int, stepped: np.ndarray | None = None) -> np.ndarray:
     """``synthesize_step`` on slices already centred on ``step_label`` (same arguments, (N, H, W) arrays
-    updated in place): mask, run the generator, compose. Returns the (N,) bool mask of synthesized slices."""
+    updated in place): mask, run the generator, compose. Returns the (N,) bool mask of synthesized slices.
+    ``stepped`` (N,) marks slices composed by an earlier step (``truncate_to_grey``, --protocol reference)."""
     width = ct_hu.shape[2]
     left = (canvas - width) // 2
     protocol = settings.protocol
-    step_ct, cam = truncate_to_grey(ct_hu, cam, settings.hu_window) if protocol.truncate_to_grey else (ct_hu, cam)
+    if protocol.truncate_to_grey:
+        step_ct, cam = truncate_to_grey(ct_hu, cam, settings.hu_window, stepped)
+    else:
+        step_ct = ct_hu
     ct_canvas = paste_columns(window_hu(step_ct, settings.hu_window), canvas, CT_CANVAS_FILL)
     located = clamp_tall_targets(labels, step_label, settings.mask_height_px, settings.min_component_px)
     cam_canvas = None if cam is None else paste_columns(np.asarray(cam, dtype=np.float32), canvas, 0.0)
@@ -401,6 +427,7 @@ def synthesize_plane(runner: GeneratorRunner, ct_hu: np.ndarray, label_map: np.n
     canvas = canvas_width(label_map.shape)
     upper, lower = adjacent_labels(np.unique(label_map), target_label)
     steps: list[StepRecord] = []
+    stepped = np.zeros(len(indices), dtype=bool)  # slices already composed by a neighbour step
     for role, neighbour in (("upper", upper), ("lower", lower)):
         if neighbour is None:
             continue
@@ -409,10 +436,12 @@ def synthesize_plane(runner: GeneratorRunner, ct_hu: np.ndarray, label_map: np.n
             continue
         sub = (ct[present], labels[present], probability[present])
         done = synthesize_step(runner, *sub, None if cam_slices is None else cam_slices[present], offsets[present],
-                               neighbour, False, settings, canvas)
+                               neighbour, False, settings, canvas, stepped[present])
         ct[present], labels[present], probability[present] = sub
+        stepped[present[done]] = True
         steps.append(StepRecord(role, neighbour, indices[present[done]].tolist()))
-    done = synthesize_step(runner, ct, labels, probability, cam_slices, offsets, target_label, True, settings, canvas)
+    done = synthesize_step(runner, ct, labels, probability, cam_slices, offsets, target_label, True, settings, canvas,
+                           stepped)
     steps.append(StepRecord("target", target_label, indices[done].tolist()))
     out_ct = np.array(ct_hu, dtype=np.float32, copy=True)
     out_labels = np.array(label_map, dtype=np.uint8, copy=True)

@@ -35,6 +35,11 @@ class Protocol:
         float inputs with ``astype(np.uint8)``; the CT outside the window is lost.
     neighbour_threshold_px: a neighbour is synthesized where it has more than 200 pixels whatever the
         pixel size (the reference); otherwise more than 200 mm².
+    neighbours_same_split: the training neighbour mask covers the patient's healthy vertebrae listed in
+        the item's own split (the reference); otherwise those of every split.
+    target_in_neighbour_mask: the training neighbour mask also marks target pixels outside the band
+        (the target's last row x2, which reappears at row band_top + M), as the reference's
+        ``normal_vert``; otherwise the target is never a neighbour.
     """
 
     name: str
@@ -44,6 +49,8 @@ class Protocol:
     l1_divided_by_batch: bool
     truncate_to_grey: bool
     neighbour_threshold_px: bool
+    neighbours_same_split: bool
+    target_in_neighbour_mask: bool
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,10 +59,10 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "healthivert": Protocol("healthivert", inference_mask_extra_row=False, recentre_neighbours=True,
                             compose_at_band_centre=True, l1_divided_by_batch=False, truncate_to_grey=False,
-                            neighbour_threshold_px=False),
+                            neighbour_threshold_px=False, neighbours_same_split=False, target_in_neighbour_mask=False),
     "reference": Protocol("reference", inference_mask_extra_row=True, recentre_neighbours=False,
                           compose_at_band_centre=False, l1_divided_by_batch=True, truncate_to_grey=True,
-                          neighbour_threshold_px=True),
+                          neighbour_threshold_px=True, neighbours_same_split=True, target_in_neighbour_mask=True),
 }
 
 
