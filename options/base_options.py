@@ -101,6 +101,9 @@ class BaseOptions:
                             help="bitwise repeatable kernels on one device (slower)")
         parser.add_argument("--verbose", action="store_true", help="print network sizes and more")
         add_protocol_option(parser)
+        parser.add_argument("--direction", default="BtoA",
+                            help="pix2pix direction; only BtoA (masked slice -> healthy slice) exists here, accepted "
+                                 "for the published command lines")
         parser.add_argument("--suffix", default="", help="appended to --name, formatted with the options, e.g. {plane}")
         return parser
 
@@ -154,6 +157,9 @@ class BaseOptions:
             opt.name = f"{opt.name}_{opt.suffix.format(**vars(opt))}"
         opt.gpu_ids = parse_gpu_ids(opt.gpu_ids)
         opt.hu_window = [float(v) for v in opt.hu_window] if hasattr(opt, "hu_window") else None
+        if opt.direction != "BtoA":
+            raise SystemExit(f"error: --direction {opt.direction}: only BtoA exists (the generator maps the masked "
+                             "slice to the healthy slice)")
         if opt.batch_size < 1:
             self.parser.error(f"--batch_size must be >= 1, got {opt.batch_size}")
         if opt.num_threads < 0:

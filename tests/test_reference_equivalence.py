@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -191,3 +192,44 @@ def test_reference_equivalence_script_passes_on_the_shared_fixtures(capsys) -> N
     assert main(["--fixtures", str(FIXTURES)]) == 0
     out = capsys.readouterr().out
     assert "iterative: CT_fake grey levels" in out and "FAIL" not in out
+
+
+# ----------------------------------------------------------------------------- published command lines
+
+
+def test_published_model_and_direction_flags() -> None:
+    from options.train_options import TrainOptions
+
+    opt = TrainOptions().parse(["--dataroot", ".", "--model", "pix2pix", "--direction", "BtoA"], save=False)
+    assert models.find_model_using_name(opt.model) is models.HealthiVertModel
+    with pytest.raises(SystemExit, match=r"^error: --direction AtoB: only BtoA exists"):
+        TrainOptions().parse(["--dataroot", ".", "--direction", "AtoB"], save=False)
+
+
+@pytest.mark.parametrize("script", ["straighten/location_json_local.py", "straighten/straighten_mask_3d.py"])
+def test_preprocessing_defaults_to_the_published_dataset_folder(tmp_path: Path, script: str) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / script)], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("error: dataset/raw: raw data folder not found (give --root DIR, the folder "
+                                   "holding raw/<case>/)")
+
+
+def test_centroids_run_without_flags_on_the_published_layout(tmp_path: Path, phantom_cohort_dir: Path) -> None:
+    """``python straighten/location_json_local.py`` in a folder holding ./dataset/raw/<case>/ (one case)."""
+    import shutil
+    import subprocess
+    import sys
+
+    case = sorted(p for p in (phantom_cohort_dir / "raw").iterdir() if p.is_dir())[0]
+    shutil.copytree(case, tmp_path / "dataset" / "raw" / case.name)
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "straighten/location_json_local.py"), "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    centroids = json.loads((tmp_path / "dataset" / "raw" / case.name / f"{case.name}.json").read_text())
+    truth = json.loads((case / f"{case.name}_truth.json").read_text())
+    assert sorted(c["label"] for c in centroids) == sorted(v["label"] for v in truth["vertebrae"])
