@@ -57,7 +57,8 @@ from data.masking import (  # noqa: E402
 from models.healthivert_model import HealthiVertModel, central_columns_mask  # noqa: E402
 from models.import_reference_weights import import_reference_weights  # noqa: E402
 from models.iterative_synthesis import (  # noqa: E402
-    GeneratorRunner, SynthesisSettings, load_generator, synthesize_centred, synthesize_plane, truncate_to_grey,
+    NEIGHBOUR_MIN_PX, GeneratorRunner, SynthesisSettings, load_generator, synthesize_centred, synthesize_plane,
+    truncate_to_grey,
 )
 from models.networks import HealthiVertGenerator  # noqa: E402
 from util.protocol import PROTOCOLS  # noqa: E402
@@ -320,7 +321,7 @@ def inference_composition(case: dict[str, np.ndarray], mask_height_px: int, gene
         runner = RecordingRunner(GeneratorRunner(generator, batch_size=0))
     ct = ct_hu[None].copy()
     probability = np.zeros(ct.shape, dtype=np.float32)
-    settings = SynthesisSettings(mask_height_px, DEFAULT_WINDOW_HU, MIN_COMPONENT_PX, 200, REFERENCE)
+    settings = SynthesisSettings(mask_height_px, DEFAULT_WINDOW_HU, MIN_COMPONENT_PX, NEIGHBOUR_MIN_PX, REFERENCE)
     done = synthesize_centred(runner, ct, labels, probability, cam[None], np.asarray(case["index_ratio"], np.float32),
                               int(case["vert_id"]), True, settings, ct.shape[2])
     diffs = {key: max_abs(value, case[key][:, 0]) for key, value in runner.inputs.items() if key in case}
@@ -372,7 +373,7 @@ def iterative_rows(fixtures: Path, generator: HealthiVertGenerator) -> list[Row]
     cam = load_nifti(paths["heatmap"]) if "heatmap" in paths else None
     target = int(paths["label"].name.split(".")[0].rpartition("_")[2])
     mask_height_px = int(round(generator.mask_height_px))
-    settings = SynthesisSettings(mask_height_px, DEFAULT_WINDOW_HU, MIN_COMPONENT_PX, 200, REFERENCE)
+    settings = SynthesisSettings(mask_height_px, DEFAULT_WINDOW_HU, MIN_COMPONENT_PX, NEIGHBOUR_MIN_PX, REFERENCE)
     result = synthesize_plane(GeneratorRunner(generator, batch_size=0), ct_hu, labels.astype(np.uint8), cam, target,
                               "sagittal", settings)
     processed = [int(z) for z in expected.get("processed_slices", result.processed_slices)]

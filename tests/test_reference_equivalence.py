@@ -233,3 +233,40 @@ def test_centroids_run_without_flags_on_the_published_layout(tmp_path: Path, pha
     centroids = json.loads((tmp_path / "dataset" / "raw" / case.name / f"{case.name}.json").read_text())
     truth = json.loads((case / f"{case.name}_truth.json").read_text())
     assert sorted(c["label"] for c in centroids) == sorted(v["label"] for v in truth["vertebrae"])
+
+
+def test_imported_weights_synthesize_through_the_cli_with_either_protocol(tmp_path: Path) -> None:
+    import eval_3d_sagittal_twostage as script
+    from data.crops import crop_affine, write_crop
+    from data.image_io import load_ct, load_mask
+    from data.labels import split_key
+    from models.iterative_synthesis import GeneratorRunner, settings_for, synthesize_plane
+    from tests.synthetic_crops import CROP_SIZE, HEIGHTS, make_crop_arrays
+
+    torch.manual_seed(0)
+    torch.save(published_state_dict(random_generator()), tmp_path / "latest_net_G.pth")
+    assert import_main(["--weights", str(tmp_path / "latest_net_G.pth"), "--name", "published",
+                        "--checkpoints_dir", str(tmp_path / "checkpoints")]) == 0
+    ct, label_map = make_crop_arrays(sorted(HEIGHTS), 20)
+    key = split_key("syn001", 20)
+    write_crop(tmp_path / "straightened", key, ct, label_map, crop_affine((1.0, 1.0, 1.0), np.zeros(3), CROP_SIZE),
+               {"case": "syn001", "label": 20, "crop_size": list(CROP_SIZE), "spacing_mm": [1.0, 1.0, 1.0],
+                "axes": "IPL", "has_ct": True})
+    outputs = {}
+    for protocol in ("healthivert", "reference"):
+        argv = ["--dataroot", str(tmp_path / "straightened"), "--name", "published", "--checkpoints_dir",
+                str(tmp_path / "checkpoints"), "--results_dir", str(tmp_path / protocol), "--gpu_ids", "-1",
+                "--no_progress", "--protocol", protocol]
+        with pytest.warns(UserWarning, match="no --cam_dir"):
+            assert script.main(argv) == 0
+        outputs[protocol] = (load_ct(tmp_path / protocol / "published" / "CT_fake" / f"{key}.nii.gz").array,
+                             load_mask(tmp_path / protocol / "published" / "label_fake" / f"{key}.nii.gz").array)
+    opt = script.parse_options(argv)
+    loaded = load_generator(tmp_path / "checkpoints" / "published" / "latest.pth")
+    settings = settings_for(loaded.options, 1.0, opt)
+    assert settings.protocol is PROTOCOLS["reference"] and settings.mask_height_px == 40
+    expected = synthesize_plane(GeneratorRunner(loaded.generator), ct.astype(np.float32), label_map, None, 20,
+                                "sagittal", settings)
+    np.testing.assert_array_equal(outputs["reference"][1], expected.label_map)
+    np.testing.assert_allclose(outputs["reference"][0], np.rint(expected.ct_hu), atol=0.5)
+    assert not np.array_equal(outputs["reference"][0], outputs["healthivert"][0])
