@@ -270,3 +270,21 @@ def test_imported_weights_synthesize_through_the_cli_with_either_protocol(tmp_pa
     np.testing.assert_array_equal(outputs["reference"][1], expected.label_map)
     np.testing.assert_allclose(outputs["reference"][0], np.rint(expected.ct_hu), atol=0.5)
     assert not np.array_equal(outputs["reference"][0], outputs["healthivert"][0])
+
+
+@needs_fixtures
+def test_checker_fails_on_a_fixture_set_that_disagrees(tmp_path: Path) -> None:
+    """The checker reads its expectations from the files: a perturbed output makes exactly that row fail."""
+    import shutil
+
+    from benchmarks.reference_equivalence import generator_rows
+
+    fixtures = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES / "generator", fixtures / "generator")
+    outputs = dict(np.load(fixtures / "generator" / "outputs.npz"))
+    outputs["fine_seg"] = outputs["fine_seg"] + np.float32(1e-3)
+    np.savez(fixtures / "generator" / "outputs.npz", **outputs)
+    rows, _ = generator_rows(fixtures, tmp_path / "checkpoints")
+    verdicts = {r["item"]: r["passed"] for r in rows}
+    assert not verdicts["generator fine_seg, batch 1"] and verdicts["generator fine_ct, batch 1"]
+    assert not any(passed for item, passed in verdicts.items() if item.startswith("generator, all"))
