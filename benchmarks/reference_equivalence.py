@@ -42,7 +42,8 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,13 +52,23 @@ import torch  # noqa: E402
 from data.aligned_dataset import healthy_labels_by_case  # noqa: E402
 from data.image_io import DEFAULT_WINDOW_HU, window_hu  # noqa: E402
 from data.masking import (  # noqa: E402
-    CENTRAL_FRACTION, MIN_COMPONENT_PX, central_slice_range, make_masked_slice, plane_slab, slice_offset_ratio,
+    CENTRAL_FRACTION,
+    MIN_COMPONENT_PX,
+    central_slice_range,
+    make_masked_slice,
+    plane_slab,
+    slice_offset_ratio,
     target_slice_extent,
 )
 from models.healthivert_model import HealthiVertModel, central_columns_mask  # noqa: E402
 from models.import_reference_weights import import_reference_weights  # noqa: E402
 from models.iterative_synthesis import (  # noqa: E402
-    NEIGHBOUR_MIN_PX, GeneratorRunner, SynthesisSettings, load_generator, synthesize_centred, synthesize_plane,
+    NEIGHBOUR_MIN_PX,
+    GeneratorRunner,
+    SynthesisSettings,
+    load_generator,
+    synthesize_centred,
+    synthesize_plane,
     truncate_to_grey,
 )
 from models.networks import HealthiVertGenerator  # noqa: E402
@@ -365,14 +376,14 @@ def composition_rows(fixtures: Path, generator: HealthiVertGenerator) -> list[Ro
 def iterative_rows(fixtures: Path, generator: HealthiVertGenerator) -> list[Row]:
     folder = fixtures / "iterative"
     meta = read_json(folder / "iterative.json")
-    paths = dict((m.group(1), fixtures / m.group(0)) for m in
-                 re.finditer(r"masking/(CT|label|heatmap)/[\w.-]+\.nii(?:\.gz)?", meta["what"]))
+    paths = {m.group(1): fixtures / m.group(0)
+             for m in re.finditer(r"masking/(CT|label|heatmap)/[\w.-]+\.nii(?:\.gz)?", meta["what"])}
     expected = dict(np.load(folder / "outputs.npz"))
     labels = load_nifti(paths["label"]).astype(np.int64)
     ct_hu = grey_to_hu(load_nifti(paths["CT"])).astype(np.float32)
     cam = load_nifti(paths["heatmap"]) if "heatmap" in paths else None
     target = int(paths["label"].name.split(".")[0].rpartition("_")[2])
-    mask_height_px = int(round(generator.mask_height_px))
+    mask_height_px = round(generator.mask_height_px)
     settings = SynthesisSettings(mask_height_px, DEFAULT_WINDOW_HU, MIN_COMPONENT_PX, NEIGHBOUR_MIN_PX, REFERENCE)
     result = synthesize_plane(GeneratorRunner(generator, batch_size=0), ct_hu, labels.astype(np.uint8), cam, target,
                               "sagittal", settings)

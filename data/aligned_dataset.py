@@ -9,7 +9,8 @@ memory-mapped cache (``data.crops.CropCache``), so an item costs a few slice cop
 Item dict (what ``model.set_input`` consumes; images (1, H, W) float32, H = crop rows,
 W = ``data.masking.canvas_width``):
 
-- ``masked_ct``: windowed CT with the target cut out, band -1 (``data.masking.BAND_FILL_VALUE``);  ``real_ct``: the windowed slice;
+- ``masked_ct``: windowed CT with the target cut out, band -1 (``data.masking.BAND_FILL_VALUE``);
+  ``real_ct``: the windowed slice;
 - ``band_mask``: 1 in the band;  ``offset_plane``: constant plane r = |z - z_c| / extent * 2;
 - ``cam``: shifted attention map (zeros without maps);  ``neighbour_label``: shifted mask of the
   healthy neighbours;  ``target_label``: target mask in the original slice;
@@ -35,12 +36,12 @@ from torch.utils.data import Dataset
 from data.crops import CachedCrop, CropCache, crop_paths, read_split
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, window_hu
 from data.labels import parse_key
-from util.protocol import get_protocol
 from data.masking import (
     CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, fits_in_band,
     make_masked_slice, paste_columns, slice_centre, slice_offset_ratio, slice_sampling_weights,
     target_row_extents, target_slice_extent,
 )
+from util.protocol import get_protocol
 
 CT_CANVAS_FILL = -1.0  # windowed value of canvas columns outside a coronal slice (window floor)
 

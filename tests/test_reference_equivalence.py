@@ -13,7 +13,8 @@ import torch
 
 import models
 from data.masking import extend_band_rows, make_masked_slices
-from models.import_reference_weights import import_reference_weights, main as import_main, reference_key_map
+from models.import_reference_weights import import_reference_weights, reference_key_map
+from models.import_reference_weights import main as import_main
 from models.iterative_synthesis import load_generator, reference_float_grey, truncate_to_grey
 from models.networks import HealthiVertGenerator
 from models.synthetic import synthetic_batch
@@ -212,7 +213,8 @@ def test_preprocessing_defaults_to_the_published_dataset_folder(tmp_path: Path, 
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(repo / script)], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(repo / script)], cwd=tmp_path, capture_output=True, text=True,
+                          check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == ("error: dataset/raw: raw data folder not found (give --root DIR, the folder "
                                    "holding raw/<case>/)")
@@ -224,11 +226,11 @@ def test_centroids_run_without_flags_on_the_published_layout(tmp_path: Path, pha
     import subprocess
     import sys
 
-    case = sorted(p for p in (phantom_cohort_dir / "raw").iterdir() if p.is_dir())[0]
+    case = min(p for p in (phantom_cohort_dir / "raw").iterdir() if p.is_dir())
     shutil.copytree(case, tmp_path / "dataset" / "raw" / case.name)
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(repo / "straighten/location_json_local.py"), "--quiet"], cwd=tmp_path,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     centroids = json.loads((tmp_path / "dataset" / "raw" / case.name / f"{case.name}.json").read_text())
     truth = json.loads((case / f"{case.name}_truth.json").read_text())
