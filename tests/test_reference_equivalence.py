@@ -290,3 +290,27 @@ def test_checker_fails_on_a_fixture_set_that_disagrees(tmp_path: Path) -> None:
     verdicts = {r["item"]: r["passed"] for r in rows}
     assert not verdicts["generator fine_seg, batch 1"] and verdicts["generator fine_ct, batch 1"]
     assert not any(passed for item, passed in verdicts.items() if item.startswith("generator, all"))
+
+
+def test_published_training_command_runs_on_the_published_layout(tmp_path: Path, monkeypatch) -> None:
+    """``python train.py --dataroot ./dataset/straightened --name HealthiVert_experiment --model pix2pix
+    --direction BtoA --batch_size 16 --n_epochs 1000`` (then tiny sizes so it takes seconds), in a folder
+    laid out as the published README: ./dataset/straightened/{CT,label}/, ./dataset/vertebra_data.json."""
+    import train
+    from tests.synthetic_crops import write_synthetic_cohort
+    from util.checkpoint import load_checkpoint
+
+    write_synthetic_cohort(tmp_path / "dataset")
+    monkeypatch.chdir(tmp_path)
+    published = ["--dataroot", "./dataset/straightened", "--name", "HealthiVert_experiment", "--model", "pix2pix",
+                 "--direction", "BtoA", "--batch_size", "16", "--n_epochs", "1000"]
+    tiny = ["--gpu_ids", "-1", "--num_threads", "0", "--ngf", "2", "--ndf", "4", "--mask_height", "16",
+            "--no_progress", "--batch_size", "2", "--max_dataset_size", "2", "--n_epochs", "1", "--n_epochs_decay", "0"]
+    with pytest.warns(UserWarning, match="no --cam_dir"):
+        assert train.main(published + tiny) == 0
+    checkpoint = load_checkpoint(Path("checkpoints") / "HealthiVert_experiment" / "latest.pth")
+    options = checkpoint["options"]
+    assert (options["model"], options["direction"], options["protocol"]) == ("pix2pix", "BtoA", "healthivert")
+    assert Path(options["dataroot"]) == Path("./dataset/straightened")
+    assert checkpoint["progress"]["total_iters"] >= 1
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"]["nets"]["G"].values())
