@@ -9,7 +9,8 @@ memory-mapped cache (``data.crops.CropCache``), so an item costs a few slice cop
 Item dict (what ``model.set_input`` consumes; images (1, H, W) float32, H = crop rows,
 W = ``data.masking.canvas_width``):
 
-- ``masked_ct``: windowed CT with the target cut out, band zero;  ``real_ct``: the windowed slice;
+- ``masked_ct``: windowed CT with the target cut out, band -1 (``data.masking.BAND_FILL_VALUE``);
+  ``real_ct``: the windowed slice;
 - ``band_mask``: 1 in the band;  ``offset_plane``: constant plane r = |z - z_c| / extent * 2;
 - ``cam``: shifted attention map (zeros without maps);  ``neighbour_label``: shifted mask of the
   healthy neighbours;  ``target_label``: target mask in the original slice;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from data.masking import (
     make_masked_slice, paste_columns, slice_centre, slice_offset_ratio, slice_sampling_weights,
     target_row_extents, target_slice_extent,
 )
+from util.protocol import get_protocol
 
 CT_CANVAS_FILL = -1.0  # windowed value of canvas columns outside a coronal slice (window floor)
 
@@ -62,10 +65,14 @@ def healthy_keys(split: dict[str, dict[str, int]], phase: str, max_healthy_grade
     return sorted(key for key, grade in split.get(phase, {}).items() if grade <= max_healthy_grade)
 
 
-def healthy_labels_by_case(split: dict[str, dict[str, int]], max_healthy_grade: int) -> dict[str, set[int]]:
-    """Labels of the healthy vertebrae of each case, over all splits (the neighbours the generator segments)."""
+def healthy_labels_by_case(split: dict[str, dict[str, int]], max_healthy_grade: int,
+                           phases: Collection[str] | None = None) -> dict[str, set[int]]:
+    """Labels of the healthy vertebrae of each case, over the splits ``phases`` (default all): the
+    neighbours the generator segments."""
     labels: dict[str, set[int]] = {}
-    for entries in split.values():
+    for phase, entries in split.items():
+        if phases is not None and phase not in phases:
+            continue
         for key, grade in entries.items():
             if grade <= max_healthy_grade:
                 case, label = parse_key(key)
@@ -129,7 +136,9 @@ class AlignedDataset(Dataset):
                              f"(Genant grade <= {opt.max_healthy_grade}; see --max_healthy_grade)")
         max_size = getattr(opt, "max_dataset_size", math.inf)
         keys = keys[: int(max_size)] if max_size != math.inf else keys
-        self.neighbours = healthy_labels_by_case(split, opt.max_healthy_grade)
+        self.protocol = get_protocol(getattr(opt, "protocol", None))
+        self.neighbours = healthy_labels_by_case(split, opt.max_healthy_grade,
+                                                 [self.phase] if self.protocol.neighbours_same_split else None)
         self.cache = CropCache(opt.dataroot, getattr(opt, "cache_dir", None), getattr(opt, "cam_dir", None))
         self._check_files_exist(keys, split_path)
         self.entries = self._index(keys, show_progress)
@@ -236,7 +245,8 @@ class AlignedDataset(Dataset):
         label = paste_columns(np.asarray(crop.label_map[z]), width, 0)
         cam = None if crop.cam is None else paste_columns(np.asarray(crop.cam[z], dtype=np.float32), width, 0.0)
         masked = make_masked_slice(ct, label, entry.label, cam, self.mask_height_px, self.min_component_px,
-                                   neighbour_labels=self.neighbours.get(entry.case, set()))
+                                   neighbour_labels=self.neighbours.get(entry.case, set()),
+                                   target_is_neighbour=self.protocol.target_in_neighbour_mask)
         if masked is None:
             raise RuntimeError(f"{entry.key}: slice {z} cannot be masked (index inconsistent with the crop cache)")
         offset = np.float32(slice_offset_ratio(z, entry.first, entry.last, CENTRAL_FRACTION))

@@ -23,7 +23,7 @@ import numpy as np
 from data.morphology import remove_small_components, row_extent
 
 PLANES = ("sagittal", "coronal")
-BAND_FILL_VALUE = 0.0  # the band of the masked CT is zero (windowed units, DESIGN 4.1)
+BAND_FILL_VALUE = -1.0  # the band of the masked CT, windowed units: the reference's uint8 0 (DESIGN 4.1)
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
 MIN_COMPONENT_PX = 50
 
@@ -154,7 +154,7 @@ def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_l
                        cam_slices: np.ndarray | None, mask_height_px: int,
                        min_component_px: int = MIN_COMPONENT_PX, *,
                        neighbour_labels: Collection[int] | None = None,
-                       fill_value: float = BAND_FILL_VALUE) -> MaskedSliceBatch:
+                       fill_value: float = BAND_FILL_VALUE, target_is_neighbour: bool = False) -> MaskedSliceBatch:
     """Masked slices (DESIGN 4.1) of an (N, H, W) stack of slices of one vertebra, vectorized.
 
     Args:
@@ -165,8 +165,10 @@ def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_l
         mask_height_px: band height M in rows (``--mask_height`` mm / row spacing).
         min_component_px: target components smaller than this (pixels, 8-connected) are ignored.
         neighbour_labels: labels that count as neighbours in ``neighbour_label``; ``None`` = every
-            non-zero label. The target is never a neighbour.
+            non-zero label. The target is not a neighbour unless ``target_is_neighbour``.
         fill_value: value of the masked CT inside the band.
+        target_is_neighbour: keep target pixels in ``neighbour_label`` when they are in
+            ``neighbour_labels`` (the reference's ``normal_vert``: its row x2 shows at row band_top + M).
     """
     ct_slices = np.asarray(ct_slices)
     label_slices = np.asarray(label_slices)
@@ -190,7 +192,8 @@ def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_l
         neighbours = label_slices > 0
     else:
         neighbours = np.isin(label_slices, np.fromiter(neighbour_labels, dtype=np.int64))
-    neighbours &= label_slices != target_label
+    if not target_is_neighbour:
+        neighbours &= label_slices != target_label
     band_rows = (sources < 0) & valid[:, None]
     band_mask = np.repeat(band_rows[:, :, None], ct_slices.shape[2], axis=2).astype(np.float32)
     target_out = target.astype(np.float32)
@@ -212,11 +215,24 @@ def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_l
     )
 
 
+def extend_band_rows(band_mask: np.ndarray, band_top: np.ndarray, mask_height_px: int,
+                     extra_rows: int = 1) -> np.ndarray:
+    """Copy of an (N, H, W) band mask that also marks the ``extra_rows`` rows after each band (clipped
+    to the image; rows of ``band_top`` < 0, i.e. invalid slices, unchanged). The reference's inference
+    marks rows band_top .. band_top + M inclusive (41 rows for M = 40) while the CT band stays M rows."""
+    out = np.array(band_mask, copy=True)
+    rows = np.arange(out.shape[1])[None, :]
+    start = np.asarray(band_top)[:, None]
+    extra = (start >= 0) & (rows >= start + mask_height_px) & (rows < start + mask_height_px + extra_rows)
+    out[extra] = 1.0
+    return out
+
+
 def make_masked_slice(ct_slice: np.ndarray, label_slice: np.ndarray, target_label: int,
                       cam_slice: np.ndarray | None, mask_height_px: int,
                       min_component_px: int = MIN_COMPONENT_PX, *,
                       neighbour_labels: Collection[int] | None = None,
-                      fill_value: float = BAND_FILL_VALUE) -> MaskedSlice | None:
+                      fill_value: float = BAND_FILL_VALUE, target_is_neighbour: bool = False) -> MaskedSlice | None:
     """Masked slice (DESIGN 4.1) of one (H, W) slice; ``None`` when the target is absent or taller than the band.
 
     See :func:`make_masked_slices` for the arguments (single slices instead of stacks).
@@ -224,7 +240,7 @@ def make_masked_slice(ct_slice: np.ndarray, label_slice: np.ndarray, target_labe
     cam = None if cam_slice is None else np.asarray(cam_slice)[None]
     batch = make_masked_slices(np.asarray(ct_slice)[None], np.asarray(label_slice)[None], target_label, cam,
                                mask_height_px, min_component_px, neighbour_labels=neighbour_labels,
-                               fill_value=fill_value)
+                               fill_value=fill_value, target_is_neighbour=target_is_neighbour)
     return batch.item(0)
 
 

@@ -13,12 +13,13 @@ from models.base_model import BaseModel
 from models.healthivert_model import HealthiVertModel
 
 MODELS: dict[str, type[BaseModel]] = {"healthivert": HealthiVertModel}
+MODEL_ALIASES = {"pix2pix": "healthivert"}  # the published code's --model name for the same model
 
 
 def find_model_using_name(name: str) -> type[BaseModel]:
     """The model class registered as ``name``."""
     try:
-        return MODELS[name.lower()]
+        return MODELS[MODEL_ALIASES.get(name.lower(), name.lower())]
     except KeyError:
         raise ValueError(f"unknown model {name!r} (choose from: {', '.join(sorted(MODELS))})") from None
 

@@ -12,7 +12,8 @@ the composed CT), then one generator update with
            + lambda_height * mean(|h1 - h| / h + |h2 - h| / h)
 
 Unlike the reference, the edge loss and D2 see the soft (sigmoid) segmentation, so both pass a
-gradient to the generator, and the L1 normalisation does not shrink with the batch size.
+gradient to the generator, and the L1 normalisation does not shrink with the batch size
+(``--protocol reference`` divides it by the batch size as the reference does).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from models.contextual_attention import flow_to_rgb
 from models.losses import GAN_MODES, GANLoss, SobelEdges, band_l1, dice_coefficient, gradient_penalty, \
     relative_height_error
 from models.networks import GeneratorOutput, HealthiVertGenerator, NLayerDiscriminator, init_weights
+from util.protocol import get_protocol
 
 IMAGE_KEYS = ("masked_ct", "real_ct", "band_mask", "offset_plane", "cam", "neighbour_label", "target_label")
 ROW_KEYS = ("target_top", "target_bottom", "band_centre")
@@ -104,6 +106,7 @@ class HealthiVertModel(BaseModel):
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
         self.use_amp = bool(getattr(opt, "amp", False)) and self.device.type == "cuda"
+        self.protocol = get_protocol(getattr(opt, "protocol", None))
         if getattr(opt, "amp", False) and not self.use_amp:
             warnings.warn("--amp ignored: mixed precision is only used on GPU", stacklevel=2)
         self.model_names = ["G", *DISCRIMINATORS] if self.isTrain else ["G"]
@@ -153,7 +156,9 @@ class HealthiVertModel(BaseModel):
 
     def compose(self, original: torch.Tensor, generated: torch.Tensor, height: torch.Tensor) -> torch.Tensor:
         """Height-adaptive composition of ``generated`` into ``original`` for the current batch."""
-        return compose_height_adaptive(original, generated, self.target_top, self.target_bottom, self.band_centre,
+        centre = self.band_centre if self.protocol.compose_at_band_centre else \
+            torch.div(self.target_top + self.target_bottom, 2, rounding_mode="floor")
+        return compose_height_adaptive(original, generated, self.target_top, self.target_bottom, centre,
                                        height, self.mask_height_px.long())
 
     def forward(self) -> None:
@@ -206,12 +211,13 @@ class HealthiVertModel(BaseModel):
         self.fake_edges = self.sobel(out.fine_target_seg.float())
         height_error = relative_height_error(out.coarse_height, self.height_px) + \
             relative_height_error(out.fine_height, self.height_px)
+        l1_scale = 1.0 / self.real_ct.shape[0] if self.protocol.l1_divided_by_batch else 1.0
         return {
             "G_GAN_ct": lambda_gan * gan["D_1"].float(),
             "G_GAN_seg": lambda_gan * gan["D_2"].float(),
             "G_GAN_local": lambda_gan * gan["D_3"].float(),
-            "G_L1": getattr(opt, "lambda_L1", 200.0) * band_l1([self.fake_ct, self.fake_ct_coarse], self.real_ct,
-                                                               self.band_mask),
+            "G_L1": getattr(opt, "lambda_L1", 200.0) * l1_scale * band_l1(
+                [self.fake_ct, self.fake_ct_coarse], self.real_ct, self.band_mask),
             "coarse_Dice": getattr(opt, "lambda_dice_coarse", 10.0) * (
                 1 - dice_coefficient(out.coarse_neighbour_seg, self.neighbour_label)),
             "G_Dice": getattr(opt, "lambda_dice_fine", 15.0) * (

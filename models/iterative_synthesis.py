@@ -31,6 +31,10 @@ Choices, each as in the reference unless noted:
   the same at 1 mm pixels).
 - Unlike the reference, a neighbour step moves each slice vertically so the neighbour is centred on
   row H // 2 as the generator's training slices were (``synthesize_step``), then moves the result back.
+
+``--protocol reference`` (``util.protocol``) instead synthesizes neighbours in place, marks 41 mask
+rows, reads generated rows at the composed rows, counts 200 neighbour pixels and truncates the CT
+and attention map to uint8 grey before every step, as the reference does.
 - A target taller than the band in a slice is handled as the reference does: the target rows are
   clamped to the M rows starting at ``mean_row - M // 2`` (``clamp_tall_targets``), the band covers
   them, and the parts of the vertebra outside them stay in the context. Unlike the reference (which
@@ -78,19 +82,21 @@ from data.crops import Crop, crop_paths, file_signature, list_crop_keys, load_cr
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, Volume, check_same_grid, load_ct, save_nifti, unwindow, window_hu
 from data.labels import VERTEBRA_NAMES, spine_rank
 from data.masking import (
-    CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, gather_rows, make_masked_slices,
-    paste_columns, plane_slab, slice_offset_ratio, target_masks, target_slice_extent,
+    CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, extend_band_rows, gather_rows,
+    make_masked_slices, paste_columns, plane_slab, slice_offset_ratio, target_masks, target_slice_extent,
 )
 from models.composition import compose_height_adaptive
 from models.networks import GeneratorOutput, HealthiVertGenerator
 from util.checkpoint import checkpoint_path, load_checkpoint
 from util.device import resolve_device
 from util.fileio import prepare_output_dir, read_json, write_json
+from util.protocol import PROTOCOLS, Protocol, get_protocol
 
 NEIGHBOUR_MIN_MM2 = 200.0  # a neighbour is synthesized in a slice where its area (mm²) exceeds this
 NEIGHBOUR_MIN_PX = 200  # the same threshold in pixels at 1 mm x 1 mm pixels (the reference's 200 pixels)
 SEGMENTATION_THRESHOLD = 0.5
 FUSED_TARGET_THRESHOLD = 0.5
+TRUNCATION_EPS = 1e-4  # grey levels (--protocol reference truncation, see truncate_to_grey)
 CPU_BATCH_SIZE = 4  # slices per generator call on CPU: the fastest per slice in benchmarks/bench_synthesis.py
 PLANE_MODES = (*PLANES, "both")
 
@@ -111,12 +117,15 @@ class SynthesisSettings:
     min_component_px: target components smaller than this (pixels per slice) are ignored.
     neighbour_min_px: a neighbour is synthesized in slices where it has more pixels than this
         (``NEIGHBOUR_MIN_MM2`` over the slice's pixel area, see ``neighbour_min_pixels``).
+    protocol: ``util.protocol.Protocol`` (neighbour re-centring, 41-row mask, composition centre,
+        uint8 grey truncation between steps).
     """
 
     mask_height_px: int
     hu_window: tuple[float, float] = DEFAULT_WINDOW_HU
     min_component_px: int = MIN_COMPONENT_PX
     neighbour_min_px: float = NEIGHBOUR_MIN_PX
+    protocol: Protocol = PROTOCOLS["healthivert"]
 
 
 @dataclass
@@ -290,7 +299,7 @@ class GeneratorRunner:
 
 def synthesize_step(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarray, target_probability: np.ndarray,
                     cam: np.ndarray | None, offsets: np.ndarray, step_label: int, is_target: bool,
-                    settings: SynthesisSettings, canvas: int) -> np.ndarray:
+                    settings: SynthesisSettings, canvas: int, stepped: np.ndarray | None = None) -> np.ndarray:
     """One batched step: synthesize vertebra ``step_label`` in every given slice, in place.
 
     ct_hu, labels, target_probability: (N, H, W) current slices (float32 HU, integer ids, float32),
@@ -308,24 +317,64 @@ def synthesize_step(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarr
     """
     if len(ct_hu) == 0:
         return np.zeros(0, dtype=bool)
-    shifts = np.zeros(len(ct_hu), dtype=np.int64) if is_target else centring_shifts(labels, step_label)
+    recentre = settings.protocol.recentre_neighbours and not is_target
+    shifts = centring_shifts(labels, step_label) if recentre else np.zeros(len(ct_hu), dtype=np.int64)
     slices = (ct_hu, labels, target_probability)
     centred = [shift_rows(image, shifts, fill) for image, fill in zip(slices, (settings.hu_window[0], 0.0, 0.0))]
     centred_cam = None if cam is None else shift_rows(cam, shifts, 0.0)
-    valid = synthesize_centred(runner, *centred, centred_cam, offsets, step_label, is_target, settings, canvas)
+    valid = synthesize_centred(runner, *centred, centred_cam, offsets, step_label, is_target, settings, canvas,
+                               stepped)
     for image, result in zip(slices, centred):
         image[valid] = shift_rows_back(result[valid], image[valid], shifts[valid]).astype(image.dtype)
     return valid
 
 
+def reference_float_grey(grey: np.ndarray) -> np.ndarray:
+    """Grey levels as the reference holds a step's output: a pixel kept from its uint8 input k is
+    ``(((k / 255 - 0.5) / 0.5) + 1) * 127.5`` in float32, often just below k (e.g. 46.999996), so its
+    next ``astype(np.uint8)`` drops a level. Values within ``TRUNCATION_EPS`` of an integer are taken
+    as such kept levels; others (generated pixels) are returned unchanged. float64 in and out."""
+    level = np.rint(grey)
+    tensor = (level.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
+    held = ((tensor + np.float32(1.0)) * np.float32(127.5)).astype(np.float64)
+    return np.where(np.abs(grey - level) < TRUNCATION_EPS, held, grey)
+
+
+def truncate_to_grey(ct_hu: np.ndarray, cam: np.ndarray | None, hu_window: tuple[float, float],
+                     stepped: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reference's ``astype(np.uint8)`` of a step's inputs, for (N, H, W) slices: CT as grey
+    ``hu_window`` -> 0..255 (clipped), truncated, back in HU (float32); attention map truncated to k/255.
+
+    ``stepped`` (N,) marks slices that are the output of an earlier step, whose kept pixels the
+    reference holds as float32 just below their level (``reference_float_grey``); other slices hold
+    the crop's values, truncated after ``TRUNCATION_EPS`` grey levels absorb the float32 rounding of HU.
+    """
+    low, high = hu_window
+    grey = np.clip((np.asarray(ct_hu, dtype=np.float64) - low) / (high - low) * 255.0, 0.0, 255.0)
+    held = grey + TRUNCATION_EPS
+    if stepped is not None and np.any(stepped):
+        held[stepped] = reference_float_grey(grey[stepped])
+    truncated_ct = (np.floor(held) / 255.0 * (high - low) + low).astype(np.float32)
+    if cam is None:
+        return truncated_ct, None
+    levels = np.floor(np.clip(np.asarray(cam, dtype=np.float64), 0.0, 1.0) * 255.0 + TRUNCATION_EPS)
+    return truncated_ct, (levels / 255.0).astype(np.float32)
+
+
 def synthesize_centred(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.ndarray, target_probability: np.ndarray,
                        cam: np.ndarray | None, offsets: np.ndarray, step_label: int, is_target: bool,
-                       settings: SynthesisSettings, canvas: int) -> np.ndarray:
+                       settings: SynthesisSettings, canvas: int, stepped: np.ndarray | None = None) -> np.ndarray:
     """``synthesize_step`` on slices already centred on ``step_label`` (same arguments, (N, H, W) arrays
-    updated in place): mask, run the generator, compose. Returns the (N,) bool mask of synthesized slices."""
+    updated in place): mask, run the generator, compose. Returns the (N,) bool mask of synthesized slices.
+    ``stepped`` (N,) marks slices composed by an earlier step (``truncate_to_grey``, --protocol reference)."""
     width = ct_hu.shape[2]
     left = (canvas - width) // 2
-    ct_canvas = paste_columns(window_hu(ct_hu, settings.hu_window), canvas, CT_CANVAS_FILL)
+    protocol = settings.protocol
+    if protocol.truncate_to_grey:
+        step_ct, cam = truncate_to_grey(ct_hu, cam, settings.hu_window, stepped)
+    else:
+        step_ct = ct_hu
+    ct_canvas = paste_columns(window_hu(step_ct, settings.hu_window), canvas, CT_CANVAS_FILL)
     located = clamp_tall_targets(labels, step_label, settings.mask_height_px, settings.min_component_px)
     cam_canvas = None if cam is None else paste_columns(np.asarray(cam, dtype=np.float32), canvas, 0.0)
     masked = make_masked_slices(ct_canvas, paste_columns(located, canvas, 0), step_label, cam_canvas,
@@ -333,18 +382,21 @@ def synthesize_centred(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.nd
     valid = np.flatnonzero(masked.valid)
     if valid.size == 0:
         return masked.valid
-    fine_ct, fine_seg, fine_height = runner(masked.masked_ct[valid], offsets[valid], masked.band_mask[valid],
+    band_mask = masked.band_mask[valid]
+    if protocol.inference_mask_extra_row:
+        band_mask = extend_band_rows(band_mask, masked.band_top[valid], settings.mask_height_px)
+    fine_ct, fine_seg, fine_height = runner(masked.masked_ct[valid], offsets[valid], band_mask,
                                             masked.cam[valid], settings.mask_height_px)
     fine_ct, fine_seg = fine_ct[:, :, left:left + width], fine_seg[:, :, left:left + width]
     generated_labels = np.where(fine_seg > SEGMENTATION_THRESHOLD, np.float32(step_label), np.float32(0.0))
     generated_probability = fine_seg if is_target else np.zeros_like(fine_seg)
-    original = np.stack([ct_hu[valid], labels[valid].astype(np.float32), target_probability[valid]], axis=1)
+    original = np.stack([step_ct[valid], labels[valid].astype(np.float32), target_probability[valid]], axis=1)
     generated = np.stack([unwindow(fine_ct, settings.hu_window), generated_labels, generated_probability], axis=1)
+    top, bottom = masked.target_top[valid], masked.target_bottom[valid]
+    centre = masked.band_centre[valid] if protocol.compose_at_band_centre else (top + bottom) // 2
     composed = compose_height_adaptive(
-        torch.from_numpy(original), torch.from_numpy(generated),
-        torch.from_numpy(masked.target_top[valid]), torch.from_numpy(masked.target_bottom[valid]),
-        torch.from_numpy(masked.band_centre[valid]), torch.from_numpy(fine_height.astype(np.float32)),
-        settings.mask_height_px).numpy()
+        torch.from_numpy(original), torch.from_numpy(generated), torch.from_numpy(top), torch.from_numpy(bottom),
+        torch.from_numpy(centre), torch.from_numpy(fine_height.astype(np.float32)), settings.mask_height_px).numpy()
     ct_hu[valid] = composed[:, 0]
     labels[valid] = np.rint(composed[:, 1]).astype(labels.dtype)
     target_probability[valid] = composed[:, 2]
@@ -376,6 +428,7 @@ def synthesize_plane(runner: GeneratorRunner, ct_hu: np.ndarray, label_map: np.n
     canvas = canvas_width(label_map.shape)
     upper, lower = adjacent_labels(np.unique(label_map), target_label)
     steps: list[StepRecord] = []
+    stepped = np.zeros(len(indices), dtype=bool)  # slices already composed by a neighbour step
     for role, neighbour in (("upper", upper), ("lower", lower)):
         if neighbour is None:
             continue
@@ -384,10 +437,12 @@ def synthesize_plane(runner: GeneratorRunner, ct_hu: np.ndarray, label_map: np.n
             continue
         sub = (ct[present], labels[present], probability[present])
         done = synthesize_step(runner, *sub, None if cam_slices is None else cam_slices[present], offsets[present],
-                               neighbour, False, settings, canvas)
+                               neighbour, False, settings, canvas, stepped[present])
         ct[present], labels[present], probability[present] = sub
+        stepped[present[done]] = True
         steps.append(StepRecord(role, neighbour, indices[present[done]].tolist()))
-    done = synthesize_step(runner, ct, labels, probability, cam_slices, offsets, target_label, True, settings, canvas)
+    done = synthesize_step(runner, ct, labels, probability, cam_slices, offsets, target_label, True, settings, canvas,
+                           stepped)
     steps.append(StepRecord("target", target_label, indices[done].tolist()))
     out_ct = np.array(ct_hu, dtype=np.float32, copy=True)
     out_labels = np.array(label_map, dtype=np.uint8, copy=True)
@@ -463,17 +518,20 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", plane: 
 def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argparse.Namespace | None = None,
                  pixel_area_mm2: float = 1.0) -> SynthesisSettings:
     """Masking settings of a model: its training options (``mask_height`` mm, ``hu_window``,
-    ``min_component_px``), falling back to ``fallback``'s values, then the defaults. The neighbour
-    threshold is 200 mm² in pixels of ``pixel_area_mm2`` (``neighbour_min_pixels``)."""
+    ``min_component_px``), falling back to ``fallback``'s values, then the defaults; the protocol is
+    ``fallback.protocol``. The neighbour threshold is 200 mm² in pixels of ``pixel_area_mm2``
+    (``neighbour_min_pixels``), or 200 pixels under ``--protocol reference``."""
     def option(name: str, default: Any) -> Any:
         if options.get(name) is not None:
             return options[name]
         return getattr(fallback, name, None) if getattr(fallback, name, None) is not None else default
 
     window = option("hu_window", DEFAULT_WINDOW_HU)
+    protocol = get_protocol(getattr(fallback, "protocol", None))
+    neighbour_px = NEIGHBOUR_MIN_PX if protocol.neighbour_threshold_px else neighbour_min_pixels(pixel_area_mm2)
     return SynthesisSettings(mask_height_rows(float(option("mask_height", 40.0)), row_spacing_mm),
                              (float(window[0]), float(window[1])), int(option("min_component_px", MIN_COMPONENT_PX)),
-                             neighbour_min_pixels(pixel_area_mm2))
+                             neighbour_px, protocol)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,12 +1,14 @@
 """HealthiVert-GAN networks: the two-stage generator (DESIGN 4.2) and the PatchGAN discriminator.
 
 Generator (DeepFill-v1 style, spectrally normalised conv + ELU, as the reference):
-- coarse stage: (masked CT, offset plane r, band mask) -> coarse CT (tanh), sigmoid segmentation of
+- coarse stage: (masked CT, offset plane r, band mask) -> coarse CT, sigmoid segmentation of
   the neighbouring vertebrae, height h1 (SHRM head); (1 - CAM) is concatenated in the decoder at
   1/2 and full resolution (HGAM);
 - fine stage: (masked CT, coarse segmentation, band mask, r) -> a dilated-conv branch and a
   contextual-attention branch, merged and decoded; the last layer also sees the coarse CT ->
-  fine CT (tanh), sigmoid segmentation of the target vertebra, height h2.
+  fine CT, sigmoid segmentation of the target vertebra, height h2.
+CT heads are a plain convolution clamped to [-1, 1] (``clamp_ct``), as the reference: weights trained
+with the published code need the clamp (a tanh would change outputs by up to 0.25 near +-1).
 Heights are ``mask_height_px * sigmoid(fc(global_avg_pool(features)))`` in pixels (rows).
 All image tensors are (B, C, H, W) with H, W divisible by 8.
 """
@@ -27,7 +29,7 @@ from models.contextual_attention import ContextualAttention
 class GeneratorOutput:
     """Everything the generator predicts; images (B,1,H,W), heights (B,) in pixels (rows).
 
-    coarse_ct, fine_ct: CT in [-1, 1] (tanh). coarse_neighbour_seg: sigmoid mask of the healthy
+    coarse_ct, fine_ct: CT in [-1, 1] (convolution clamped to [-1, 1]). coarse_neighbour_seg: sigmoid mask of the healthy
     neighbours. fine_target_seg: sigmoid mask of the target vertebra. attention_flow: (B,2,H,W)
     (row, column) displacement in pixels from each position to the background patch it attends to most.
     """
@@ -124,6 +126,11 @@ class HeightHead(nn.Module):
         return torch.sigmoid(self.fc(pooled)).squeeze(1) * scale
 
 
+def clamp_ct(x: torch.Tensor) -> torch.Tensor:
+    """CT head activation: ``clamp(x, -1, 1)`` (the reference's; zero gradient where the head saturates)."""
+    return torch.clamp(x, -1.0, 1.0)
+
+
 def dilated_stack(channels: int) -> nn.Sequential:
     """Four 3x3 convs with dilation 2, 4, 8, 16 (DeepFill's atrous block)."""
     return nn.Sequential(*[GenConv(channels, channels, 3, dilation=d) for d in (2, 4, 8, 16)])
@@ -148,14 +155,14 @@ class CoarseGenerator(nn.Module):
     def forward(self, masked_ct: torch.Tensor, offset_plane: torch.Tensor, band_mask: torch.Tensor,
                 inverse_cam: torch.Tensor, mask_height_px: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns coarse CT (tanh), neighbour segmentation (sigmoid), height (B,) in pixels."""
+        """Returns coarse CT (clamped to [-1, 1]), neighbour segmentation (sigmoid), height (B,) in pixels."""
         x = self.encoder(torch.cat([masked_ct, offset_plane, band_mask], dim=1))
         height = self.height_head(x, mask_height_px)
         x = upsample2(self.bottleneck(x))
         half_cam = as_memory_format(downsample_nearest(inverse_cam, 2), memory_format_of(x))
         x = self.half_res(torch.cat([x, half_cam], dim=1))
         x = self.full_res(torch.cat([upsample2(x), inverse_cam], dim=1))
-        return torch.tanh(self.ct_head(x)), torch.sigmoid(self.seg_head(x)), height
+        return clamp_ct(self.ct_head(x)), torch.sigmoid(self.seg_head(x)), height
 
 
 class FineGenerator(nn.Module):
@@ -183,7 +190,7 @@ class FineGenerator(nn.Module):
     def forward(self, masked_ct: torch.Tensor, coarse_seg: torch.Tensor, band_mask: torch.Tensor,
                 offset_plane: torch.Tensor, coarse_ct: torch.Tensor, mask_height_px: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns fine CT (tanh), target segmentation (sigmoid), height (B,), attention offsets."""
+        """Returns fine CT (clamped to [-1, 1]), target segmentation (sigmoid), height (B,), attention offsets."""
         planes = torch.cat([masked_ct, coarse_seg, band_mask, offset_plane], dim=1)
         hallucinated = self.conv_branch(planes)
         attended, offsets = self.contextual_attention(self.attention_encoder(planes), band_mask)
@@ -194,7 +201,7 @@ class FineGenerator(nn.Module):
         x = upsample2(self.quarter_res(x))
         x = upsample2(self.half_res(x))
         x = torch.cat([self.full_res(x), coarse_ct.to(x.dtype)], dim=1)
-        return torch.tanh(self.ct_head(x)), torch.sigmoid(self.seg_head(x)), height, offsets
+        return clamp_ct(self.ct_head(x)), torch.sigmoid(self.seg_head(x)), height, offsets
 
 
 class HealthiVertGenerator(nn.Module):
@@ -220,7 +227,7 @@ class HealthiVertGenerator(nn.Module):
         """Synthesize the band.
 
         Args:
-            masked_ct: (B,1,H,W) CT in [-1,1] with the band zeroed.
+            masked_ct: (B,1,H,W) CT in [-1,1] with the band set to -1 (``data.masking.BAND_FILL_VALUE``).
             offset_plane: (B,1,H,W) slice offset r from the vertebra centre (constant plane).
             band_mask: (B,1,H,W) 1 inside the band to synthesize.
             cam: (B,1,H,W) fracture attention map in [0,1]; the network is fed 1 - cam (HGAM).

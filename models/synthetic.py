@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from data.masking import BAND_FILL_VALUE
+
 
 def synthetic_batch(batch: int = 2, size: int = 64, seed: int = 0, target_fills_band: bool = False) -> dict:
     """A collated batch of ``batch`` samples of ``size`` x ``size`` pixels (band height size // 4).
@@ -35,7 +37,7 @@ def synthetic_batch(batch: int = 2, size: int = 64, seed: int = 0, target_fills_
     real = (real + 0.02 * torch.randn(batch, 1, size, size, generator=gen)).clamp(-1, 1)
     height = (target_bottom - target_top).float()
     return {
-        "masked_ct": real * (1 - band), "real_ct": real, "band_mask": band,
+        "masked_ct": torch.where(band > 0, torch.tensor(BAND_FILL_VALUE), real), "real_ct": real, "band_mask": band,
         "offset_plane": torch.rand(batch, 1, 1, 1, generator=gen).expand(batch, 1, size, size).contiguous(),
         "cam": torch.rand(batch, 1, size, size, generator=gen), "neighbour_label": neighbours * (1 - band),
         "target_label": target, "target_top": target_top, "target_bottom": target_bottom, "band_top": band_top,

@@ -21,12 +21,21 @@ import models
 from data.masking import PLANES
 from util.device import parse_gpu_ids
 from util.fileio import atomic_write, write_json
+from util.protocol import add_protocol_argument
 
 
 def add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
     """``parser.add_argument(flag, ...)`` unless ``flag`` is already defined (first definition wins)."""
     if flag not in parser._option_string_actions:
         parser.add_argument(flag, **kwargs)
+
+
+def add_protocol_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--protocol healthivert|reference`` (``util.protocol``) unless already defined."""
+    if "--protocol" not in parser._option_string_actions:
+        add_protocol_argument(parser, "41-row inference mask, neighbours synthesized in place, uint8 truncation "
+                                      "between steps, L1 divided by the batch size")
+    return parser
 
 
 def non_negative_float_or_inf(text: str) -> float:
@@ -92,6 +101,10 @@ class BaseOptions:
         parser.add_argument("--deterministic", action="store_true",
                             help="bitwise repeatable kernels on one device (slower)")
         parser.add_argument("--verbose", action="store_true", help="print network sizes and more")
+        add_protocol_option(parser)
+        parser.add_argument("--direction", default="BtoA",
+                            help="pix2pix direction; only BtoA (masked slice -> healthy slice) exists here, accepted "
+                                 "for the published command lines")
         parser.add_argument("--suffix", default="", help="appended to --name, formatted with the options, e.g. {plane}")
         return parser
 
@@ -149,6 +162,9 @@ class BaseOptions:
             opt.name = f"{opt.name}_{opt.suffix.format(**vars(opt))}"
         opt.gpu_ids = parse_gpu_ids(opt.gpu_ids)
         opt.hu_window = [float(v) for v in opt.hu_window] if hasattr(opt, "hu_window") else None
+        if opt.direction != "BtoA":
+            raise SystemExit(f"error: --direction {opt.direction}: only BtoA exists (the generator maps the masked "
+                             "slice to the healthy slice)")
         if opt.batch_size < 1:
             self.parser.error(f"--batch_size must be >= 1, got {opt.batch_size}")
         if opt.num_threads < 0:

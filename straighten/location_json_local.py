@@ -28,7 +28,8 @@ from straighten.centroids import write_case_centroids  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, type=Path, help="dataset root holding raw/<case>/ folders")
+    parser.add_argument("--root", type=Path, default=Path("./dataset"),
+                        help="dataset root holding raw/<case>/ folders (the published layout: ./dataset)")
     parser.add_argument("--cases", nargs="*", default=None, help="only these case folder names (default: all)")
     parser.add_argument("--label_scheme", choices=LABEL_SCHEMES, default="verse",
                         help="mask ids: VerSe, or TotalSegmentator v2 'total' (vertebrae_L5=27 ... vertebrae_C1=50)")
@@ -39,13 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Write every case's centroid JSON; exit status 0 when all succeeded, 1 otherwise."""
     args = build_parser().parse_args(argv)
+    if not (args.root / "raw").is_dir():
+        print(f"error: {args.root / 'raw'}: raw data folder not found (give --root DIR, the folder holding raw/<case>/)",
+              file=sys.stderr)
+        return 1
     try:
         cases = [c for c in list_cases(args.root) if not args.cases or c.case in set(args.cases)]
     except ImageIOError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not cases:
-        print(f"error: no case folders under {args.root / 'raw'}", file=sys.stderr)
+        print(f"error: no case folders under {args.root / 'raw'} (give --root DIR, the folder holding raw/<case>/)",
+              file=sys.stderr)
         return 1
     failed = 0
     for case in tqdm(cases, desc="centroids", unit="case", disable=args.quiet):

@@ -38,7 +38,8 @@ from straighten.pipeline import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, CaseResul
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, type=Path, help="dataset root holding raw/<case>/ folders")
+    parser.add_argument("--root", type=Path, default=Path("./dataset"),
+                        help="dataset root holding raw/<case>/ folders (the published layout: ./dataset)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <root>/straightened)")
     parser.add_argument("--workers", type=int, default=1, help="cases processed in parallel (processes; default 1)")
     parser.add_argument("--crop_size", type=int, nargs=3, default=list(DEFAULT_CROP_SIZE), metavar=("D0", "D1", "D2"),
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.spacing <= 0 or min(args.crop_size) < 1 or args.workers < 1:
         print("error: --spacing must be > 0, --crop_size values >= 1 and --workers >= 1", file=sys.stderr)
         return 2
+    if not (args.root / "raw").is_dir():
+        print(f"error: {args.root / 'raw'}: raw data folder not found (give --root DIR, the folder holding raw/<case>/)",
+              file=sys.stderr)
+        return 1
     out = args.out if args.out is not None else args.root / "straightened"
     progress = None if args.quiet else (lambda total: tqdm(total=total, desc="straighten", unit="case"))
     try:
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_report(results))
     if not results:
-        print(f"error: no case folders under {args.root / 'raw'}", file=sys.stderr)
+        print(f"error: no case folders under {args.root / 'raw'} (give --root DIR, the folder holding raw/<case>/)",
+              file=sys.stderr)
         return 1
     return 1 if any(r.failed for r in results) else 0
 

@@ -17,7 +17,7 @@ from data.loader import create_dataset, find_dataset_using_name
 from data.aligned_dataset import AlignedDataset, mask_height_rows
 from data.crops import CropCache, crop_affine, crop_paths, write_crop
 from data.image_io import ImageIOError, save_nifti, window_hu
-from data.masking import central_slice_range
+from data.masking import BAND_FILL_VALUE, central_slice_range
 from tests.synthetic_crops import (
     BODY_COLS, CROP_SIZE, HEIGHTS, SPACING_MM, WIDE_WINDOW, body_rows, make_crop_arrays, write_synthetic_cohort,
 )
@@ -81,7 +81,7 @@ def test_item_invariants(dataset: AlignedDataset, epoch: int) -> None:
         masked = item["masked_ct"][0].numpy()
         np.testing.assert_array_equal(masked[:band_top], source[x1 - band_top:x1])
         np.testing.assert_array_equal(masked[band_stop:], source[x2:x2 + 64 - band_stop])
-        assert np.all(masked[band_top:band_stop] == 0)
+        assert np.all(masked[band_top:band_stop] == BAND_FILL_VALUE) and BAND_FILL_VALUE == -1.0
         np.testing.assert_array_equal(item["real_ct"][0].numpy(), source)
         # height target: the label's row extent in this slice, in mm
         assert item["height_px"] == x2 - x1

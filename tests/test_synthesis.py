@@ -123,15 +123,15 @@ def reference_masking(ct_w, labels, vert_id, cam, mask_height, min_component_px=
     band_top = int(np.clip((x1 + x2) // 2 - mask_height // 2, 0, rows - mask_height))
     band_stop = band_top + mask_height
 
-    def shifted(image):
-        out = np.zeros_like(image, dtype=np.float32)
+    def shifted(image, band_fill=0.0):
+        out = np.full(image.shape, band_fill, dtype=np.float32)
         out[:band_top] = image[x1 - band_top:x1]
         out[band_stop:] = image[x2:x2 + rows - band_stop]
         return out
 
     band = np.zeros(labels.shape, dtype=np.float32)
     band[band_top:band_stop] = 1.0
-    return shifted(ct_w), band, shifted(cam), x1, x2, band_top + mask_height // 2
+    return shifted(ct_w, -1.0), band, shifted(cam), x1, x2, band_top + mask_height // 2
 
 
 def reference_compose(original, generated, x1, x2, band_centre, h_hat, mask_height):
