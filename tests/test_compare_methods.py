@@ -18,7 +18,7 @@ FOLDS = {  # macro_precision, macro_recall, macro_f1, accuracy per fold
 }
 
 
-def write_report(folder: Path, folds: list[tuple[float, ...]], n_val: int = 10) -> Path:
+def write_grading(folder: Path, folds: list[tuple[float, ...]], n_val: int = 10) -> Path:
     keys = ("macro_precision", "macro_recall", "macro_f1", "accuracy")
     write_json(folder / "grading.json", {"folds": [dict(zip(keys, values), fold=i + 1) for i, values in enumerate(folds)],
                                          "n_val": n_val, "val_class_counts": {"0": n_val - 2, "2": 2}})
@@ -26,7 +26,7 @@ def write_report(folder: Path, folds: list[tuple[float, ...]], n_val: int = 10) 
 
 
 def test_table_has_fold_means_stds_and_published_figures(tmp_path: Path) -> None:
-    specs = [f"{key}={write_report(tmp_path / key, folds)}" for key, folds in FOLDS.items()]
+    specs = [f"{key}={write_grading(tmp_path / key, folds)}" for key, folds in FOLDS.items()]
     out = tmp_path / "table"
     assert compare_methods.main(["--out", str(out), "--runs", *specs, "--cohort", "fixed"]) == 0
     with open(out / "comparison.csv", newline="") as handle:
@@ -54,7 +54,7 @@ def test_published_figures_are_the_papers() -> None:
 
 
 def test_missing_run_is_named_and_exit_is_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = write_report(tmp_path / "hv", FOLDS["healthivert"])
+    good = write_grading(tmp_path / "hv", FOLDS["healthivert"])
     out = tmp_path / "table"
     status = compare_methods.main(["--out", str(out), "--runs", f"healthivert={good}",
                                    f"supcon_senet={tmp_path / 'absent'}"])
@@ -64,8 +64,8 @@ def test_missing_run_is_named_and_exit_is_one(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_different_val_splits_are_flagged(tmp_path: Path) -> None:
-    a = write_report(tmp_path / "a", FOLDS["healthivert"], n_val=10)
-    b = write_report(tmp_path / "b", FOLDS["aotgan"], n_val=12)
+    a = write_grading(tmp_path / "a", FOLDS["healthivert"], n_val=10)
+    b = write_grading(tmp_path / "b", FOLDS["aotgan"], n_val=12)
     out = tmp_path / "table"
     assert compare_methods.main(["--out", str(out), "--runs", f"healthivert={a}", f"aotgan={b}"]) == 0
     assert "different val splits" in (out / "comparison.md").read_text()
@@ -77,3 +77,41 @@ def test_bad_specs_and_reports(tmp_path: Path) -> None:
     write_json(tmp_path / "grading.json", {"folds": [{"macro_precision": 0.5}]})
     with pytest.raises(ValueError, match="folds lack"):
         read_run("x", tmp_path)
+
+
+def test_demo_compare_adds_the_baselines_on_the_same_folds(tmp_path: Path, repo_root: Path) -> None:
+    import demo
+    from dataclasses import replace
+
+    config = replace(demo.QUICK, compare=True)
+    steps = demo.build_steps(config, demo.DemoPaths(tmp_path), "-1")
+    baseline = steps[len(demo.build_steps(demo.QUICK, demo.DemoPaths(tmp_path), "-1")):]
+    assert [s.script for s in baseline] == [
+        "train.py", "eval_3d_sagittal_twostage.py", "evaluation/RHLV_quantification.py", "evaluation/SVM_grading.py",
+        "Attention/train_grader3d.py", "evaluation/compare_methods.py"]
+    assert all((repo_root / s.script).is_file() for s in baseline)
+    args = {s.name: s.args for s in steps}
+    assert args["AOT-GAN training"][args["AOT-GAN training"].index("--model") + 1] == "aotgan"
+    for name in ("AOT-GAN training", "training"):  # the same training budget as HealthiVert-GAN
+        assert args[name][args[name].index("--n_epochs") + 1] == str(config.gan_epochs)
+    grader = args["3D SupCon-SENet"]
+    svm = args["SVM grading"]
+    assert grader[grader.index("--n_splits") + 1] == svm[svm.index("--n_splits") + 1]
+    assert grader[grader.index("--grading_seed") + 1] == svm[svm.index("--seed") + 1]
+    assert demo.config_from_args(demo.parse_args(["--quick", "--compare"])).compare
+
+
+def test_report_shows_the_comparison_table(tmp_path: Path) -> None:
+    import demo
+    from dataclasses import replace
+    from util.report import demo_summary, write_report
+
+    specs = [f"{key}={write_grading(tmp_path / key, folds)}" for key, folds in FOLDS.items()]
+    paths = demo.DemoPaths(tmp_path)
+    assert compare_methods.main(["--out", str(paths.comparison), "--runs", *specs]) == 0
+    run = demo.PipelineRun(replace(demo.QUICK, compare=True), paths, "-1")
+    summary = demo_summary(run)
+    assert summary["comparison"]["HealthiVert-GAN"]["macro_precision_mean"] == pytest.approx(0.7)
+    page = write_report(run, summary).read_text()
+    assert "Method comparison (the paper&#x27;s table)" in page
+    assert "0.700 ± 0.100" in page and "0.723" in page and "not results of this run" in page
