@@ -33,8 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.aotgan_networks import (
-    AOTGenerator, AOTOutput, AOTSynthesisGenerator, SMPatchDiscriminator, VGG19Features, patch_scores_at,
-    perceptual_and_style_losses, sm_patchgan_targets,
+    AOTGenerator,
+    AOTOutput,
+    AOTSynthesisGenerator,
+    SMPatchDiscriminator,
+    VGG19Features,
+    patch_scores_at,
+    perceptual_and_style_losses,
+    sm_patchgan_targets,
 )
 from models.base_model import BaseModel
 from models.composition import compose_height_adaptive
@@ -49,7 +55,7 @@ def load_vgg19(path: str | None, device: torch.device) -> VGG19Features | None:
     the file is not given or absent."""
     reason = "no --vgg19_weights given" if not path else None if Path(path).is_file() else f"{path} not found"
     if reason is not None:
-        if int(os.environ.get("RANK", 0)) == 0:
+        if int(os.environ.get("RANK", "0")) == 0:
             print(f"AOT-GAN: perceptual and style losses off ({reason}; VGG19 weights are never downloaded)")
         return None
     state = read_torch_file(path, map_location="cpu")

@@ -15,8 +15,16 @@ from scipy import ndimage
 import models
 import train
 from models.aotgan_networks import (
-    AOTBlock, AOTGenerator, AOTSynthesisGenerator, SMPatchDiscriminator, VGG19Features, gate_normalisation,
-    gated_residual, gaussian_kernel_1d, perceptual_and_style_losses, sm_patchgan_targets,
+    AOTBlock,
+    AOTGenerator,
+    AOTSynthesisGenerator,
+    SMPatchDiscriminator,
+    VGG19Features,
+    gate_normalisation,
+    gated_residual,
+    gaussian_kernel_1d,
+    perceptual_and_style_losses,
+    sm_patchgan_targets,
 )
 from models.composition import compose_height_adaptive
 from models.iterative_synthesis import GeneratorRunner, load_generator

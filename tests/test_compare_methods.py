@@ -80,8 +80,9 @@ def test_bad_specs_and_reports(tmp_path: Path) -> None:
 
 
 def test_demo_compare_adds_the_baselines_on_the_same_folds(tmp_path: Path, repo_root: Path) -> None:
-    import demo
     from dataclasses import replace
+
+    import demo
 
     config = replace(demo.QUICK, compare=True)
     steps = demo.build_steps(config, demo.DemoPaths(tmp_path), "-1")
@@ -102,8 +103,9 @@ def test_demo_compare_adds_the_baselines_on_the_same_folds(tmp_path: Path, repo_
 
 
 def test_report_shows_the_comparison_table(tmp_path: Path) -> None:
-    import demo
     from dataclasses import replace
+
+    import demo
     from util.report import demo_summary, write_report
 
     specs = [f"{key}={write_grading(tmp_path / key, folds)}" for key, folds in FOLDS.items()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -14,11 +13,16 @@ import torch.nn.functional as F
 
 from Attention import train_grader3d
 from Attention.grader3d import (
-    SupConGrader, augment, central_roi, class_balanced_weights, load_grader, load_grader_samples,
+    SupConGrader,
+    augment,
+    central_roi,
+    class_balanced_weights,
+    load_grader,
+    load_grader_samples,
     supervised_contrastive_loss,
 )
 from data.crops import read_split
-from evaluation.grading import score_predictions, score_prediction_table
+from evaluation.grading import score_prediction_table, score_predictions
 from tests.synthetic_crops import WIDE_WINDOW, write_synthetic_cohort
 from util.fileio import read_json, write_json
 
