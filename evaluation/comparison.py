@@ -126,7 +126,7 @@ def save_comparison_plot(runs: Sequence[RunScores], path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8.0, 4.2))
+    figure = Figure(figsize=(8.0, 4.8))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(len(runs), 1)
@@ -148,7 +148,7 @@ def save_comparison_plot(runs: Sequence[RunScores], path: str | Path) -> Path:
     axes.set_xticks(positions, [METRIC_LABELS[m] for m in METRIC_KEYS])
     axes.set_ylim(0.0, 1.05)
     axes.set_ylabel("score (mean ± std over folds; dots: folds)")
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper center", ncol=3, bbox_to_anchor=(0.5, -0.08))
     figure.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
