@@ -96,7 +96,8 @@ PLANE_MODES = (*PLANES, "both")
 
 
 class Generator(Protocol):
-    """What the synthesis needs of a generator (``models.networks.HealthiVertGenerator``)."""
+    """What the synthesis needs of a generator (``models.networks.HealthiVertGenerator``; the AOT-GAN baseline's
+    ``models.aotgan_networks.AOTSynthesisGenerator``); ``load_generator`` builds the one the checkpoint names."""
 
     def __call__(self, masked_ct: torch.Tensor, offset_plane: torch.Tensor, band_mask: torch.Tensor,
                  cam: torch.Tensor, mask_height_px: float) -> GeneratorOutput: ...
