@@ -187,6 +187,13 @@ def test_perceptual_and_style_use_local_vgg_weights(tmp_path: Path) -> None:
     assert model.vgg is not None and "perceptual" in model.loss_names
 
 
+def test_missing_vgg_weights_say_so_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = models.create_model(aot_options("--vgg19_weights", str(tmp_path / "absent.pth")))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "perceptual and style losses off" in line]
+    assert model.vgg is None and len(lines) == 1 and "absent.pth not found" in lines[0]
+    assert "perceptual" not in model.loss_names
+
+
 # ---------------------------------------------------------------------------------------------- train.py
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
