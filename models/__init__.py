@@ -35,4 +35,5 @@ def create_model(opt: argparse.Namespace) -> BaseModel:
     return find_model_using_name(getattr(opt, "model", "healthivert"))(opt)
 
 
-__all__ = ["MODELS", "AOTGANModel", "BaseModel", "HealthiVertModel", "create_model", "find_model_using_name", "get_option_setter"]
+__all__ = ["MODELS", "AOTGANModel", "BaseModel", "HealthiVertModel", "create_model", "find_model_using_name",
+           "get_option_setter"]
