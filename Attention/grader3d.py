@@ -174,7 +174,8 @@ def load_grader_samples(dataroot: str | Path, split: dict[str, dict[str, int]], 
         samples.append(GraderSample(key, grade, name, volume))
     shapes = {s.volume.shape for s in samples}
     if len(shapes) > 1:
-        raise ValueError(f"{dataroot}: crops differ in shape {sorted(shapes)}; straighten them to one size or set --roi_size")
+        raise ValueError(f"{dataroot}: crops differ in shape {sorted(shapes)}; "
+                         "straighten them to one size or set --roi_size")
     return samples, skipped
 
 
@@ -287,7 +288,8 @@ def load_grader(path: str | Path, device: torch.device | str = "cpu") -> tuple[S
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit arch {checkpoint['arch']!r} ({str(err).splitlines()[0]})") from None
+        reason = str(err).splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit arch {checkpoint['arch']!r} ({reason})") from None
     return model.to(device).eval(), checkpoint
 
 
@@ -341,7 +343,8 @@ def grader_parser() -> argparse.ArgumentParser:
                     "with the grading scorer. Writes <results_dir>/<name>/predictions.csv and grading/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataroot", type=Path, required=True, help="straightened crop folder (CT/, label/)")
-    parser.add_argument("--split_json", type=Path, required=True, help="split JSON {train,val,test: {<case>_<v>: grade}}")
+    parser.add_argument("--split_json", type=Path, required=True,
+                        help="split JSON {train,val,test: {<case>_<v>: grade}}")
     parser.add_argument("--name", required=True, help="experiment name (checkpoint and results folder)")
     parser.add_argument("--checkpoints_dir", type=Path, default=Path("checkpoints"), help="where models are saved")
     parser.add_argument("--results_dir", type=Path, default=Path("results"),
@@ -358,7 +361,8 @@ def grader_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.07, help="SupCon temperature")
     parser.add_argument("--n_views", type=int, default=2, help="augmented views of each crop per batch")
     parser.add_argument("--max_shift", type=int, default=4, help="random translation augmentation (voxels per axis)")
-    parser.add_argument("--n_splits", type=int, default=5, help="stratified folds of the train+test pool (as SVM_grading.py)")
+    parser.add_argument("--n_splits", type=int, default=5,
+                        help="stratified folds of the train+test pool (as SVM_grading.py)")
     parser.add_argument("--grading_seed", type=int, default=0, help="fold shuffling seed (SVM_grading.py --seed)")
     parser.add_argument("--n_epochs", type=int, default=30, help="epochs at the initial learning rate")
     parser.add_argument("--n_epochs_decay", type=int, default=30, help="epochs of linear decay to zero")

@@ -72,9 +72,10 @@ def read_run(key: str, path: Path) -> RunScores:
     missing = [metric for metric in METRIC_KEYS if any(metric not in fold for fold in folds)]
     if missing:
         raise ValueError(f"{source}: folds lack {missing}")
+    class_counts = {str(k): int(v) for k, v in report.get("val_class_counts", {}).items()}
     return RunScores(key, METHOD_NAMES.get(key, key), source,
                      {metric: [float(fold[metric]) for fold in folds] for metric in METRIC_KEYS},
-                     int(report.get("n_val", 0)), {str(k): int(v) for k, v in report.get("val_class_counts", {}).items()})
+                     int(report.get("n_val", 0)), class_counts)
 
 
 def mean_std(value_mean: float, value_std: float) -> str:

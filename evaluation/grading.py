@@ -206,7 +206,8 @@ def score_prediction_table(table: pd.DataFrame, source: str = "prediction table"
     ``pool_class_counts`` and ``fold_train_sizes`` (fold -> vertebrae trained on) describe the training."""
     missing = [column for column in PREDICTION_COLUMNS if column not in table.columns]
     if missing:
-        raise GradingError(f"{source}: missing column(s) {missing}; a prediction table needs {list(PREDICTION_COLUMNS)}")
+        raise GradingError(f"{source}: missing column(s) {missing}; "
+                           f"a prediction table needs {list(PREDICTION_COLUMNS)}")
     val = table[table["Dataset"].astype(str) == SCORE_SPLIT]
     if val.empty:
         raise GradingError(f"{source}: no row of the {SCORE_SPLIT} split to score")

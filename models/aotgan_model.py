@@ -78,7 +78,8 @@ class AOTGANModel(BaseModel):
                    help="dilation rates of the parallel branches of each AOT block")
         add_option(parser, "--mask_height", type=float, default=40.0,
                    help="height of the masked band in mm (= the generated height: AOT-GAN has no SHRM)")
-        add_option(parser, "--amp", action="store_true", help="mixed precision (float16 autocast) on GPU; ignored on CPU")
+        add_option(parser, "--amp", action="store_true",
+                   help="mixed precision (float16 autocast) on GPU; ignored on CPU")
         if is_train:
             add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
             add_option(parser, "--init_type", type=str, default="normal",
@@ -97,7 +98,8 @@ class AOTGANModel(BaseModel):
                        help="local torchvision VGG19 state dict for the perceptual and style losses "
                             "(never downloaded; without it both losses are off)")
             add_option(parser, "--sm_sigma", type=float, default=10.0,
-                       help="Gaussian sigma (pixels) of the soft SM-PatchGAN mask targets (10: the paper's 71x71 kernel)")
+                       help="Gaussian sigma (pixels) of the soft SM-PatchGAN mask targets "
+                            "(10: the paper's 71x71 kernel)")
         return parser
 
     @staticmethod

@@ -119,7 +119,8 @@ def test_sm_patchgan_targets_are_the_blurred_inverse_mask() -> None:
     assert torch.allclose(fake[0, 0], torch.from_numpy(expected).float(), atol=1e-6)
     assert torch.equal(real, torch.ones_like(mask))
     column = fake[0, 0, :, 0]
-    assert torch.allclose(column[:2], torch.ones(2), atol=1e-6) and torch.allclose(column[-2:], torch.ones(2), atol=1e-6)
+    assert torch.allclose(column[:2], torch.ones(2), atol=1e-6)
+    assert torch.allclose(column[-2:], torch.ones(2), atol=1e-6)
     assert column[11] < 0.05 and 0.3 < column[8] < 0.7  # deep inside the band ~0, at its edge ~0.5
     assert torch.allclose(fake[0, 0], fake[0, 0, :, :1].expand(24, 6))  # rows only: the band spans all columns
     assert gaussian_kernel_1d(10.0).numel() == 71  # the paper's 71 x 71 kernel at sigma 10

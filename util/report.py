@@ -165,7 +165,8 @@ def summary_text(run: "PipelineRun", summary: dict[str, Any], report_path: Path 
             lines.append(f"SVM grading ({method}, val, mean of folds): macro-P/R/F1 {_fmt(mean['macro_precision'])}/"
                          f"{_fmt(mean['macro_recall'])}/{_fmt(mean['macro_f1'])}, accuracy {_fmt(mean['accuracy'])}")
     if summary.get("comparison"):
-        lines.append("comparison table (val, mean ± std over folds; evaluation/compare_methods.py): macro-P/R/F1, accuracy")
+        lines.append("comparison table (val, mean ± std over folds; evaluation/compare_methods.py): "
+                     "macro-P/R/F1, accuracy")
         for method, scores in summary["comparison"].items():
             lines.append(f"  {method:<20} " + "  ".join(f"{_fmt(scores[f'{key}_mean'])} ± {_fmt(scores[f'{key}_std'])}"
                                                         for key in GRADING_KEYS))
