@@ -120,7 +120,12 @@ class AOTGenerator(nn.Module):
 
     def forward(self, masked_ct: torch.Tensor, band_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = masked_ct.shape[-2:]
-        features = self.middle(self.encoder(torch.cat([masked_ct, band_mask], dim=1)))
+        encoded = self.encoder(torch.cat([masked_ct, band_mask], dim=1))
+        largest_rate = max((max(block.rates) for block in self.middle), default=0)
+        if min(encoded.shape[-2:]) <= largest_rate:
+            raise ValueError(f"AOT-GAN: {height}x{width} slices give {tuple(encoded.shape[-2:])} features at 1/4 "
+                             f"resolution, too small for dilation rate {largest_rate}; lower --aot_rates")
+        features = self.middle(encoded)
         features = F.relu(self.up1(features, (math.ceil(height / 2), math.ceil(width / 2))))
         features = F.relu(self.up2(features, (height, width)))
         return torch.tanh(self.ct_head(features)), torch.sigmoid(self.seg_head(features))

@@ -95,6 +95,8 @@ def test_generator_output_shapes_and_ranges() -> None:
         ct, seg = generator(torch.randn(2, 1, *size), torch.zeros(2, 1, *size))
         assert ct.shape == seg.shape == (2, 1, *size)
         assert ct.abs().max() <= 1 and seg.min() >= 0 and seg.max() <= 1
+    with pytest.raises(ValueError, match="too small for dilation rate 8"):
+        AOTGenerator(ngf=4, blocks=1, rates=(1, 8))(torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32))
 
 
 def test_synthesis_generator_shares_weights_and_returns_band_height() -> None:
