@@ -1,12 +1,15 @@
 """One-command demo: the whole HealthiVert-GAN pipeline on a fresh phantom cohort, with an HTML report.
 
-    python demo.py [--out demo_out] [--device cpu|cuda] [--quick]
+    python demo.py [--out demo_out] [--device cpu|cuda] [--quick] [--compare]
 
 Runs, in order, the same scripts a user runs by hand (each as a subprocess, its output in
 ``<out>/logs/``): phantom cohort -> centroids -> straightening -> fracture classifier -> attention
 maps -> HealthiVert-GAN training -> iterative synthesis -> RHLV (HealthiVert-GAN and the neighbour
 baseline) -> SVM grading (both) -> generation metrics. Then it writes ``<out>/report/index.html``
 (self-contained) and prints a one-screen summary with the numbers against the phantom truth.
+``--compare`` also trains the paper's baselines on the same cohort and splits (AOT-GAN through the same
+synthesis, RHLV and SVM grading; the 3D SupCon-SENet grader on the same folds) and builds the paper's
+comparison table (``evaluation/compare_methods.py``) with the neighbour rule beside them.
 
 The demo uses CPU-sized settings (64 x 64 x 32 crops at 2 mm, a small classifier, a narrow generator
 (ngf 8) and a short training budget); every script keeps the paper's sizes as its own defaults.
@@ -43,6 +46,8 @@ DEMO_ENTRIES = ("raw", "straightened", "heatmap", "checkpoints", "results", "log
                 "vertebra_data.json", "demo_summary.json")
 CLASSIFIER_NAME = "classifier"
 GAN_NAME = "healthivert"
+AOT_NAME = "aotgan"
+GRADER_NAME = "supcon_senet"
 GENERATION_MIN_VOXELS_AT_1MM = 400  # DESIGN 5: slices with > 400 target voxels at 1 mm
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 MIN_CASES = 3  # the split needs at least one case each in train, val and test
@@ -57,7 +62,9 @@ class DemoConfig:
     crop_size: straightened crop shape (S->I, A->P, R->L voxels); spacing_mm: isotropic crop voxel size.
     classifier_*: Attention/train_classifier.py; cam_slices: Attention/grad_CAM_3d_sagittal.py;
     gan_*: train.py (epochs = passes over the healthy training vertebrae, one slice each);
-    svm_folds: evaluation/SVM_grading.py --n_splits.
+    svm_folds: evaluation/SVM_grading.py --n_splits. compare: also run the baselines (``--compare``):
+    aot_*: train.py --model aotgan (same epochs and batch as HealthiVert-GAN); grader_*:
+    Attention/train_grader3d.py --arch small.
     """
 
     cases: int = 8
@@ -78,6 +85,13 @@ class DemoConfig:
     gan_local_width: int = 32
     svm_folds: int = 5
     workers: int = 2
+    compare: bool = False
+    aot_ngf: int = 16
+    aot_blocks: int = 4
+    grader_base_width: int = 16
+    grader_epochs: int = 20
+    grader_epochs_decay: int = 10
+    grader_batch_size: int = 8
 
     @property
     def generation_min_slice_voxels(self) -> int:
@@ -86,7 +100,8 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(cases=4, classifier_epochs=1, classifier_epochs_decay=1, classifier_slices=8,
-                   classifier_slices_per_vertebra=4, cam_slices=8, gan_epochs=120, gan_epochs_decay=40, svm_folds=3)
+                   classifier_slices_per_vertebra=4, cam_slices=8, gan_epochs=120, gan_epochs_decay=40, svm_folds=3,
+                   grader_epochs=4, grader_epochs_decay=2)
 FULL = DemoConfig()
 
 
@@ -120,6 +135,21 @@ class DemoPaths:
     def results(self) -> Path:
         """``R/N``: synthesis outputs and every evaluation of them."""
         return self.root / "results" / GAN_NAME
+
+    @property
+    def aot_results(self) -> Path:
+        """AOT-GAN's synthesis, RHLV table and grading (``--compare``)."""
+        return self.root / "results" / AOT_NAME
+
+    @property
+    def grader_results(self) -> Path:
+        """The 3D SupCon-SENet predictions and grading (``--compare``)."""
+        return self.root / "results" / GRADER_NAME
+
+    @property
+    def comparison(self) -> Path:
+        """The comparison table folder (``--compare``)."""
+        return self.root / "results" / "comparison"
 
     @property
     def rhlv(self) -> Path:
@@ -235,7 +265,7 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
     gan_common = ["--dataroot", str(p.dataroot), "--split_json", str(p.split_json), "--cam_dir", str(p.heatmap),
                   "--name", GAN_NAME, "--checkpoints_dir", str(p.checkpoints), "--ngf", str(config.gan_ngf),
                   "--seed", str(config.seed), "--num_threads", "0", *device]  # progress bars feed the heartbeat
-    return [
+    steps = [
         Step("phantoms", "data/make_phantoms.py",
              ["--out", str(p.root), "--cases", str(config.cases), "--seed", str(config.seed),
               "--vertebrae", config.vertebrae, "--workers", str(config.workers), "--no_progress"],
@@ -288,6 +318,52 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
              ["--dataroot", str(p.dataroot), "--fake_dir", str(p.results), "--split_json", str(p.split_json),
               "--out", str(p.generation), "--min_slice_voxels", str(config.generation_min_slice_voxels)],
              f"{p.generation}, {p.generation_summary}", (p.results / "CT_fake",), (p.generation_summary,)),
+    ]
+    return steps + comparison_steps(config, paths, gpu_ids) if config.compare else steps
+
+
+def comparison_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step]:
+    """The paper's baselines on the same cohort, splits and folds, then the comparison table (``--compare``)."""
+    p = paths
+    device = ["--gpu_ids", gpu_ids]
+    aot_checkpoint = p.checkpoints / AOT_NAME / "latest.pth"
+    aot_common = ["--dataroot", str(p.dataroot), "--split_json", str(p.split_json), "--name", AOT_NAME,
+                  "--checkpoints_dir", str(p.checkpoints), "--model", "aotgan", "--ngf", str(config.aot_ngf),
+                  "--aot_blocks", str(config.aot_blocks), "--seed", str(config.seed), "--num_threads", "0",
+                  "--no_progress", *device]
+    folds = ["--n_splits", str(config.svm_folds), "--seed", str(config.seed)]
+    return [
+        Step("AOT-GAN training", "train.py",
+             [*aot_common, "--ndf", str(config.gan_ndf), "--batch_size", str(config.gan_batch_size),
+              "--n_epochs", str(config.gan_epochs), "--n_epochs_decay", str(config.gan_epochs_decay),
+              "--val_freq", "0", "--no_html", "--save_epoch_freq", str(config.gan_epochs + config.gan_epochs_decay),
+              "--print_freq", "4"],
+             f"{aot_checkpoint}", (p.dataroot / "label",), (aot_checkpoint,)),
+        Step("AOT-GAN synthesis", "eval_3d_sagittal_twostage.py",
+             [*aot_common, "--results_dir", str(p.aot_results.parent), "--eval"],
+             f"{p.aot_results}/{{CT_fake,label_fake}}/", (aot_checkpoint,), (p.aot_results / "label_fake",)),
+        Step("AOT-GAN RHLV", "evaluation/RHLV_quantification.py",
+             ["--label_dir", str(p.dataroot / "label"), "--fake_dir", str(p.aot_results / "label_fake"),
+              "--split_json", str(p.split_json), "--out", str(p.aot_results / "rhlv.csv"),
+              "--workers", str(config.workers)],
+             f"{p.aot_results / 'rhlv.csv'}", (p.aot_results / "label_fake",), (p.aot_results / "rhlv.csv",)),
+        Step("AOT-GAN SVM grading", "evaluation/SVM_grading.py",
+             ["--rhlv", str(p.aot_results / "rhlv.csv"), "--out", str(p.aot_results / "grading"), *folds],
+             f"{p.aot_results / 'grading'}/grading.json", (p.aot_results / "rhlv.csv",),
+             (p.aot_results / "grading" / "grading.json",)),
+        Step("3D SupCon-SENet", "Attention/train_grader3d.py",
+             ["--dataroot", str(p.dataroot), "--split_json", str(p.split_json), "--name", GRADER_NAME,
+              "--checkpoints_dir", str(p.checkpoints), "--results_dir", str(p.grader_results.parent),
+              "--arch", "small", "--base_width", str(config.grader_base_width),
+              "--n_epochs", str(config.grader_epochs), "--n_epochs_decay", str(config.grader_epochs_decay),
+              "--batch_size", str(config.grader_batch_size), "--n_splits", str(config.svm_folds),
+              "--grading_seed", str(config.seed), "--seed", str(config.seed), *device],
+             f"{p.grader_results}/predictions.csv, grading/grading.json", (p.dataroot / "label",),
+             (p.grader_results / "grading" / "grading.json",)),
+        Step("comparison table", "evaluation/compare_methods.py",
+             ["--out", str(p.comparison), "--results_dir", str(p.comparison.parent),
+              "--cohort", f"phantom, {config.cases} cases ({config.vertebrae})"],
+             f"{p.comparison}/comparison.{{md,csv,png}}", (), (p.comparison / "comparison.csv",)),
     ]
 
 
@@ -424,6 +500,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per step (OMP/MKL_NUM_THREADS; 0: PyTorch's default; default 1). The demo's "
                              "small tensors run fastest on one thread; on a busy machine more threads are much slower")
+    parser.add_argument("--compare", action="store_true",
+                        help="also train AOT-GAN and the 3D SupCon-SENet grader and build the paper's comparison table")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier demo run in --out (removes only the demo's own files)")
     parser.add_argument("--verbose", action="store_true", help="also stream every step's output")
@@ -451,6 +529,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         config = replace(config, seed=args.seed)
     if args.gan_epochs is not None:
         config = replace(config, gan_epochs=args.gan_epochs, gan_epochs_decay=max(0, args.gan_epochs // 3))
+    if getattr(args, "compare", False):
+        config = replace(config, compare=True)
     return config
 
 

@@ -55,18 +55,20 @@ CHECKPOINT_FORMAT = 1
 # --------------------------------------------------------------------------- networks
 
 
-def _se_bottleneck(in_channels: int, out_channels: int, stride: int, dilation: int, reduction: int) -> SEBlock:
-    """2D SE-ResNet bottleneck (1x1 -> 3x3 -> 1x1, width ``out_channels // 4``) with a projected shortcut."""
+def _se_bottleneck(in_channels: int, out_channels: int, stride: int, dilation: int, reduction: int,
+                   spatial_dims: int = 2) -> SEBlock:
+    """SE-ResNet bottleneck (1x1 -> 3x3 -> 1x1, width ``out_channels // 4``) with a projected shortcut,
+    2D by default (``spatial_dims=3``: the 3D grader, ``Attention/grader3d.py``)."""
     inner = max(out_channels // 4, 4)
     project = None
     if stride != 1 or in_channels != out_channels:
         project = Convolution(
-            spatial_dims=2, in_channels=in_channels, out_channels=out_channels, strides=stride,
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, strides=stride,
             kernel_size=1, act=None, norm=Norm.BATCH, bias=False,
         )
     relu = ("relu", {"inplace": True})
     return SEBlock(
-        spatial_dims=2, in_channels=in_channels, n_chns_1=inner, n_chns_2=inner, n_chns_3=out_channels,
+        spatial_dims=spatial_dims, in_channels=in_channels, n_chns_1=inner, n_chns_2=inner, n_chns_3=out_channels,
         conv_param_1={"strides": stride, "kernel_size": 1, "act": relu, "norm": Norm.BATCH, "bias": False},
         conv_param_2={"kernel_size": 3, "dilation": dilation, "act": relu, "norm": Norm.BATCH, "bias": False},
         conv_param_3={"kernel_size": 1, "act": None, "norm": Norm.BATCH, "bias": False},

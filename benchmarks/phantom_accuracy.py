@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train.py --n_epochs (decay epochs: a third of it)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="as in demo.py")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    parser.add_argument("--compare", action="store_true",
+                        help="also train AOT-GAN and the 3D SupCon-SENet grader and print the paper's comparison table")
     parser.add_argument("--tabulate_only", action="store_true",
                         help=f"do not run the pipeline: tabulate the run already in --out (its {RESULT_FILE})")
     return parser.parse_args(argv)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         run.steps = [step_from_summary(step) for step in info["steps"]]
     else:
         config = replace(BENCHMARK, cases=args.cases, seed=args.seed, gan_epochs=args.gan_epochs,
-                         gan_epochs_decay=args.gan_epochs // 3)
+                         gan_epochs_decay=args.gan_epochs // 3, compare=args.compare)
         started = time.perf_counter()
         try:
             run = demo.run_pipeline(config, args.out, demo.gpu_ids_for(args.device), args.overwrite)
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
           f"training budget: {info['training_budget']}\npipeline wall time: {info['total_wall_s'] / 60:.1f} min\n\n"
           f"Every vertebra each method measured:\n\n{measured}\n\n"
           f"Only the vertebrae both methods measured:\n\n{common}\n\nreport: {report}")
+    comparison = run.paths.comparison / "comparison.md"
+    if config.compare and comparison.is_file():
+        print(f"\nThe paper's comparison table (evaluation/compare_methods.py):\n\n{comparison.read_text()}")
     return 0 if run.ok else 1
 
 

@@ -222,20 +222,61 @@ def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0, protoc
         folds.append({"fold": index + 1, "n_train": int(train.size), "n_val": int(data.val_y.size),
                       "heldout_vertebrae": data.pool_keys[heldout].tolist(), "train_positions": train.tolist(),
                       "val_predictions": predicted.tolist(), **scores})
-    mean = {key: float(np.mean([fold[key] for fold in folds])) for key in METRIC_KEYS}
-    variance = {key: float(np.var([fold[key] for fold in folds])) for key in METRIC_KEYS}
-    per_class_mean = {str(grade): {metric: float(np.mean([fold["per_class"][str(grade)][metric] for fold in folds]))
-                                   for metric in ("precision", "recall", "f1")}
-                      for grade in data.classes}
     return {
-        "folds": folds, "mean": mean, "variance": variance, "per_class_mean": per_class_mean,
-        "confusion_matrix_total": np.sum([fold["confusion_matrix"] for fold in folds], axis=0).tolist(),
-        "classes": data.classes, "features": data.features, "n_pool": int(data.pool_y.size),
+        **fold_summary(folds, data.classes), "features": data.features, "n_pool": int(data.pool_y.size),
         "n_val": int(data.val_y.size), "n_splits": n_splits, "seed": seed, "protocol": settings.protocol,
         "val_labels": data.val_y.tolist(),
         "pool_class_counts": {str(g): int(np.count_nonzero(data.pool_y == g)) for g in data.classes},
         "val_class_counts": {str(g): int(np.count_nonzero(data.val_y == g)) for g in data.classes},
     }
+
+
+def fold_summary(folds: list[dict], classes: Sequence[int]) -> dict:
+    """``folds`` (each with ``score_predictions``' keys) and their mean, variance, per-class mean scores
+    and summed confusion matrix: the common part of every grading report."""
+    mean = {key: float(np.mean([fold[key] for fold in folds])) for key in METRIC_KEYS}
+    variance = {key: float(np.var([fold[key] for fold in folds])) for key in METRIC_KEYS}
+    per_class_mean = {str(grade): {metric: float(np.mean([fold["per_class"][str(grade)][metric] for fold in folds]))
+                                   for metric in ("precision", "recall", "f1")}
+                      for grade in classes}
+    return {"folds": folds, "mean": mean, "variance": variance, "per_class_mean": per_class_mean,
+            "confusion_matrix_total": np.sum([fold["confusion_matrix"] for fold in folds], axis=0).tolist(),
+            "classes": list(classes)}
+
+
+PREDICTION_COLUMNS = ("Vertebra", "Label", "Dataset", "Fold", "Predicted")
+
+
+def score_prediction_table(table: pd.DataFrame, source: str = "prediction table",
+                           features: Sequence[str] = ("classifier predictions",),
+                           pool_class_counts: dict[str, int] | None = None,
+                           fold_train_sizes: dict[int, int] | None = None) -> dict:
+    """Grading report (``grading.json`` keys) of a classifier's own predictions: one row per (fold,
+    vertebra) with columns ``Vertebra, Label, Dataset, Fold, Predicted``; each fold is scored on its
+    ``val`` rows with :func:`score_predictions`, as ``evaluate_grading`` scores the SVM's folds.
+    ``pool_class_counts`` and ``fold_train_sizes`` (fold -> vertebrae trained on) describe the training."""
+    missing = [column for column in PREDICTION_COLUMNS if column not in table.columns]
+    if missing:
+        raise GradingError(f"{source}: missing column(s) {missing}; "
+                           f"a prediction table needs {list(PREDICTION_COLUMNS)}")
+    val = table[table["Dataset"].astype(str) == SCORE_SPLIT]
+    if val.empty:
+        raise GradingError(f"{source}: no row of the {SCORE_SPLIT} split to score")
+    truth, predicted = val["Label"].to_numpy(dtype=int), val["Predicted"].to_numpy(dtype=int)
+    if not np.isin(np.concatenate([truth, predicted]), (0, 1, 2, 3)).all():
+        raise GradingError(f"{source}: Label/Predicted hold values other than the Genant grades 0-3")
+    classes = sorted(set(truth.tolist()) | set(predicted.tolist()))
+    folds = []
+    for fold, rows in val.groupby("Fold", sort=True):
+        scores = score_predictions(rows["Label"].to_numpy(dtype=int), rows["Predicted"].to_numpy(dtype=int), classes)
+        folds.append({"fold": int(fold), "n_train": int((fold_train_sizes or {}).get(int(fold), 0)),
+                      "n_val": int(len(rows)), **scores})
+    first = val[val["Fold"] == val["Fold"].min()]
+    pool_class_counts = dict(pool_class_counts or {})
+    return {**fold_summary(folds, classes), "features": list(features), "n_pool": sum(pool_class_counts.values()),
+            "pool_class_counts": pool_class_counts, "n_val": int(len(first)), "n_splits": len(folds),
+            "val_class_counts": {str(g): int(np.count_nonzero(first["Label"].to_numpy(dtype=int) == g))
+                                 for g in classes}}
 
 
 def grading_summary(report: dict) -> str:

@@ -1,4 +1,5 @@
-"""Model registry (pix2pix style): ``--model healthivert`` -> :class:`HealthiVertModel`.
+"""Model registry (pix2pix style): ``--model healthivert`` -> :class:`HealthiVertModel`,
+``--model aotgan`` -> :class:`AOTGANModel` (the paper's inpainting baseline).
 
 ``create_model(opt)`` builds the model named by ``opt.model``; ``get_option_setter(name)`` returns its
 ``modify_commandline_options(parser, is_train)`` so option parsers can add the model's flags.
@@ -9,10 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from models.aotgan_model import AOTGANModel
 from models.base_model import BaseModel
 from models.healthivert_model import HealthiVertModel
 
-MODELS: dict[str, type[BaseModel]] = {"healthivert": HealthiVertModel}
+MODELS: dict[str, type[BaseModel]] = {"healthivert": HealthiVertModel, "aotgan": AOTGANModel}
 MODEL_ALIASES = {"pix2pix": "healthivert"}  # the published code's --model name for the same model
 
 
@@ -34,4 +36,5 @@ def create_model(opt: argparse.Namespace) -> BaseModel:
     return find_model_using_name(getattr(opt, "model", "healthivert"))(opt)
 
 
-__all__ = ["MODELS", "BaseModel", "HealthiVertModel", "create_model", "find_model_using_name", "get_option_setter"]
+__all__ = ["MODELS", "AOTGANModel", "BaseModel", "HealthiVertModel", "create_model", "find_model_using_name",
+           "get_option_setter"]

@@ -69,6 +69,12 @@ class BaseModel(ABC):
         """Add model-specific options to ``parser``."""
         return parser
 
+    @staticmethod
+    def inference_generator(options: dict[str, Any]) -> nn.Module:
+        """The generator of a checkpoint saved with ``options`` (its ``options`` dict), untrained, with the
+        synthesis call signature of ``models.iterative_synthesis.Generator``."""
+        raise NotImplementedError("this model has no generator for synthesis")
+
     @abstractmethod
     def set_input(self, batch: dict[str, Any]) -> None:
         """Unpack a collated dataset batch onto the device."""

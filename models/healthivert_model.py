@@ -103,6 +103,11 @@ class HealthiVertModel(BaseModel):
             add_option(parser, "--epoch_count", type=int, default=1, help="starting epoch number")
         return parser
 
+    @staticmethod
+    def inference_generator(options: dict[str, Any]) -> torch.nn.Module:
+        """The generator of a checkpoint saved with ``options`` (``--ngf``, ``--mask_height``)."""
+        return HealthiVertGenerator(int(options.get("ngf", 16)), float(options.get("mask_height", 40.0)))
+
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
         self.use_amp = bool(getattr(opt, "amp", False)) and self.device.type == "cuda"

@@ -85,8 +85,9 @@ from data.masking import (
     CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, extend_band_rows, gather_rows,
     make_masked_slices, paste_columns, plane_slab, slice_offset_ratio, target_masks, target_slice_extent,
 )
+from models import find_model_using_name
 from models.composition import compose_height_adaptive
-from models.networks import GeneratorOutput, HealthiVertGenerator
+from models.networks import GeneratorOutput
 from util.checkpoint import checkpoint_path, load_checkpoint
 from util.device import resolve_device
 from util.fileio import prepare_output_dir, read_json, write_json
@@ -102,7 +103,8 @@ PLANE_MODES = (*PLANES, "both")
 
 
 class Generator(Protocol):
-    """What the synthesis needs of a generator (``models.networks.HealthiVertGenerator``)."""
+    """What the synthesis needs of a generator (``models.networks.HealthiVertGenerator``; the AOT-GAN baseline's
+    ``models.aotgan_networks.AOTSynthesisGenerator``); ``load_generator`` builds the one the checkpoint names."""
 
     def __call__(self, masked_ct: torch.Tensor, offset_plane: torch.Tensor, band_mask: torch.Tensor,
                  cam: torch.Tensor, mask_height_px: float) -> GeneratorOutput: ...
@@ -476,7 +478,7 @@ def fuse_planes(sagittal: PlaneSynthesis, coronal: PlaneSynthesis, target_label:
 class LoadedModel:
     """A generator ready for inference and the training options it was saved with."""
 
-    generator: HealthiVertGenerator
+    generator: torch.nn.Module  # HealthiVertGenerator, or another model's (``BaseModel.inference_generator``)
     options: dict[str, Any]
     path: Path
 
@@ -505,7 +507,10 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", plane: 
     nets = checkpoint.get("model", {}).get("nets", {})
     if "G" not in nets:
         raise ValueError(f"{path}: checkpoint holds no generator weights (model.nets.G)")
-    generator = HealthiVertGenerator(int(options.get("ngf", 16)), float(options.get("mask_height", 40.0)))
+    try:
+        generator = find_model_using_name(str(options.get("model") or "healthivert")).inference_generator(options)
+    except (ValueError, NotImplementedError) as err:
+        raise ValueError(f"{path}: {err}") from None
     try:
         generator.load_state_dict(nets["G"])
     except RuntimeError as err:

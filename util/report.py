@@ -78,6 +78,7 @@ class ReportData:
     comparisons: dict[str, pd.DataFrame]  # method -> RHLV table joined with the truth
     grading: dict[str, dict | None]  # method -> grading.json
     generation: dict | None  # generation_summary.json
+    method_comparison: pd.DataFrame | None = None  # comparison.csv of evaluation/compare_methods.py (--compare)
 
 
 def load_report_data(run: "PipelineRun") -> ReportData:
@@ -98,7 +99,9 @@ def load_report_data(run: "PipelineRun") -> ReportData:
             comparisons[method] = compare_to_truth(table, truth)
     grading = {method: _read_json_or_none(getattr(paths, folder) / "grading.json")
                for method, (_, folder) in METHODS.items()}
-    return ReportData(truth, split, comparisons, grading, _read_json_or_none(paths.generation_summary))
+    method_comparison = _read_table_or_none(paths.comparison / "comparison.csv")
+    return ReportData(truth, split, comparisons, grading, _read_json_or_none(paths.generation_summary),
+                      method_comparison)
 
 
 # --------------------------------------------------------------------------- summary
@@ -123,6 +126,10 @@ def demo_summary(run: "PipelineRun", data: ReportData | None = None) -> dict[str
     summary["grading"] = {method: (report["mean"] if report else None) for method, report in data.grading.items()}
     summary["generation"] = data.generation["mean"] if data.generation else None
     summary["generation_n"] = data.generation["n_vertebrae"] if data.generation else 0
+    if data.method_comparison is not None:
+        summary["comparison"] = {row["method"]: {f"{key}_{stat}": float(row[f"{key}_{stat}"]) for key in GRADING_KEYS
+                                                 for stat in ("mean", "std")}
+                                 for _, row in data.method_comparison.iterrows()}
     return summary
 
 
@@ -159,6 +166,12 @@ def summary_text(run: "PipelineRun", summary: dict[str, Any], report_path: Path 
         if mean:
             lines.append(f"SVM grading ({method}, val, mean of folds): macro-P/R/F1 {_fmt(mean['macro_precision'])}/"
                          f"{_fmt(mean['macro_recall'])}/{_fmt(mean['macro_f1'])}, accuracy {_fmt(mean['accuracy'])}")
+    if summary.get("comparison"):
+        lines.append("comparison table (val, mean ± std over folds; evaluation/compare_methods.py): "
+                     "macro-P/R/F1, accuracy")
+        for method, scores in summary["comparison"].items():
+            lines.append(f"  {method:<20} " + "  ".join(f"{_fmt(scores[f'{key}_mean'])} ± {_fmt(scores[f'{key}_std'])}"
+                                                        for key in GRADING_KEYS))
     generation = summary.get("generation")
     if generation:
         lines.append(f"generation (healthy val vertebrae, n={summary['generation_n']}): "
@@ -475,6 +488,26 @@ def grading_section(grading: dict[str, dict | None], run: "PipelineRun") -> str:
             + "".join(images))
 
 
+def comparison_section(table: pd.DataFrame | None, run: "PipelineRun") -> str:
+    """The paper's comparison table of ``--compare`` (ours: mean ± std over folds; the paper's VerSe2019
+    figures beside them, labelled as published) and its bar plot."""
+    if table is None:
+        return "<p class='missing'>(comparison table not available)</p>"
+    rows = []
+    for _, row in table.iterrows():
+        published = [row.get(f"published_{key}") for key in GRADING_KEYS[:3]]
+        rows.append((row["method"], *[f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}" for key in GRADING_KEYS],
+                     int(row["folds"]), *["—" if pd.isna(value) else f"{value:.3f}" for value in published]))
+    header = ["method", "macro-P", "macro-R", "macro-F1", "accuracy", "folds",
+              "published macro-P (VerSe2019)", "published macro-R", "published macro-F1"]
+    return (_table(header, rows)
+            + "<p>Every method on this phantom cohort with the same splits and the same scorer "
+              "(evaluation/compare_methods.py): HealthiVert-GAN and AOT-GAN through synthesis, RHLV and the linear "
+              "SVM; 3D SupCon-SENet trained per fold on the CT crops; the neighbour rule's RHLV through the same SVM. "
+              "The published columns are the paper's VerSe2019 figures, not results of this run.</p>"
+            + _image(file_data_uri(run.paths.comparison / "comparison.png"), "comparison bar plot", "70%"))
+
+
 def generation_section(generation: dict | None) -> str:
     if generation is None:
         return "<p class='missing'>(generation metrics not available)</p>"
@@ -577,6 +610,8 @@ def build_html(run: "PipelineRun", summary: dict[str, Any], data: ReportData) ->
                      + _image(figure_data_uri(scatter) if scatter else None, "RHLV scatter")
                      + accuracy_section(data.comparisons)))
     sections.append(("Genant grading (linear SVM on Pre/Mid/Post RHLV)", grading_section(data.grading, run)))
+    if data.method_comparison is not None or run.config.compare:
+        sections.append(("Method comparison (the paper's table)", comparison_section(data.method_comparison, run)))
     sections.append(("Generation metrics", generation_section(data.generation)))
     losses = loss_figure(paths.checkpoints / "healthivert" / "loss_log.csv")
     sections.append(("Training losses", _image(figure_data_uri(losses) if losses else None, "training losses", "70%")))
