@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,33 +32,21 @@ from data.image_io import ImageIOError
 from models import create_model
 from options.base_options import options_to_dict
 from options.train_options import TrainOptions
-from util.checkpoint import Progress, checkpoint_path, load_checkpoint, restore_checkpoint, save_checkpoint
-from util.device import resolve_device, seed_everything
+from util.checkpoint import Progress, checkpoint_path, load_checkpoint, rank_rng_states, restore_checkpoint, \
+    rng_state, save_checkpoint
+from util.device import seed_everything
+from util.distributed import DistributedContext, RankFailure, all_ranks_succeed, all_reduce_sum, gather_objects, \
+    setup_distributed, teardown_distributed
 
 
-@dataclass
-class DistributedContext:
-    """This process's place in a ``torchrun`` job (rank 0 of 1 without torchrun)."""
+def uses_sync_batchnorm(name: str, opt: argparse.Namespace, device: torch.device) -> bool:
+    """Whether network ``name`` gets SyncBatchNorm under DDP: on GPU, except a WGAN-GP critic.
 
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(opt: argparse.Namespace) -> DistributedContext:
-    """Join the ``torchrun`` process group (NCCL on GPU, Gloo on CPU) and pick this rank's device."""
-    device = resolve_device(opt.gpu_ids)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return DistributedContext(rank, world_size, device)
+    The gradient penalty differentiates the critic twice and SyncBatchNorm has no double backward, so
+    with ``--gan_mode wgangp`` the discriminators keep per-GPU batch statistics.
+    """
+    is_critic = name.startswith("D") and getattr(opt, "gan_mode", "vanilla") == "wgangp"
+    return device.type == "cuda" and not is_critic
 
 
 def wrap_distributed(model: Any, context: DistributedContext) -> None:
@@ -68,11 +54,12 @@ def wrap_distributed(model: Any, context: DistributedContext) -> None:
 
     ``convert_sync_batchnorm`` keeps the parameter objects, so the model's optimizers stay valid.
     PyTorch's SyncBatchNorm runs on GPU only: on CPU (Gloo) batch norm keeps per-process batch
-    statistics. DDP broadcasts rank 0's weights and buffers, so every rank starts identical.
+    statistics, and so do WGAN-GP critics (:func:`uses_sync_batchnorm`). DDP broadcasts rank 0's
+    weights and buffers, so every rank starts identical.
     """
     for name in model.model_names:
         net = getattr(model, "net" + name)
-        if context.device.type == "cuda":
+        if uses_sync_batchnorm(name, model.opt, context.device):
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         setattr(model, "net" + name, nn.parallel.DistributedDataParallel(net, device_ids=device_ids))
@@ -141,10 +128,7 @@ def validate(model: Any, loader: DatasetLoader, context: DistributedContext) -> 
                 sums[-1] += len(batch["key"])
     finally:
         model.train()
-    if context.world_size > 1:
-        sums = sums.to(context.device)
-        dist.all_reduce(sums)
-        sums = sums.cpu()
+    sums = all_reduce_sum(sums)
     return {name: float(sums[i] / sums[-1]) for i, name in enumerate(names)}
 
 
@@ -157,19 +141,20 @@ class Trainer:
         self.folder = Path(opt.checkpoints_dir) / opt.name
         self.train_loader = create_dataset(opt, phase="train")
         self.val_loader = self._validation_loader()
-        self.model = create_model(opt)
-        self.model.setup(opt, load=False)
         self.progress = Progress(epoch=opt.epoch_count, epoch_iter=0, total_iters=0)
         self.resumed = False
-        if opt.continue_train:
-            self._resume()
+        self.visualizer = None
+        with all_ranks_succeed():  # a rank that fails here (e.g. reading the checkpoint) stops every rank
+            self.model = create_model(opt)
+            self.model.setup(opt, load=False)
+            if opt.continue_train:
+                self._resume()
+            if context.is_main:
+                from util.visualizer import Visualizer
+
+                self.visualizer = Visualizer(opt, resume_iters=self.progress.total_iters if self.resumed else None)
         if context.world_size > 1:
             wrap_distributed(self.model, context)
-        self.visualizer = None
-        if context.is_main:
-            from util.visualizer import Visualizer
-
-            self.visualizer = Visualizer(opt, resume_iters=self.progress.total_iters if self.resumed else None)
 
     def _validation_loader(self) -> DatasetLoader | None:
         if self.opt.val_freq <= 0:
@@ -184,8 +169,12 @@ class Trainer:
     def _resume(self) -> None:
         tag = f"iter_{self.opt.load_iter}" if self.opt.load_iter > 0 else self.opt.epoch
         path = checkpoint_path(self.folder, tag)
-        checkpoint = load_checkpoint(path, map_location=self.context.device)
-        self.progress = restore_checkpoint(checkpoint, self.model)
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        self.progress = restore_checkpoint(checkpoint, self.model, rank=self.context.rank, device=self.context.device)
+        saved_ranks = len(rank_rng_states(checkpoint))
+        if self.context.rank >= saved_ranks:
+            warnings.warn(f"{path}: saved by {saved_ranks} process(es); rank {self.context.rank} keeps its RNG seeded "
+                          f"from --seed {self.opt.seed} + rank", stacklevel=2)
         if self.progress.epoch_done:
             self.progress = Progress(self.progress.epoch + 1, 0, self.progress.total_iters)
         self.resumed = True
@@ -205,9 +194,12 @@ class Trainer:
         return min(total, self.opt.max_steps) if self.opt.max_steps > 0 else total
 
     def save(self, tag: str | int, progress: Progress) -> None:
-        """Write ``<tag>.pth`` on rank 0."""
-        if self.context.is_main:
-            save_checkpoint(checkpoint_path(self.folder, tag), self.model, progress, options_to_dict(self.opt))
+        """Write ``<tag>.pth`` on rank 0 with every rank's RNG states (call on every rank)."""
+        rng_states = gather_objects(rng_state(self.context.device))
+        with all_ranks_succeed():
+            if self.context.is_main:
+                save_checkpoint(checkpoint_path(self.folder, tag), self.model, progress, options_to_dict(self.opt),
+                                rng_states)
 
     def current_lr(self) -> float:
         return float(self.model.optimizers[0].param_groups[0]["lr"]) if self.model.optimizers else 0.0
@@ -287,16 +279,16 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, train, and return the exit status (non-zero with a one-line reason on bad input)."""
     opt = TrainOptions().parse(argv)
-    context = setup_distributed(opt)
     try:
-        seed_everything(opt.seed, opt.deterministic)
+        context = setup_distributed(opt.gpu_ids, timeout_min=opt.dist_timeout)
+        seed_everything(opt.seed + context.rank, opt.deterministic)
+        torch.backends.cudnn.benchmark = opt.cudnn_benchmark and not opt.deterministic
         Trainer(opt, context).run()
-    except (ValueError, FileNotFoundError, ImageIOError, KeyError) as err:
+    except (ValueError, FileNotFoundError, ImageIOError, KeyError, RankFailure) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 1
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        teardown_distributed()
     return 0
 
 
