@@ -2,7 +2,7 @@
 
     python train.py --dataroot DIR/straightened --split_json DIR/vertebra_data.json --name demo
     python train.py ... --continue_train                      # resume exactly where it stopped
-    torchrun --nproc_per_node 2 train.py ...                  # DistributedDataParallel (NCCL / Gloo)
+    torchrun --standalone --nproc_per_node 2 train.py ...     # DDP, one GPU per rank (NCCL / Gloo)
 
 Every epoch draws one slice per healthy ``train`` vertebra; the learning rate is constant for
 ``--n_epochs`` and decays linearly to zero over ``--n_epochs_decay``. Checkpoints
