@@ -7,8 +7,8 @@
 Every epoch draws one slice per healthy ``train`` vertebra; the learning rate is constant for
 ``--n_epochs`` and decays linearly to zero over ``--n_epochs_decay``. Checkpoints
 (``<checkpoints_dir>/<name>/latest.pth``, ``<epoch>.pth``; see ``util/checkpoint.py``) hold the
-networks, optimizers, schedulers, AMP scaler, progress, RNG states and options. Logs: ``loss_log.csv``,
-``val_log.csv``, ``tensorboard/``, ``web/index.html``. Validation on the healthy ``val`` vertebrae
+networks, optimizers, schedulers, AMP scalers, progress, per-rank RNG states and options, all on the
+CPU. Logs: ``loss_log.csv``, ``val_log.csv``, ``tensorboard/``, ``web/index.html``. Validation on the healthy ``val`` vertebrae
 reports L1 and PSNR of the band, Dice of the target segmentation and the height error in mm.
 """
 

@@ -68,7 +68,7 @@ class MixedPrecision:
     dtype: torch.dtype | None = None
 
     @classmethod
-    def from_options(cls, opt: argparse.Namespace, device: torch.device) -> "MixedPrecision":
+    def from_options(cls, opt: argparse.Namespace, device: torch.device) -> MixedPrecision:
         """From ``opt.amp`` and ``opt.amp_dtype`` (absent: off / auto)."""
         return cls(device, resolve_amp_dtype(bool(getattr(opt, "amp", False)), getattr(opt, "amp_dtype", "auto"),
                                              device))

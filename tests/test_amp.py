@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models.healthivert_model as healthivert_model
+from models import healthivert_model
 from models.amp import MixedPrecision, resolve_amp_dtype
 from models.synthetic import synthetic_batch
 from tests.test_models import build_model

@@ -20,8 +20,14 @@ import train
 from options.train_options import TrainOptions
 from tests.synthetic_crops import write_synthetic_cohort
 from util import distributed
-from util.checkpoint import load_checkpoint, rank_rng_states, restore_checkpoint, rng_state, save_checkpoint, \
-    set_rng_state
+from util.checkpoint import (
+    load_checkpoint,
+    rank_rng_states,
+    restore_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from util.distributed import DistributedContext, LaunchEnvironment, gpu_for_this_process
 from util.fileio import read_json, write_json
 
@@ -201,9 +207,8 @@ def test_validation_split_failing_on_rank0_does_not_hang(cohort: tuple[Path, Pat
 @pytest.mark.slow
 def test_bad_train_split_ends_every_rank_with_the_message(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     """Rank 0 fails to build the training set while rank 1 waits for it: both end with rank 0's message."""
-    dataroot, split = cohort
     no_train = tmp_path / "no_train.json"
-    write_json(no_train, {**read_json(split), "train": {}})
+    write_json(no_train, {**read_json(cohort[1]), "train": {}})
     args = train_args(cohort, tmp_path, "badsplit")
     args[args.index("--split_json") + 1] = str(no_train)
     for result in run_ranks(REPO / "train.py", args):

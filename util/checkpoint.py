@@ -1,11 +1,11 @@
-"""One-file training checkpoints: networks, optimizers, schedulers, AMP scaler, progress, RNG states, options.
+"""One-file training checkpoints: networks, optimizers, schedulers, AMP scalers, progress, RNG states, options.
 
 A checkpoint is a dict of tensors and plain containers only, so it loads with
 ``torch.load(path, weights_only=True)``:
 
-    {"format": "healthivert-checkpoint", "version": 1,
+    {"format": "healthivert-checkpoint", "version": 2,
      "model": {"nets": {"G": state_dict, "D_1": ..., ...}, "optimizers": {"G": ..., ...},
-               "schedulers": [...], "scaler": {...}},
+               "schedulers": [...], "scalers": {"G": {...}, "D_1": ...}},  # one GradScaler per optimizer
      "progress": {"epoch": int, "epoch_iter": int, "total_iters": int, "epoch_done": bool},
      "rng": [{"python": [...], "numpy": {...}, "torch": ByteTensor, "cuda": ByteTensor}, ...],  # one per rank
      "options": {flag: value, ...}}

@@ -53,9 +53,9 @@ class LaunchEnvironment:
 
 def launch_environment() -> LaunchEnvironment:
     """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` from the environment."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    return LaunchEnvironment(int(os.environ.get("RANK", 0)), world_size, int(os.environ.get("LOCAL_RANK", 0)),
-                             int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return LaunchEnvironment(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")),
+                             int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))))
 
 
 def parse_gpu_ids(gpu_ids: str | int | list[int] | tuple[int, ...] | None) -> list[int]:
