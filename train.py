@@ -8,8 +8,8 @@ Every epoch draws one slice per healthy ``train`` vertebra; the learning rate is
 ``--n_epochs`` and decays linearly to zero over ``--n_epochs_decay``. Checkpoints
 (``<checkpoints_dir>/<name>/latest.pth``, ``<epoch>.pth``; see ``util/checkpoint.py``) hold the
 networks, optimizers, schedulers, AMP scalers, progress, per-rank RNG states and options, all on the
-CPU. Logs: ``loss_log.csv``, ``val_log.csv``, ``tensorboard/``, ``web/index.html``. Validation on the healthy ``val`` vertebrae
-reports L1 and PSNR of the band, Dice of the target segmentation and the height error in mm.
+CPU. Logs: ``loss_log.csv``, ``val_log.csv``, ``tensorboard/``, ``web/index.html``. Validation on the
+healthy ``val`` vertebrae reports L1 and PSNR of the band, Dice of the target segmentation and the height error in mm.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def band_metrics(model: Any, row_spacing_mm: float) -> dict[str, torch.Tensor]:
     return {"band_l1": band_l1, "band_psnr": band_psnr, "dice": dice, "height_error_mm": height_error_mm}
 
 
-def validate(model: Any, loader: DatasetLoader, context: DistributedContext) -> dict[str, float]:
+def validate(model: Any, loader: DatasetLoader) -> dict[str, float]:
     """Mean validation metrics over the centre slices of the validation vertebrae (all ranks' shards)."""
     names = ("band_l1", "band_psnr", "dice", "height_error_mm")
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
@@ -269,7 +269,7 @@ class Trainer:
         return False
 
     def _validate(self, epoch: int) -> None:
-        metrics = validate(self.model, self.val_loader, self.context)
+        metrics = validate(self.model, self.val_loader)
         if self.context.is_main:
             self.visualizer.log_validation(epoch, self.progress.total_iters, metrics)
             text = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
