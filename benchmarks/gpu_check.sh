@@ -2,7 +2,8 @@
 # GPU check of the whole training and inference path, from a fresh checkout with a Python environment.
 #
 #   benchmarks/gpu_check.sh [--out DIR] [--steps N] [--python PY] [--skip_tests]
-#   benchmarks/gpu_check.sh --dry-run        # every step tiny on the CPU (checks the script and the flags)
+#   benchmarks/gpu_check.sh --dry-run        # every step tiny on the CPU (checks the script and the flags);
+#                                            # --device cpu is the same, --device cuda the default
 #
 # Steps (each logged to DIR/logs/<step>.log; a failed step is reported and the others still run):
 #   tests       the test suite ("not slow") with CUDA visible (the GPU-only tests run)
@@ -30,9 +31,10 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
     --python) PYTHON="$2"; shift 2 ;;
-    --dry-run|--device-cpu) DRY_RUN=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --device) [[ "${2:-}" == cpu ]] && DRY_RUN=1; shift 2 ;;
     --skip_tests) SKIP_TESTS=1; shift ;;
-    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
