@@ -2,7 +2,7 @@
 
     python eval_3d_sagittal_twostage.py --dataroot DIR/straightened --cam_dir DIR/heatmap --name N --results_dir R
     python eval_3d_sagittal_twostage.py ... --plane both --name_coronal NC     # + coronal and fused 2.5D volumes
-    torchrun --nproc_per_node 2 eval_3d_sagittal_twostage.py ...              # vertebrae sharded across ranks
+    torchrun --nproc_per_node 2 eval_3d_sagittal_twostage.py ...              # vertebrae sharded, one GPU per rank
 
 For each vertebra (``--split val,test`` restricts them to splits of ``--split_json``) the upper
 neighbour, then the lower neighbour, then the target are synthesized on the central 4/5 of the
@@ -21,15 +21,12 @@ always with a one-line reason.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-import torch
 
 from data.image_io import ImageIOError
 from models.iterative_synthesis import CPU_BATCH_SIZE, PLANE_MODES, synthesize_dataset
 from options.test_options import TestOptions
-from util.device import resolve_device
+from util.distributed import RankFailure, setup_distributed, teardown_distributed
 
 
 class SynthesisOptions(TestOptions):
@@ -61,30 +58,19 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     return SynthesisOptions().parse(argv, save=False)
 
 
-def init_distributed(gpu_ids: list[int]) -> bool:
-    """Join the ``torchrun`` process group (NCCL on GPU, Gloo on CPU); False outside torchrun."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or torch.distributed.is_initialized():
-        return False
-    device = resolve_device(gpu_ids)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the synthesis; 0 when every vertebra succeeded, 1 when some failed, 2 on a setup error."""
     opt = parse_options(argv)
-    started_group = init_distributed(opt.gpu_ids)
     try:
+        # ranks only exchange their summaries: a Gloo group, no NCCL (and no NCCL watchdog)
+        context = setup_distributed(opt.gpu_ids, device_collectives=False, timeout_min=opt.dist_timeout)
         summary = synthesize_dataset(opt, show_progress=not opt.no_progress)
-    except (FileNotFoundError, ValueError, ImageIOError) as err:
+    except (FileNotFoundError, ValueError, ImageIOError, RankFailure) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
-        if started_group:
-            torch.distributed.destroy_process_group()
-    if int(os.environ.get("RANK", 0)) == 0:
+        teardown_distributed()
+    if context.is_main:
         print(summary.report())
     return 0 if summary.ok else 1
 

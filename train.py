@@ -2,26 +2,24 @@
 
     python train.py --dataroot DIR/straightened --split_json DIR/vertebra_data.json --name demo
     python train.py ... --continue_train                      # resume exactly where it stopped
-    torchrun --nproc_per_node 2 train.py ...                  # DistributedDataParallel (NCCL / Gloo)
+    torchrun --standalone --nproc_per_node 2 train.py ...     # DDP, one GPU per rank (NCCL / Gloo)
 
 Every epoch draws one slice per healthy ``train`` vertebra; the learning rate is constant for
 ``--n_epochs`` and decays linearly to zero over ``--n_epochs_decay``. Checkpoints
 (``<checkpoints_dir>/<name>/latest.pth``, ``<epoch>.pth``; see ``util/checkpoint.py``) hold the
-networks, optimizers, schedulers, AMP scaler, progress, RNG states and options. Logs: ``loss_log.csv``,
-``val_log.csv``, ``tensorboard/``, ``web/index.html``. Validation on the healthy ``val`` vertebrae
-reports L1 and PSNR of the band, Dice of the target segmentation and the height error in mm.
+networks, optimizers, schedulers, AMP scalers, progress, per-rank RNG states and options, all on the
+CPU. Logs: ``loss_log.csv``, ``val_log.csv``, ``tensorboard/``, ``web/index.html``. Validation on the
+healthy ``val`` vertebrae reports L1 and PSNR of the band, Dice of the target segmentation and the height error in mm.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,8 +32,11 @@ from data.image_io import ImageIOError
 from models import create_model
 from options.base_options import options_to_dict
 from options.train_options import TrainOptions
-from util.checkpoint import Progress, checkpoint_path, load_checkpoint, restore_checkpoint, save_checkpoint
-from util.device import resolve_device, seed_everything
+from util.checkpoint import Progress, checkpoint_path, load_checkpoint, rank_rng_states, restore_checkpoint, \
+    rng_state, save_checkpoint
+from util.device import seed_everything
+from util.distributed import DistributedContext, RankFailure, all_ranks_succeed, all_reduce_sum, gather_objects, \
+    setup_distributed, teardown_distributed
 from util.fileio import prepare_output_dir
 
 # options that shape the networks or their inputs: a resume must use the checkpoint's values
@@ -57,29 +58,14 @@ def option_differences(saved: dict[str, Any], given: argparse.Namespace,
     return differences
 
 
-@dataclass
-class DistributedContext:
-    """This process's place in a ``torchrun`` job (rank 0 of 1 without torchrun)."""
+def uses_sync_batchnorm(name: str, opt: argparse.Namespace, device: torch.device) -> bool:
+    """Whether network ``name`` gets SyncBatchNorm under DDP: on GPU, except a WGAN-GP critic.
 
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(opt: argparse.Namespace) -> DistributedContext:
-    """Join the ``torchrun`` process group (NCCL on GPU, Gloo on CPU) and pick this rank's device."""
-    device = resolve_device(opt.gpu_ids)
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return DistributedContext(rank, world_size, device)
+    The gradient penalty differentiates the critic twice and SyncBatchNorm has no double backward, so
+    with ``--gan_mode wgangp`` the discriminators keep per-GPU batch statistics.
+    """
+    is_critic = name.startswith("D") and getattr(opt, "gan_mode", "vanilla") == "wgangp"
+    return device.type == "cuda" and not is_critic
 
 
 def wrap_distributed(model: Any, context: DistributedContext) -> None:
@@ -87,11 +73,12 @@ def wrap_distributed(model: Any, context: DistributedContext) -> None:
 
     ``convert_sync_batchnorm`` keeps the parameter objects, so the model's optimizers stay valid.
     PyTorch's SyncBatchNorm runs on GPU only: on CPU (Gloo) batch norm keeps per-process batch
-    statistics. DDP broadcasts rank 0's weights and buffers, so every rank starts identical.
+    statistics, and so do WGAN-GP critics (:func:`uses_sync_batchnorm`). DDP broadcasts rank 0's
+    weights and buffers, so every rank starts identical.
     """
     for name in model.model_names:
         net = getattr(model, "net" + name)
-        if context.device.type == "cuda":
+        if uses_sync_batchnorm(name, model.opt, context.device):
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         setattr(model, "net" + name, nn.parallel.DistributedDataParallel(net, device_ids=device_ids))
@@ -143,7 +130,7 @@ def band_metrics(model: Any, row_spacing_mm: float) -> dict[str, torch.Tensor]:
     return {"band_l1": band_l1, "band_psnr": band_psnr, "dice": dice, "height_error_mm": height_error_mm}
 
 
-def validate(model: Any, loader: DatasetLoader, context: DistributedContext) -> dict[str, float]:
+def validate(model: Any, loader: DatasetLoader) -> dict[str, float]:
     """Mean validation metrics over the centre slices of the validation vertebrae (all ranks' shards)."""
     names = ("band_l1", "band_psnr", "dice", "height_error_mm")
     sums = torch.zeros(len(names) + 1, dtype=torch.float64)
@@ -160,10 +147,7 @@ def validate(model: Any, loader: DatasetLoader, context: DistributedContext) -> 
                 sums[-1] += len(batch["key"])
     finally:
         model.train()
-    if context.world_size > 1:
-        sums = sums.to(context.device)
-        dist.all_reduce(sums)
-        sums = sums.cpu()
+    sums = all_reduce_sum(sums)
     return {name: float(sums[i] / sums[-1]) for i, name in enumerate(names)}
 
 
@@ -174,26 +158,28 @@ class Trainer:
         self.opt = opt
         self.context = context
         self.folder = Path(opt.checkpoints_dir) / opt.name
-        resume_from = self._resume_checkpoint() if opt.continue_train else None  # checked before any work
+        with all_ranks_succeed():  # checked before any work, on every rank
+            resume_from = self._resume_checkpoint() if opt.continue_train else None
         self.train_loader = create_dataset(opt, phase="train")
         samples_per_step = opt.batch_size * context.world_size
         if context.is_main and samples_per_step > len(self.train_loader):
             warnings.warn(f"--batch_size {opt.batch_size} x {context.world_size} process(es) exceeds the "
                           f"{len(self.train_loader)} training vertebrae: each epoch is one smaller batch", stacklevel=2)
         self.val_loader = self._validation_loader()
-        self.model = create_model(opt)
-        self.model.setup(opt, load=False)
         self.progress = Progress(epoch=opt.epoch_count, epoch_iter=0, total_iters=0)
         self.resumed = False
-        if resume_from is not None:
-            self._resume(*resume_from)
+        self.visualizer = None
+        with all_ranks_succeed():  # a rank that fails here (e.g. reading the checkpoint) stops every rank
+            self.model = create_model(opt)
+            self.model.setup(opt, load=False)
+            if resume_from is not None:
+                self._resume(*resume_from)
+            if context.is_main:
+                from util.visualizer import Visualizer
+
+                self.visualizer = Visualizer(opt, resume_iters=self.progress.total_iters if self.resumed else None)
         if context.world_size > 1:
             wrap_distributed(self.model, context)
-        self.visualizer = None
-        if context.is_main:
-            from util.visualizer import Visualizer
-
-            self.visualizer = Visualizer(opt, resume_iters=self.progress.total_iters if self.resumed else None)
 
     def _validation_loader(self) -> DatasetLoader | None:
         if self.opt.val_freq <= 0:
@@ -206,10 +192,10 @@ class Trainer:
             return None
 
     def _resume_checkpoint(self) -> tuple[Path, dict[str, Any]]:
-        """The checkpoint to resume from, refused when its architecture options differ from the given ones."""
+        """The checkpoint to resume from (on the CPU), refused when its architecture options differ from the given ones."""
         tag = f"iter_{self.opt.load_iter}" if self.opt.load_iter > 0 else self.opt.epoch
         path = checkpoint_path(self.folder, tag)
-        checkpoint = load_checkpoint(path, map_location=self.context.device)
+        checkpoint = load_checkpoint(path, map_location="cpu")
         differences = option_differences(checkpoint.get("options") or {}, self.opt)
         if differences:
             raise ValueError(f"{path}: --continue_train with other architecture options than the checkpoint "
@@ -218,10 +204,15 @@ class Trainer:
 
     def _resume(self, path: Path, checkpoint: dict[str, Any]) -> None:
         try:
-            self.progress = restore_checkpoint(checkpoint, self.model)
+            self.progress = restore_checkpoint(checkpoint, self.model, rank=self.context.rank,
+                                               device=self.context.device)
         except RuntimeError as err:
             first_line = str(err).strip().splitlines()[0]
             raise ValueError(f"{path}: checkpoint does not fit the model ({first_line})") from None
+        saved_ranks = len(rank_rng_states(checkpoint))
+        if self.context.rank >= saved_ranks:
+            warnings.warn(f"{path}: saved by {saved_ranks} process(es); rank {self.context.rank} keeps its RNG seeded "
+                          f"from --seed {self.opt.seed} + rank", stacklevel=2)
         if self.progress.epoch_done:
             self.progress = Progress(self.progress.epoch + 1, 0, self.progress.total_iters)
         self.resumed = True
@@ -241,14 +232,16 @@ class Trainer:
         return min(total, self.opt.max_steps) if self.opt.max_steps > 0 else total
 
     def save(self, tag: str | int, progress: Progress) -> None:
-        """Write ``<tag>.pth`` on rank 0."""
-        if self.context.is_main:
-            dataset = self.train_loader.dataset
-            # the crop geometry a model was trained on, so inference can straighten new scans alike
-            geometry = {"crop_size": [int(n) for n in dataset.crop_shape],
-                        "crop_spacing_mm": [float(x) for x in dataset.spacing_mm]}
-            save_checkpoint(checkpoint_path(self.folder, tag), self.model, progress,
-                            {**options_to_dict(self.opt), **geometry})
+        """Write ``<tag>.pth`` on rank 0 with every rank's RNG states (call on every rank)."""
+        rng_states = gather_objects(rng_state(self.context.device))
+        with all_ranks_succeed():
+            if self.context.is_main:
+                dataset = self.train_loader.dataset
+                # the crop geometry a model was trained on, so inference can straighten new scans alike
+                geometry = {"crop_size": [int(n) for n in dataset.crop_shape],
+                            "crop_spacing_mm": [float(x) for x in dataset.spacing_mm]}
+                save_checkpoint(checkpoint_path(self.folder, tag), self.model, progress,
+                                {**options_to_dict(self.opt), **geometry}, rng_states)
 
     def current_lr(self) -> float:
         return float(self.model.optimizers[0].param_groups[0]["lr"]) if self.model.optimizers else 0.0
@@ -318,7 +311,7 @@ class Trainer:
         return False
 
     def _validate(self, epoch: int) -> None:
-        metrics = validate(self.model, self.val_loader, self.context)
+        metrics = validate(self.model, self.val_loader)
         if self.context.is_main:
             self.visualizer.log_validation(epoch, self.progress.total_iters, metrics)
             text = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -329,22 +322,23 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the options, train, and return the exit status (non-zero with a one-line reason on bad input)."""
     options = TrainOptions()
     opt = options.parse(argv, save=False)
-    context = setup_distributed(opt)
     try:
-        if context.is_main:
-            prepare_output_dir(Path(opt.checkpoints_dir) / opt.name, "checkpoint folder (--checkpoints_dir/--name)",
-                               recursive=True)  # web/images/ too
-        seed_everything(opt.seed, opt.deterministic)
+        context = setup_distributed(opt.gpu_ids, timeout_min=opt.dist_timeout)
+        with all_ranks_succeed():
+            if context.is_main:
+                prepare_output_dir(Path(opt.checkpoints_dir) / opt.name,
+                                   "checkpoint folder (--checkpoints_dir/--name)", recursive=True)  # web/images/ too
+        seed_everything(opt.seed + context.rank, opt.deterministic)
+        torch.backends.cudnn.benchmark = opt.cudnn_benchmark and not opt.deterministic
         trainer = Trainer(opt, context)
         if context.is_main:  # the options files describe a run that really started
             options.save_options(opt)
         trainer.run()
-    except (ValueError, FileNotFoundError, ImageIOError, KeyError) as err:
+    except (ValueError, FileNotFoundError, ImageIOError, KeyError, RankFailure) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 1
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        teardown_distributed()
     return 0
 
 

@@ -32,7 +32,8 @@ from Attention.classifier import (
 )
 from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import window_hu, save_nifti
-from util.device import resolve_device, seed_everything
+from util.device import seed_everything
+from util.distributed import resolve_device
 from util.fileio import atomic_path, prepare_output_dir
 
 LOGGER = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ def cam_parser() -> argparse.ArgumentParser:
                         help="only these crops (<case>_<v>); default: every crop under --dataroot")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
     parser.add_argument("--no_png", action="store_true", help="skip the PNG montages")
-    parser.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0; -1 for CPU")
+    parser.add_argument("--gpu_ids", default="auto",
+                        help="auto: the first GPU when CUDA is available, else the CPU; 0: that GPU; -1: CPU")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
 
@@ -198,6 +200,11 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
         except (OSError, ValueError) as err:
             failed[key] = str(err)
             LOGGER.error("%s: %s", key, err)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            failed[key] = (f"out of GPU memory on {device} with --batch_size {opt.batch_size}: "
+                           "pass a smaller --batch_size, or --gpu_ids -1 for the CPU")
+            LOGGER.error("%s: %s", key, failed[key])
     elapsed = time.perf_counter() - started
     return {
         "out": str(out),

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     parser.add_argument("--num_threads", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--gpu_ids", default="-1", help="-1 for CPU, 0 for the first GPU")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (bfloat16 on CPU; see --amp_dtype)")
+    parser.add_argument("--amp_dtype", default="auto", choices=["auto", "bf16", "fp16"], help="--amp type")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = ["--dataroot", str(dataroot), "--split_json", str(split), "--cam_dir", str(cam_dir),
                  "--name", "bench", "--checkpoints_dir", str(Path(tmp) / "ck"), "--gpu_ids", args.gpu_ids,
                  "--batch_size", str(args.batch_size), "--num_threads", str(args.num_threads)]
-        opt = TrainOptions().parse(flags + (["--amp"] if args.amp else []), save=False)
+        opt = TrainOptions().parse(flags + (["--amp", "--amp_dtype", args.amp_dtype] if args.amp else []), save=False)
         seed_everything(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -15,8 +15,9 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from util.distributed import main_rank_first, rank_and_size
 
 
 def find_dataset_using_name(dataset_name: str) -> type:
@@ -38,13 +39,6 @@ def find_dataset_using_name(dataset_name: str) -> type:
 def get_option_setter(dataset_name: str) -> Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]:
     """The dataset's ``modify_commandline_options(parser, is_train)``."""
     return find_dataset_using_name(dataset_name).modify_commandline_options
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) outside ``torchrun``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class EpochSampler(DistributedSampler):
@@ -81,7 +75,7 @@ class DatasetLoader:
     """pix2pix ``CustomDatasetDataLoader``: a dataset, its sampler and a ``DataLoader``."""
 
     def __init__(self, opt: argparse.Namespace, dataset: torch.utils.data.Dataset, shuffle: bool) -> None:
-        rank, world_size = distributed_rank_and_size()
+        rank, world_size = rank_and_size()
         self.dataset = dataset
         self.batch_size = int(opt.batch_size)
         self.sampler = EpochSampler(dataset, world_size, rank, shuffle, int(getattr(opt, "seed", 0)))
@@ -116,21 +110,22 @@ def create_dataset(opt: argparse.Namespace, phase: str | None = None, shuffle: b
                    show_progress: bool = True, **dataset_kwargs) -> DatasetLoader:
     """Build the ``--dataset_mode`` dataset for ``phase`` (default ``opt.phase``) and its loader.
 
-    Under ``torchrun`` rank 0 builds the crop cache first while the other ranks wait, then they
-    reuse it. ``shuffle`` defaults to ``not opt.serial_batches`` in the training phase; rank 0 shows
+    Under ``torchrun`` rank 0 builds the crop cache first while the other ranks wait (on the Gloo
+    control group, ``--dist_timeout``), then they reuse it; a failure on any rank stops every rank
+    with that error. ``shuffle`` defaults to ``not opt.serial_batches`` in the training phase; rank 0 shows
     a progress bar while indexing unless ``show_progress`` is False.
     """
     phase = phase or opt.phase
     dataset_class = find_dataset_using_name(opt.dataset_mode)
-    rank, world_size = distributed_rank_and_size()
-    if world_size > 1 and rank != 0:
-        dist.barrier()
-    with warnings.catch_warnings():
-        if rank != 0:  # one copy of each data warning per job
-            warnings.simplefilter("ignore")
-        dataset = dataset_class(opt, phase=phase, show_progress=rank == 0 and show_progress, **dataset_kwargs)
-    if world_size > 1 and rank == 0:
-        dist.barrier()
+    rank, _ = rank_and_size()
+
+    def build() -> torch.utils.data.Dataset:
+        with warnings.catch_warnings():
+            if rank != 0:  # one copy of each data warning per job
+                warnings.simplefilter("ignore")
+            return dataset_class(opt, phase=phase, show_progress=rank == 0 and show_progress, **dataset_kwargs)
+
+    dataset = main_rank_first(build)
     if shuffle is None:
         shuffle = phase == "train" and not getattr(opt, "serial_batches", False)
     return DatasetLoader(opt, dataset, shuffle)

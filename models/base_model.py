@@ -2,7 +2,9 @@
 
 Subclasses fill ``model_names`` (networks stored as ``self.net<name>``), ``loss_names``
 (``self.loss_<name>``), ``visual_names`` (``self.<name>``) and ``optimizers``, and implement
-``set_input``, ``forward`` and ``optimize_parameters``.
+``set_input``, ``forward`` and ``optimize_parameters``. Mixed precision (``--amp``, ``--amp_dtype``) is
+``self.precision`` (:mod:`models.amp`): run networks under ``self.precision.autocast()`` and update each
+network with ``self.optimizer_step(name, loss)``, which keeps one GradScaler per optimizer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from util.device import resolve_device
+from models.amp import MixedPrecision, load_scaler_states, scaled_step, scaler_states
+from util.distributed import resolve_device
 from util.fileio import atomic_torch_save
 
 
@@ -63,6 +66,8 @@ class BaseModel(ABC):
         self.optimizer_names: list[str] = []
         self.schedulers: list[Any] = []
         self.metric = 0.0
+        self.precision = MixedPrecision.from_options(opt, self.device)
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
@@ -86,6 +91,18 @@ class BaseModel(ABC):
     @abstractmethod
     def optimize_parameters(self) -> None:
         """One optimisation step on the current input."""
+
+    def grad_scalers(self) -> dict[str, torch.amp.GradScaler]:
+        """Optimizer name -> its own GradScaler (created on first use; disabled unless float16 AMP)."""
+        for name in self.optimizer_names:
+            if name not in self.scalers:
+                self.scalers[name] = self.precision.grad_scaler()
+        return self.scalers
+
+    def optimizer_step(self, name: str, loss: torch.Tensor) -> None:
+        """Backward of ``loss`` and one step of optimizer ``name`` with that optimizer's GradScaler."""
+        optimizer = self.optimizers[self.optimizer_names.index(name)]
+        scaled_step(loss, optimizer, self.grad_scalers()[name])
 
     def networks(self) -> dict[str, nn.Module]:
         """Name -> network (possibly wrapped), in ``model_names`` order."""
@@ -155,7 +172,8 @@ class BaseModel(ABC):
     def save_networks(self, epoch: str | int) -> None:
         """Save every network's weights (atomic writes)."""
         for name, net in self.networks().items():
-            atomic_torch_save(unwrap(net).state_dict(), self.network_path(epoch, name))
+            state = {key: value.detach().cpu() for key, value in unwrap(net).state_dict().items()}
+            atomic_torch_save(state, self.network_path(epoch, name))
 
     def load_networks(self, epoch: str | int) -> None:
         """Load every network's weights saved by ``save_networks``; clear error if a file is missing."""
@@ -163,7 +181,7 @@ class BaseModel(ABC):
             path = self.network_path(epoch, name)
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no saved weights for network {name} at epoch {epoch}")
-            unwrap(net).load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+            unwrap(net).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def print_networks(self) -> None:
         """Print each network's parameter count."""
@@ -179,11 +197,12 @@ class BaseModel(ABC):
                 param.requires_grad_(requires_grad)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything trainable in one dict: nets, optimizers, schedulers (and extras of subclasses)."""
+        """Everything trainable in one dict: nets, optimizers, schedulers, GradScalers (and extras of subclasses)."""
         return {
             "nets": {name: unwrap(net).state_dict() for name, net in self.networks().items()},
             "optimizers": {name: opt.state_dict() for name, opt in zip(self.optimizer_names, self.optimizers)},
             "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
+            "scalers": scaler_states(self.grad_scalers()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -198,3 +217,4 @@ class BaseModel(ABC):
                 optimizer.load_state_dict(state["optimizers"][name])
         for scheduler, sched_state in zip(self.schedulers, state.get("schedulers", [])):
             scheduler.load_state_dict(sched_state)
+        load_scaler_states(self.grad_scalers(), state)

@@ -19,13 +19,13 @@ gradient to the generator, and the L1 normalisation does not shrink with the bat
 from __future__ import annotations
 
 import argparse
-import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from models.amp import add_amp_options
 from models.base_model import BaseModel
 from models.composition import compose_height_adaptive
 from models.contextual_attention import flow_to_rgb
@@ -68,7 +68,7 @@ class HealthiVertModel(BaseModel):
         add_option(parser, "--ngf", type=int, default=16, help="generator base width (16: ~0.99 M parameters)")
         add_option(parser, "--mask_height", type=float, default=40.0,
                    help="height of the masked band in mm; the height heads predict within the band's pixel rows")
-        add_option(parser, "--amp", action="store_true", help="mixed precision (float16 autocast) on GPU; ignored on CPU")
+        add_amp_options(parser)
         if is_train:
             add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
             add_option(parser, "--n_layers_D", type=int, default=3, help="PatchGAN depth (3 = 70x70 patches)")
@@ -110,10 +110,7 @@ class HealthiVertModel(BaseModel):
 
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
-        self.use_amp = bool(getattr(opt, "amp", False)) and self.device.type == "cuda"
         self.protocol = get_protocol(getattr(opt, "protocol", None))
-        if getattr(opt, "amp", False) and not self.use_amp:
-            warnings.warn("--amp ignored: mixed precision is only used on GPU", stacklevel=2)
         self.model_names = ["G", *DISCRIMINATORS] if self.isTrain else ["G"]
         self.loss_names = ["G_GAN", "G_L1", "coarse_Dice", "G_Dice", "edge", "h", "G",
                            "D_real_1", "D_fake_1", "D_real_2", "D_fake_2", "D_real_3", "D_fake_3"]
@@ -123,7 +120,6 @@ class HealthiVertModel(BaseModel):
         self.netG = HealthiVertGenerator(getattr(opt, "ngf", 16), mask_height_px=getattr(opt, "mask_height", 40.0))
         self.netG.to(self.device, memory_format=torch.channels_last)
         self.sobel = SobelEdges().to(self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         if not self.isTrain:
             return
         gan_mode = getattr(opt, "gan_mode", "vanilla")
@@ -149,12 +145,13 @@ class HealthiVertModel(BaseModel):
         missing = [k for k in (*IMAGE_KEYS, *ROW_KEYS, "height_px") if k not in batch]
         if missing:
             raise KeyError(f"HealthiVertModel.set_input: batch lacks {', '.join(missing)}")
-        for key in IMAGE_KEYS:
-            image = torch.as_tensor(batch[key]).to(self.device, dtype=torch.float32)
+        for key in IMAGE_KEYS:  # non_blocking: the loader pins its batches when training on a GPU
+            image = torch.as_tensor(batch[key]).to(self.device, dtype=torch.float32, non_blocking=True)
             setattr(self, key, image.unsqueeze(0) if image.dim() == 3 else image)
         for key in ROW_KEYS:
-            setattr(self, key, torch.as_tensor(batch[key]).to(self.device).long().view(-1))
-        self.height_px = torch.as_tensor(batch["height_px"]).to(self.device, dtype=torch.float32).view(-1)
+            setattr(self, key, torch.as_tensor(batch[key]).to(self.device, non_blocking=True).long().view(-1))
+        self.height_px = torch.as_tensor(batch["height_px"]).to(self.device, dtype=torch.float32,
+                                                                non_blocking=True).view(-1)
         self.mask_height_px = band_rows(self.band_mask)
         keys = batch.get("key", [])
         self.image_paths = [keys] if isinstance(keys, str) else list(keys)
@@ -167,8 +164,8 @@ class HealthiVertModel(BaseModel):
                                        height, self.mask_height_px.long())
 
     def forward(self) -> None:
-        """Generator forward and compositions (runs under autocast when --amp on GPU)."""
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        """Generator forward and compositions (the generator runs under autocast with --amp)."""
+        with self.precision.autocast():
             out: GeneratorOutput = self.netG(self.masked_ct, self.offset_plane, self.band_mask, self.cam,
                                              self.mask_height_px)
         self.output = out
@@ -179,7 +176,6 @@ class HealthiVertModel(BaseModel):
         local = self.band_mask * central_columns_mask(self.band_mask, getattr(self.opt, "local_width", 70))
         self.fake_local = self.fake_ct * local
         self.real_local = self.real_ct * local
-        self.attention_flow = flow_to_rgb(out.attention_flow.detach()) * 2.0 - 1.0
 
     # ------------------------------------------------------------------ losses
     def discriminator_pairs(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -192,7 +188,7 @@ class HealthiVertModel(BaseModel):
         net = getattr(self, "net" + name)
         fake, real = self.discriminator_pairs()[name]
         index = name[-1]
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self.precision.autocast():
             loss_fake = self.criterionGAN(net(fake.detach()), False)
             loss_real = self.criterionGAN(net(real), True)
         setattr(self, f"loss_D_fake_{index}", loss_fake.detach())
@@ -209,7 +205,7 @@ class HealthiVertModel(BaseModel):
         opt = self.opt
         out = self.output
         fakes = {name: pair[0] for name, pair in self.discriminator_pairs().items()}
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self.precision.autocast():
             gan = {name: self.criterionGAN(getattr(self, "net" + name)(fake), True) for name, fake in fakes.items()}
         lambda_gan = getattr(opt, "lambda_GAN", 1.0 / 6.0)
         self.real_edges = self.sobel(self.target_label)
@@ -243,39 +239,31 @@ class HealthiVertModel(BaseModel):
 
     # ------------------------------------------------------------------ optimisation
     def optimize_parameters(self) -> None:
-        """Forward, one step of D1, D2, D3, then one generator step (reference order)."""
+        """Forward, one step of D1, D2, D3, then one generator step (reference order); each network has its
+        own GradScaler under float16 AMP."""
         self.forward()
         discriminators = [getattr(self, "net" + name) for name in DISCRIMINATORS]
         for name, net in zip(DISCRIMINATORS, discriminators):
             self.set_requires_grad(net, True)
-            optimizer = getattr(self, "optimizer_" + name)
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(self.discriminator_loss(name)).backward()
-            self.scaler.step(optimizer)
+            getattr(self, "optimizer_" + name).zero_grad(set_to_none=True)
+            self.optimizer_step(name, self.discriminator_loss(name))
         self.set_requires_grad(discriminators, False)
         self.optimizer_G.zero_grad(set_to_none=True)
-        self.scaler.scale(self.generator_loss()).backward()
-        self.scaler.step(self.optimizer_G)
-        self.scaler.update()
+        self.optimizer_step("G", self.generator_loss())
 
     def get_current_visuals(self) -> OrderedDict[str, torch.Tensor]:
-        """Display images, all mapped to [-1, 1] (CT as is; masks, edges, CAM m -> 2m - 1; flow as RGB)."""
+        """Display images, all mapped to [-1, 1] (CT as is; masks, edges, CAM m -> 2m - 1; flow as RGB).
+
+        The attention flow is colour-coded only here, not on every training forward (it needs a GPU sync).
+        """
         ct_like = {"masked_ct", "real_ct", "fake_ct", "fake_ct_coarse", "fine_ct", "fake_local", "attention_flow"}
         visuals: OrderedDict[str, torch.Tensor] = OrderedDict()
         for name in self.visual_names:
+            if name == "attention_flow" and hasattr(self, "output"):
+                visuals[name] = flow_to_rgb(self.output.attention_flow.detach().float()) * 2.0 - 1.0
+                continue
             if not hasattr(self, name):
                 continue
             image = getattr(self, name).detach().float()
             visuals[name] = image if name in ct_like else image * 2.0 - 1.0
         return visuals
-
-    def state_dict(self) -> dict[str, Any]:
-        """Nets, optimizers, schedulers and the AMP grad scaler."""
-        state = super().state_dict()
-        state["scaler"] = self.scaler.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])

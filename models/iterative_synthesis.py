@@ -52,7 +52,7 @@ Batching: each step is one pass over all its slices; on GPU they go through the 
 on CPU in chunks of ``CPU_BATCH_SIZE`` (the generator is compute-bound there, so larger batches gain
 nothing and lose cache locality; see benchmarks/bench_synthesis.py). ``GeneratorRunner`` also runs the
 generator channels-last with spectral-norm weights computed once per call and, optionally, under
-autocast (float16 on GPU with ``--amp``, bfloat16 on CPU with ``--cpu_bf16``).
+autocast (``--amp`` with ``--amp_dtype``: bfloat16 by default, float16 on GPU; ``--cpu_bf16`` on CPU).
 
 Besides the CT and labels, each plane keeps a soft target map (the generator's target probability
 in generated rows, 1 where the original target remains): the 2.5D fusion (``fuse_planes``) labels a
@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -86,10 +85,11 @@ from data.masking import (
     make_masked_slices, paste_columns, plane_slab, slice_offset_ratio, target_masks, target_slice_extent,
 )
 from models import find_model_using_name
+from models.amp import resolve_amp_dtype
 from models.composition import compose_height_adaptive
 from models.networks import GeneratorOutput
 from util.checkpoint import checkpoint_path, load_checkpoint
-from util.device import resolve_device
+from util.distributed import gather_objects, rank_and_size, resolve_device
 from util.fileio import prepare_output_dir, read_json, write_json
 from util.protocol import PROTOCOLS, Protocol, get_protocol
 
@@ -244,11 +244,12 @@ def shift_rows_back(shifted: np.ndarray, original: np.ndarray, shifts: np.ndarra
     return np.where((sources < 0)[:, :, None], original, gather_rows(shifted, sources, 0.0))
 
 
-def autocast_dtype(device: torch.device, amp: bool, cpu_bf16: bool) -> torch.dtype | None:
-    """Autocast type for inference: float16 with ``amp`` on CUDA, bfloat16 with ``cpu_bf16`` on CPU, else none."""
-    if device.type == "cuda":
-        return torch.float16 if amp else None
-    return torch.bfloat16 if cpu_bf16 else None
+def autocast_dtype(device: torch.device, amp: bool, cpu_bf16: bool, amp_dtype: str = "auto") -> torch.dtype | None:
+    """Autocast type for inference: ``--amp`` with ``--amp_dtype`` (``models.amp``), or bfloat16 on CPU with
+    ``cpu_bf16``; None = full precision."""
+    if cpu_bf16 and device.type == "cpu":
+        return torch.bfloat16
+    return resolve_amp_dtype(amp, amp_dtype, device)
 
 
 def resolve_batch_size(batch_size: int, device: torch.device) -> int:
@@ -698,7 +699,8 @@ class DatasetSynthesizer:
         self.models = {plane: load_generator(checkpoint_file(checkpoints_dir, names[plane], epoch, load_iter),
                                              device, plane) for plane in planes}
         batch_size = resolve_batch_size(int(getattr(opt, "synthesis_batch_size", -1)), device)
-        amp_dtype = autocast_dtype(device, bool(getattr(opt, "amp", False)), bool(getattr(opt, "cpu_bf16", False)))
+        amp_dtype = autocast_dtype(device, bool(getattr(opt, "amp", False)), bool(getattr(opt, "cpu_bf16", False)),
+                                   getattr(opt, "amp_dtype", "auto"))
         self.runners = {plane: GeneratorRunner(model.generator, device, batch_size, amp_dtype)
                         for plane, model in self.models.items()}
         self.run_provenance = {
@@ -751,19 +753,12 @@ class DatasetSynthesizer:
         return cam is not None or not getattr(self.opt, "cam_dir", None)
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size): from an initialized process group, else ``torchrun``'s environment, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def gather_summaries(summary: SynthesisSummary) -> SynthesisSummary:
-    """Merge the summaries of all ranks (a no-op outside ``torchrun``)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    """Merge the summaries of all ranks over the Gloo control group (shards may finish far apart in time;
+    a no-op outside ``torchrun``)."""
+    gathered = gather_objects(summary)
+    if len(gathered) == 1:
         return summary
-    gathered: list[SynthesisSummary | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, summary)
     merged = SynthesisSummary()
     for part in gathered:
         if part is not None:
@@ -777,13 +772,13 @@ def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> S
 
     Uses ``opt``: dataroot, cam_dir, name, results_dir, plane (sagittal | coronal | both),
     name_coronal, checkpoints_dir, epoch, load_iter, gpu_ids, split, split_json, num_test, overwrite,
-    synthesis_batch_size, amp (float16 on GPU), cpu_bf16 (bfloat16 on CPU). Under ``torchrun`` (process group initialized by the caller, or
+    synthesis_batch_size, amp and amp_dtype, cpu_bf16 (bfloat16 on CPU). Under ``torchrun`` (process group initialized by the caller, or
     RANK/WORLD_SIZE set) each rank takes every world_size-th vertebra; the returned summary covers
     all ranks when a process group is initialized. Checkpoint errors raise; per-vertebra errors are
     collected in the summary and the run continues.
     """
     started = time.perf_counter()
-    rank, world_size = distributed_context()
+    rank, world_size = rank_and_size()
     device = resolve_device(getattr(opt, "gpu_ids", "-1"))
     synthesizer = DatasetSynthesizer(opt, device)
     if rank == 0:

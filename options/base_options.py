@@ -19,7 +19,7 @@ from typing import Any
 from data import loader as dataset_loader
 import models
 from data.masking import PLANES
-from util.device import parse_gpu_ids
+from util.distributed import parse_gpu_ids
 from util.fileio import atomic_write, write_json
 from util.protocol import add_protocol_argument
 
@@ -79,8 +79,13 @@ class BaseOptions:
         parser.add_argument("--name", default="experiment_name",
                             help="experiment name; checkpoints and logs go to <checkpoints_dir>/<name>")
         parser.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are stored")
-        parser.add_argument("--gpu_ids", default="0",
-                            help="GPU ids, e.g. 0 or 0,1; -1 for CPU (CPU is used when no GPU is available)")
+        parser.add_argument("--gpu_ids", default="auto",
+                            help="auto: one GPU per process (cuda:LOCAL_RANK under torchrun) when CUDA is available, "
+                                 "else the CPU; -1: CPU; 0 or 0,1: these GPUs, one per torchrun rank (an error if "
+                                 "CUDA is missing or fewer GPUs than ranks are named)")
+        parser.add_argument("--dist_timeout", type=float, default=240.0,
+                            help="torchrun: minutes a rank may wait for the others (e.g. while rank 0 builds the "
+                                 "crop cache) before the job is aborted")
         parser.add_argument("--model", default="healthivert", help="model to use (models.create_model)")
         parser.add_argument("--dataset_mode", default="aligned", help="dataset to use (data/<mode>_dataset.py)")
         parser.add_argument("--plane", default="sagittal", choices=list(PLANES),
@@ -160,7 +165,10 @@ class BaseOptions:
         opt.isTrain = self.isTrain
         if opt.suffix:
             opt.name = f"{opt.name}_{opt.suffix.format(**vars(opt))}"
-        opt.gpu_ids = parse_gpu_ids(opt.gpu_ids)
+        try:
+            opt.gpu_ids = parse_gpu_ids(opt.gpu_ids)
+        except ValueError as err:
+            self.parser.error(str(err))
         opt.hu_window = [float(v) for v in opt.hu_window] if hasattr(opt, "hu_window") else None
         if opt.direction != "BtoA":
             raise SystemExit(f"error: --direction {opt.direction}: only BtoA exists (the generator maps the masked "

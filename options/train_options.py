@@ -25,6 +25,9 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--lr_policy", default="linear", choices=["linear", "step", "plateau", "cosine"],
                             help="learning-rate policy (one step per epoch)")
         parser.add_argument("--lr_decay_iters", type=int, default=50, help="step policy: epochs between decays")
+        parser.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
+                            help="let cuDNN pick the fastest convolution kernels for the fixed crop size "
+                                 "(GPU; off with --deterministic)")
         parser.add_argument("--max_steps", type=int, default=0,
                             help="stop after this many iterations in total, saving latest.pth (0: no limit); "
                                  "for smoke tests and benchmarks")

@@ -12,21 +12,22 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from options.train_options import TrainOptions  # noqa: E402
-from train import Trainer, setup_distributed  # noqa: E402
+from train import Trainer  # noqa: E402
 from util.device import seed_everything  # noqa: E402
+from util.distributed import setup_distributed, teardown_distributed  # noqa: E402
 
 
 def main() -> int:
     out = Path(sys.argv[1])
     opt = TrainOptions().parse(sys.argv[2:])
-    context = setup_distributed(opt)
-    seed_everything(opt.seed, opt.deterministic)
+    context = setup_distributed(opt.gpu_ids, timeout_min=opt.dist_timeout)
+    seed_everything(opt.seed + context.rank, opt.deterministic)
     trainer = Trainer(opt, context)
     trainer.run()
     nets = {name: getattr(getattr(trainer.model, "net" + name), "module").state_dict()
             for name in trainer.model.model_names}
     torch.save({"nets": nets, "world_size": dist.get_world_size()}, out / f"rank{context.rank}.pt")
-    dist.destroy_process_group()
+    teardown_distributed()
     return 0
 
 

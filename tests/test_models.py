@@ -218,6 +218,6 @@ def test_band_rows_local_columns_and_amp_flag():
     assert central_columns_mask(torch.zeros(1, 1, 4, 64), 70).sum() == 64
     wide = central_columns_mask(torch.zeros(1, 1, 4, 256), 70)[0, 0, 0]
     assert wide.sum() == 70 and wide[93] == 1 and wide[92] == 0 and wide[162] == 1 and wide[163] == 0
-    with pytest.warns(UserWarning, match="--amp ignored"):
-        model = build_model("--amp")
-    assert not model.use_amp and not model.scaler.is_enabled()
+    model = build_model("--amp")  # on CPU: bfloat16 autocast, float32 weights, no loss scaling
+    assert model.precision.dtype == torch.bfloat16 and not model.precision.scales_loss
+    assert all(p.dtype == torch.float32 for net in model.networks().values() for p in net.parameters())

@@ -1,4 +1,4 @@
-"""Device selection and seeding, pix2pix style (``--gpu_ids -1`` means CPU)."""
+"""Seeding; device selection lives in :mod:`util.distributed` (re-exported here for existing imports)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,7 @@ import random
 import numpy as np
 import torch
 
-
-def parse_gpu_ids(gpu_ids: str | int | list[int] | tuple[int, ...]) -> list[int]:
-    """Parse ``"0,1"`` / ``"-1"`` / ``[0]`` into a list of non-negative GPU ids (empty = CPU)."""
-    if isinstance(gpu_ids, int):
-        gpu_ids = [gpu_ids]
-    if isinstance(gpu_ids, str):
-        gpu_ids = [int(tok) for tok in gpu_ids.split(",") if tok.strip()]
-    return [int(i) for i in gpu_ids if int(i) >= 0]
-
-
-def resolve_device(gpu_ids: str | int | list[int] | tuple[int, ...] = "-1") -> torch.device:
-    """The device to run on: the first requested GPU when CUDA is available, else the CPU.
-
-    Under ``torchrun`` the local rank picks the GPU from the requested list.
-    """
-    ids = parse_gpu_ids(gpu_ids)
-    if not ids or not torch.cuda.is_available():
-        return torch.device("cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    return torch.device("cuda", ids[local_rank % len(ids)])
+from util.distributed import parse_gpu_ids, resolve_device  # noqa: F401  (import path kept)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
