@@ -42,6 +42,7 @@ from models.aotgan_networks import (
     perceptual_and_style_losses,
     sm_patchgan_targets,
 )
+from models.amp import add_amp_options
 from models.base_model import BaseModel
 from models.composition import compose_height_adaptive
 from models.healthivert_model import HealthiVertModel, add_option
@@ -78,8 +79,7 @@ class AOTGANModel(BaseModel):
                    help="dilation rates of the parallel branches of each AOT block")
         add_option(parser, "--mask_height", type=float, default=40.0,
                    help="height of the masked band in mm (= the generated height: AOT-GAN has no SHRM)")
-        add_option(parser, "--amp", action="store_true",
-                   help="mixed precision (float16 autocast) on GPU; ignored on CPU")
+        add_amp_options(parser)
         if is_train:
             add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
             add_option(parser, "--init_type", type=str, default="normal",
@@ -110,7 +110,6 @@ class AOTGANModel(BaseModel):
 
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
-        self.use_amp = bool(getattr(opt, "amp", False)) and self.device.type == "cuda"
         self.model_names = ["G", "D"] if self.isTrain else ["G"]
         self.loss_names = ["G_L1", "G_adv", "G_Dice", "G", "D_real", "D_fake"]
         self.visual_names = ["masked_ct", "real_ct", "fake_ct", "generated_ct", "fine_target_seg", "target_label",
@@ -119,8 +118,6 @@ class AOTGANModel(BaseModel):
                                  tuple(getattr(opt, "aot_rates", (1, 2, 4, 8))))
         init_weights(self.netG, getattr(opt, "init_type", "normal"), getattr(opt, "init_gain", 0.02))
         self.netG.to(self.device)
-        self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
-        self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.vgg: VGG19Features | None = None
         if not self.isTrain:
             return
@@ -156,8 +153,8 @@ class AOTGANModel(BaseModel):
                                        height.float(), height)
 
     def forward(self) -> None:
-        """Generator forward and composition with the real slice (autocast with --amp on GPU)."""
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        """Generator forward and composition with the real slice (autocast with --amp)."""
+        with self.precision.autocast():
             generated_ct, generated_seg = self.netG(self.masked_ct, self.band_mask)
         self.generated_ct, self.generated_seg = generated_ct.float(), generated_seg.float()
         self.fake_ct = self.compose(self.real_ct_original, self.generated_ct)
@@ -169,7 +166,7 @@ class AOTGANModel(BaseModel):
         """Least squares of D towards 1 on real slices and 1 - blur(m) on composed ones."""
         fake_target, real_target = sm_patchgan_targets(self.generated_mask, getattr(self.opt, "sm_sigma", 10.0))
         size = tuple(self.real_ct.shape[-2:])
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self.precision.autocast():
             fake_scores = patch_scores_at(self.netD(self.fake_ct.detach()), size)
             real_scores = patch_scores_at(self.netD(self.real_ct), size)
         self.loss_D_fake = F.mse_loss(fake_scores.float(), fake_target).detach()
@@ -180,7 +177,7 @@ class AOTGANModel(BaseModel):
         """Every weighted term of the generator loss (call after ``forward``)."""
         opt = self.opt
         size = tuple(self.real_ct.shape[-2:])
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self.precision.autocast():
             scores = patch_scores_at(self.netD(self.fake_ct), size).float()
         mask = self.generated_mask
         adversarial = ((scores - 1.0) ** 2 * mask).mean() / mask.mean().clamp_min(1e-8)
@@ -211,14 +208,10 @@ class AOTGANModel(BaseModel):
         self.forward()
         self.set_requires_grad(self.netD, True)
         self.optimizer_D.zero_grad(set_to_none=True)
-        self.scaler_D.scale(self.discriminator_loss()).backward()
-        self.scaler_D.step(self.optimizer_D)
-        self.scaler_D.update()
+        self.optimizer_step("D", self.discriminator_loss())
         self.set_requires_grad(self.netD, False)
         self.optimizer_G.zero_grad(set_to_none=True)
-        self.scaler_G.scale(self.generator_loss()).backward()
-        self.scaler_G.step(self.optimizer_G)
-        self.scaler_G.update()
+        self.optimizer_step("G", self.generator_loss())
 
     def get_current_visuals(self) -> OrderedDict[str, torch.Tensor]:
         """Display images in [-1, 1] (CT as is; masks m -> 2m - 1)."""
@@ -229,15 +222,3 @@ class AOTGANModel(BaseModel):
                 image = getattr(self, name).detach().float()
                 visuals[name] = image if name in ct_like else image * 2.0 - 1.0
         return visuals
-
-    def state_dict(self) -> dict[str, Any]:
-        """Nets, optimizers, schedulers and the two AMP grad scalers."""
-        state = super().state_dict()
-        state["scalers"] = {"G": self.scaler_G.state_dict(), "D": self.scaler_D.state_dict()}
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        for name, scaler in (("G", self.scaler_G), ("D", self.scaler_D)):
-            if state.get("scalers", {}).get(name):
-                scaler.load_state_dict(state["scalers"][name])

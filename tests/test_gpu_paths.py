@@ -24,6 +24,10 @@ def test_grad_cam_reports_cuda_oom_per_vertebra_and_goes_on(monkeypatch: pytest.
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return 0.25
 
+    for key in ("big_20", "small_21"):  # listed crops must exist; _map_one (patched) never reads them
+        for folder in ("CT", "label"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            (tmp_path / folder / f"{key}.nii.gz").touch()
     monkeypatch.setattr(cam, "load_classifier", lambda path, device: (None, {"window_hu": [-300, 800]}))
     monkeypatch.setattr(cam, "_map_one", map_one)
     opt = argparse.Namespace(seed=0, gpu_ids="-1", checkpoints_dir=str(tmp_path), name="cls", out=tmp_path / "maps",
