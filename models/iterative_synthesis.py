@@ -83,6 +83,7 @@ from data.masking import (
 from models.composition import compose_height_adaptive
 from models.networks import GeneratorOutput, HealthiVertGenerator
 from util.checkpoint import checkpoint_path, load_checkpoint
+from util.cpu_features import onednn_bf16_supported
 from util.device import resolve_device
 from util.fileio import write_json
 
@@ -261,6 +262,9 @@ class GeneratorRunner:
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
         self.calls = 0
+        if amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not onednn_bf16_supported():
+            warnings.warn("bfloat16 on this CPU (no AVX-512 / AMX) runs convolutions in a generic kernel, about "
+                          "10x slower than float32 (benchmarks/README.md): drop --cpu_bf16 here", stacklevel=2)
 
     def __call__(self, masked_ct: np.ndarray, offsets: np.ndarray, band_mask: np.ndarray, cam: np.ndarray,
                  mask_height_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
