@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
     parser.add_argument("--bf16", action="store_true", help="also time the batched variants under bfloat16 autocast")
     parser.add_argument("--skip_loop", action="store_true", help="do not time the slice-by-slice loop")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, run each batched variant once under torch.profiler and print its N "
+                             "operators with the most self CPU time")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -236,7 +239,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"labels identical on {diff['label_agreement_changed_percent']:.2f} % of them "
                   f"({diff['label_agreement_crop_percent']:.3f} % of the crop); target (labels >= "
                   f"{TARGET_LABEL_AGREEMENT} %, median <= {TARGET_MEDIAN_HU:.0f} HU): {'met' if ok else 'NOT met'}")
+    for name, (_, run) in variants.items():
+        if args.profile > 0 and name.startswith("batched"):
+            print(f"\nprofile of {name} (one run, self CPU time):")
+            print(operator_profile(run, args.profile))
     return 0
+
+
+def operator_profile(run: Callable[[], object], rows: int) -> str:
+    """torch.profiler table of one call of ``run``: the ``rows`` operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def warm_up(generator: HealthiVertGenerator, image_shape: tuple[int, int]) -> None:
