@@ -106,7 +106,7 @@ class ContextualAttention(nn.Module):
             return self._attend(features.float(), mask)
 
     def _attend(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels, height, width = x.shape
+        batch, _, height, width = x.shape
         rate = self.rate
         if height % rate or width % rate:
             raise ValueError(f"ContextualAttention: feature size {height}x{width} not divisible by rate {rate}")
