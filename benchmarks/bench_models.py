@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--ngf", type=int, default=16, help="generator width")
     parser.add_argument("--cases", nargs="+", default=["forward:1", "forward:8", "train:8"],
-                        help="cases to run: forward:B, train:B")
+                        help="cases to run: forward:B, train:B (conv, the former yardstick case, is accepted "
+                             "and runs nothing: the yardsticks run inside every case)")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
                         help="types to run every case in (bf16: bfloat16 autocast)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -188,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.size % 8:
         print(f"--size {args.size} must be divisible by 8", file=sys.stderr)
         return 2
+    if "conv" in args.cases:  # the former stand-alone yardstick case: it now runs inside every case
+        print("conv: the convolution yardsticks run inside every case; nothing to run on its own", file=sys.stderr)
     load_before = os.getloadavg()
     results, failures = [], []
-    for case in args.cases:
+    for case in (c for c in args.cases if c != "conv"):
         for dtype_name in args.dtypes:
             command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--dtype", dtype_name,
                        "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
