@@ -263,8 +263,8 @@ class GeneratorRunner:
         self.amp_dtype = amp_dtype
         self.calls = 0
         if amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not onednn_bf16_supported():
-            warnings.warn("bfloat16 on this CPU (no AVX-512 / AMX) runs convolutions in a generic kernel, about "
-                          "10x slower than float32 (benchmarks/README.md): drop --cpu_bf16 here", stacklevel=2)
+            warnings.warn("bfloat16 on this CPU (no AVX-512 / AMX) runs convolutions in a generic kernel, several "
+                          "times slower than float32 (benchmarks/README.md): synthesize in float32 here", stacklevel=2)
 
     def __call__(self, masked_ct: np.ndarray, offsets: np.ndarray, band_mask: np.ndarray, cam: np.ndarray,
                  mask_height_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
