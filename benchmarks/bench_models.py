@@ -1,15 +1,22 @@
-"""Benchmark of the HealthiVert generator and training step on the CPU.
+"""Benchmark of the HealthiVert generator and training step on the CPU, in float32 and bfloat16.
 
-Cases (each in a fresh worker process, so its peak memory is its own):
-- ``conv``: a 64-channel 3x3 convolution (8x64x128x128, channels-last): the machine's convolution
-  throughput, measured in the same run as the yardstick for the model's GFLOP/s;
-- ``forward:B``: generator forward (no grad) at batch B;
+Cases (each case and type in a fresh worker process, so its peak memory is its own):
+- ``forward:B``: generator forward (eval, no grad) at batch B;
 - ``train:B``: one full ``optimize_parameters`` step (generator + three PatchGANs) at batch B.
-FLOPs are counted with ``torch.utils.flop_counter`` (convolutions and matrix products) at batch 1
-and scaled by the batch size. Times are
-medians of ``--repeats`` runs after one warm-up. Peak memory is the worker's maximum resident set.
+Each runs in every type of ``--dtypes``: ``fp32``, and ``bf16`` = bfloat16 autocast on the CPU with
+float32 weights (forward: ``torch.autocast`` around the generator call; training: the model's
+``--amp --amp_dtype bf16`` when the model has that option, else every autocast region of the model
+switched to bfloat16 for the step, see ``bf16_training``).
 
-    python benchmarks/bench_models.py [--size 256] [--threads 2] [--repeats 5]
+Every case is measured against its type's convolution yardstick (``benchmarks/yardsticks.py``: a
+64-channel 3x3 convolution, 8x64x128x128, channels-last), run once before each timed run of the case
+in the same worker: the case's GFLOP/s is given as a percentage of the yardstick's. FLOPs are counted
+with ``torch.utils.flop_counter`` (convolutions and matrix products) at batch 1 and scaled by the
+batch. The ``bf16`` forward cases also report the bfloat16 vs float32 difference of the same
+generator on the same inputs over the band pixels: fine CT in HU (median, p99) and the agreement of
+the target labels (fine segmentation > 0.5). Times are medians of ``--repeats`` runs after one warm-up.
+
+    python benchmarks/bench_models.py [--size 256] [--threads 2] [--repeats 5] [--dtypes fp32 bf16]
 """
 
 from __future__ import annotations
@@ -20,24 +27,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import time  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Callable, Iterator  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-# Published implementation on this 2-core machine (torch 2.14.1, 2 threads), seconds.
-REFERENCE_SECONDS = {"forward:1": 0.29, "forward:8": 2.74, "train:1": 1.6, "train:8": 12.8}
-REFERENCE_CONV_GFLOPS = 210.0
-TARGET_SECONDS = {"forward:8": 2.0, "train:8": 9.5}
+from benchmarks.yardsticks import (  # noqa: E402
+    DTYPES, abs_difference_stats, autocast, conv_yardstick, count_flops, percent_of_yardstick, time_interleaved,
+)
+from data.image_io import unwindow  # noqa: E402
+from util.cpu_features import bf16_summary  # noqa: E402
+
 TARGET_PEAK_GB = {"train:8": 6.0}
+TARGET_PERCENT = {("train:8", "fp32"): 90.0, ("train:8", "bf16"): 50.0}
+SEGMENTATION_THRESHOLD = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,10 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
     parser.add_argument("--ngf", type=int, default=16, help="generator width")
-    parser.add_argument("--cases", nargs="+", default=["conv", "forward:1", "forward:8", "train:1", "train:8"],
-                        help="cases to run: conv, forward:B, train:B")
+    parser.add_argument("--cases", nargs="+", default=["forward:1", "forward:8", "train:8"],
+                        help="cases to run: forward:B, train:B (conv, the former yardstick case, is accepted "
+                             "and runs nothing: the yardsticks run inside every case)")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
+                        help="types to run every case in (bf16: bfloat16 autocast)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", type=str, default="fp32", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -58,25 +71,9 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def time_runs(run: Callable[[], None], repeats: int) -> tuple[list[float], list[float]]:
-    """One warm-up, then ``repeats`` timed runs: (wall seconds, process CPU seconds)."""
-    run()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        run()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return walls, cpus
-
-
-def count_flops(run: Callable[[], None]) -> float:
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return float(counter.get_total_flops())
-
-
-def model_options(ngf: int) -> argparse.Namespace:
+def model_options(ngf: int, bf16: bool) -> tuple[argparse.Namespace, bool]:
+    """Training options of the HealthiVert model; with ``bf16``, ``--amp --amp_dtype bf16`` when the model
+    has ``--amp_dtype``. Returns (options, whether the model itself runs bfloat16)."""
     import models
 
     parser = argparse.ArgumentParser()
@@ -84,67 +81,105 @@ def model_options(ngf: int) -> argparse.Namespace:
     parser.add_argument("--checkpoints_dir", default="checkpoints")
     parser.add_argument("--name", default="bench")
     models.get_option_setter("healthivert")(parser, True)
-    opt = parser.parse_args(["--ngf", str(ngf)])
+    native_bf16 = bf16 and "--amp_dtype" in parser._option_string_actions
+    opt = parser.parse_args(["--ngf", str(ngf)] + (["--amp", "--amp_dtype", "bf16"] if native_bf16 else []))
     opt.isTrain = True
-    return opt
+    return opt, native_bf16
 
 
-def build_case(case: str, size: int, ngf: int) -> Callable[[], None]:
-    """The function one timed run calls."""
-    if case == "conv":
-        x = torch.randn(8, 64, 128, 128).contiguous(memory_format=torch.channels_last)
-        weight = torch.randn(64, 64, 3, 3).contiguous(memory_format=torch.channels_last)
+@contextlib.contextmanager
+def bf16_training() -> Iterator[None]:
+    """For a model without ``--amp_dtype``: its mixed-precision regions (``torch.autocast(..., dtype=
+    torch.float16, enabled=use_amp)``, off on the CPU) run under CPU bfloat16 autocast instead; autocast
+    regions that do not ask for float16 (contextual attention's float32 region) are left as they are."""
+    real_autocast = torch.autocast
 
-        def conv() -> None:
-            with torch.no_grad():
-                F.conv2d(x, weight, padding=1)
+    def patched(device_type: str, dtype: torch.dtype | None = None, enabled: bool = True,
+                cache_enabled: bool | None = None) -> torch.autocast:
+        if dtype == torch.float16:
+            return real_autocast("cpu", dtype=torch.bfloat16, enabled=True)
+        return real_autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
-        return conv
+    torch.autocast = patched  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.autocast = real_autocast  # type: ignore[assignment]
+
+
+def build_model(case: str, size: int, ngf: int, dtype: torch.dtype | None):
+    """The HealthiVert model with a synthetic batch of the case's size set as input."""
     import models
     from models.synthetic import synthetic_batch
 
-    kind, batch = case.split(":")
-    model = models.create_model(model_options(ngf))
+    torch.manual_seed(0)
+    opt, native_bf16 = model_options(ngf, dtype is not None)
+    model = models.create_model(opt)
     model.setup(model.opt, load=False)
-    model.set_input(synthetic_batch(int(batch), size))
+    model.set_input(synthetic_batch(int(case.split(":")[1]), size))
+    model.native_bf16 = native_bf16
+    return model
+
+
+def generator_call(model, dtype: torch.dtype | None):
+    """Generator forward of the model's current input, eval, no grad, under autocast to ``dtype``."""
+    with torch.no_grad(), autocast(dtype):
+        return model.netG(model.masked_ct, model.offset_plane, model.band_mask, model.cam, model.mask_height_px)
+
+
+def build_case(case: str, size: int, ngf: int, dtype: torch.dtype | None) -> tuple[Callable[[], object], object]:
+    """(the function one timed run calls, the model)."""
+    kind = case.split(":")[0]
+    model = build_model(case, size, ngf, dtype)
     if kind == "forward":
         model.netG.eval()
-
-        def forward() -> None:
-            with torch.no_grad():
-                model.netG(model.masked_ct, model.offset_plane, model.band_mask, model.cam, model.mask_height_px)
-
-        return forward
+        return (lambda: generator_call(model, dtype)), model
     if kind == "train":
-        return model.optimize_parameters
+        if dtype is None or model.native_bf16:
+            return model.optimize_parameters, model
+
+        def step() -> None:
+            with bf16_training():
+                model.optimize_parameters()
+
+        return step, model
     raise ValueError(f"unknown case {case!r}")
+
+
+def forward_difference(model) -> dict[str, float]:
+    """bfloat16 vs float32 generator output on the band pixels: |fine CT difference| in HU and the
+    percentage of band pixels whose target label (fine segmentation > 0.5) agrees."""
+    outputs = [generator_call(model, dtype) for dtype in (None, torch.bfloat16)]
+    band = model.band_mask.expand_as(outputs[0].fine_ct).numpy() > 0.5
+    ct = [unwindow(o.fine_ct.float().numpy()[band]) for o in outputs]
+    labels = [o.fine_target_seg.float().numpy()[band] > SEGMENTATION_THRESHOLD for o in outputs]
+    stats = abs_difference_stats(*ct)
+    return {"ct_hu_median": stats["median"], "ct_hu_p99": stats["p99"], "ct_hu_max": stats["max"],
+            "label_agreement_percent": 100.0 * float(np.mean(labels[0] == labels[1]))}
 
 
 def run_worker(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    run = build_case(args.worker, args.size, args.ngf)
+    dtype = DTYPES[args.dtype]
+    yardstick, yardstick_flops = conv_yardstick(dtype)
+    run, model = build_case(args.worker, args.size, args.ngf, dtype)
     base_gb = peak_rss_gb()
-    walls, cpus = time_runs(run, args.repeats)
+    times = time_interleaved(run, yardstick, args.repeats)
     peak_gb = peak_rss_gb()
-    # FLOPs per sample do not depend on the batch; counting at batch 1 avoids flop_counter's
-    # overcount of grouped-convolution backward (it ignores groups), which the batched attention uses.
-    batch = int(args.worker.split(":")[1]) if ":" in args.worker else 1
-    flops = count_flops(build_case(args.worker.split(":")[0] + ":1", args.size, args.ngf) if batch > 1 else run)
-    flops *= batch
-    print(json.dumps({"case": args.worker, "wall_s": walls, "cpu_s": cpus, "flops": flops,
-                      "peak_rss_gb": peak_gb, "rss_before_gb": base_gb}))
+    # FLOPs per sample do not depend on the batch or the type; counting at batch 1 in float32 avoids
+    # flop_counter's overcount of grouped-convolution backward (it ignores groups).
+    batch = int(args.worker.split(":")[1])
+    kind = args.worker.split(":")[0]
+    flops = batch * count_flops(build_case(f"{kind}:1", args.size, args.ngf, None)[0])
+    result = {"case": args.worker, "dtype": args.dtype, "wall_s": times.case_wall, "cpu_s": times.case_cpu,
+              "yardstick_wall_s": times.yardstick_wall, "yardstick_cpu_s": times.yardstick_cpu, "yardstick_flops": yardstick_flops, "flops": flops,
+              "peak_rss_gb": peak_gb, "rss_before_gb": base_gb}
+    if kind == "train" and dtype is not None:
+        result["bf16_via"] = "--amp --amp_dtype bf16" if model.native_bf16 else "autocast regions switched to bf16"
+    if kind == "forward" and dtype is not None:
+        result["bf16_vs_fp32"] = forward_difference(model)
+    print(json.dumps(result))
     return 0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,59 +189,68 @@ def main(argv: list[str] | None = None) -> int:
     if args.size % 8:
         print(f"--size {args.size} must be divisible by 8", file=sys.stderr)
         return 2
+    if "conv" in args.cases:  # the former stand-alone yardstick case: it now runs inside every case
+        print("conv: the convolution yardsticks run inside every case; nothing to run on its own", file=sys.stderr)
     load_before = os.getloadavg()
-    results, failures = {}, []
-    for case in args.cases:
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--size", str(args.size),
-                   "--threads", str(args.threads), "--repeats", str(args.repeats), "--ngf", str(args.ngf)]
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode:
-            failures.append(case)
-            print(f"{case}: worker failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-            continue
-        results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{case}: median {statistics.median(results[case]['wall_s']):.3f} s", file=sys.stderr)
+    results, failures = [], []
+    for case in (c for c in args.cases if c != "conv"):
+        for dtype_name in args.dtypes:
+            command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--dtype", dtype_name,
+                       "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
+                       "--ngf", str(args.ngf)]
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode:
+                failures.append(f"{case} {dtype_name}")
+                print(f"{case} {dtype_name}: worker failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"{case} {dtype_name}: median {statistics.median(results[-1]['wall_s']):.3f} s", file=sys.stderr)
     load_after = os.getloadavg()
-    conv = results.get("conv")
-    conv_gflops = conv["flops"] / 1e9 / statistics.median(conv["wall_s"]) if conv else float("nan")
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, "
+    print(f"machine: {bf16_summary()}; {os.cpu_count()} logical CPUs; torch {torch.__version__}, "
           f"{args.threads} threads; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
-    print(f"command: python benchmarks/bench_models.py --size {args.size} --threads {args.threads} "
-          f"--repeats {args.repeats} --ngf {args.ngf}")
+    print(f"command: python benchmarks/bench_models.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     from models.networks import HealthiVertGenerator, count_parameters
 
-    print(f"generator parameters (ngf {args.ngf}): {count_parameters(HealthiVertGenerator(args.ngf)):,}")
-    print(f"64-channel 3x3 convolution: {conv_gflops:.0f} GFLOP/s (reference machine: {REFERENCE_CONV_GFLOPS:.0f})")
+    print(f"generator parameters (ngf {args.ngf}): {count_parameters(HealthiVertGenerator(args.ngf)):,}; "
+          f"yardstick: 64-channel 3x3 convolution 8x64x128x128 channels-last, run before each timed run")
     print()
-    print("| case | batch | median s | min s | CPU s | GFLOP | GFLOP/s | % of conv | reference s | speed-up | "
-          "peak RSS GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for case, res in results.items():
-        if case == "conv":
-            continue
-        kind, batch = case.split(":")
+    print("| case | batch | type | median s | CPU s | GFLOP | GFLOP/s | yardstick GFLOP/s | % of yardstick | "
+          "% of yardstick (CPU s) | peak RSS GB | bf16 vs fp32: CT median / p99 HU, label agreement |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for res in results:
+        kind, batch = res["case"].split(":")
         median = statistics.median(res["wall_s"])
         gflop = res["flops"] / 1e9
-        ref = REFERENCE_SECONDS.get(case) if args.size == 256 and args.ngf == 16 else None
-        print(f"| {kind} | {batch} | {median:.3f} | {min(res['wall_s']):.3f} | {statistics.median(res['cpu_s']):.2f} "
-              f"| {gflop:.1f} | {gflop / median:.0f} | {100 * gflop / median / conv_gflops:.0f} % "
-              f"| {ref if ref else '-'} | {f'{ref / median:.2f}x' if ref else '-'} | {res['peak_rss_gb']:.2f} |")
-    if args.size == 256 and args.ngf == 16:
-        print()
-        for case, target in TARGET_SECONDS.items():
-            if case in results:
-                median = statistics.median(results[case]["wall_s"])
-                print(f"target {case} <= {target} s: {'met' if median <= target else 'NOT met'} ({median:.2f} s)")
-        for case, target in TARGET_PEAK_GB.items():
-            if case in results:
-                peak = results[case]["peak_rss_gb"]
-                print(f"target {case} peak memory < {target} GB: {'met' if peak < target else 'NOT met'} "
-                      f"({peak:.2f} GB)")
+        yard = res["yardstick_flops"] / 1e9 / statistics.median(res["yardstick_wall_s"])
+        res["percent_of_yardstick"] = percent_of_yardstick(res["flops"], res["wall_s"], res["yardstick_flops"],
+                                                           res["yardstick_wall_s"])
+        res["percent_of_yardstick_cpu"] = percent_of_yardstick(res["flops"], res["cpu_s"], res["yardstick_flops"],
+                                                               res["yardstick_cpu_s"])
+        diff = res.get("bf16_vs_fp32")
+        diff_text = (f"{diff['ct_hu_median']:.2f} / {diff['ct_hu_p99']:.2f}, {diff['label_agreement_percent']:.2f} %"
+                     if diff else "-")
+        print(f"| {kind} | {batch} | {res['dtype']} | {median:.3f} | {statistics.median(res['cpu_s']):.2f} "
+              f"| {gflop:.1f} | {gflop / median:.1f} | {yard:.1f} | {res['percent_of_yardstick']:.0f} % "
+              f"| {res['percent_of_yardstick_cpu']:.0f} % | {res['peak_rss_gb']:.2f} | {diff_text} |")
+    for res in results:
+        if "bf16_via" in res:
+            print(f"bf16 training step of {res['case']}: {res['bf16_via']}")
+    print()
+    for res in results:
+        target = TARGET_PERCENT.get((res["case"], res["dtype"]))
+        if target is not None and args.size == 256:
+            met = res["percent_of_yardstick"] >= target
+            print(f"target {res['case']} {res['dtype']} >= {target:.0f} % of its yardstick: "
+                  f"{'met' if met else 'NOT met'} ({res['percent_of_yardstick']:.0f} %)")
+        peak_target = TARGET_PEAK_GB.get(res["case"])
+        if peak_target is not None and res["dtype"] == "fp32":
+            print(f"target {res['case']} peak memory < {peak_target} GB: "
+                  f"{'met' if res['peak_rss_gb'] < peak_target else 'NOT met'} ({res['peak_rss_gb']:.2f} GB)")
     if args.json:
         from util.fileio import write_json
 
-        write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "conv_gflops": conv_gflops,
+        write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()},
                                "load_average": [load_before[0], load_after[0]], "results": results})
     if failures:
         print(f"failed cases: {', '.join(failures)}", file=sys.stderr)

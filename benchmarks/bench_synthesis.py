@@ -1,10 +1,12 @@
-"""Iterative two-stage synthesis: seconds per vertebra, batched (this project) vs. slice-by-slice (reference).
+"""Iterative two-stage synthesis: seconds per vertebra, batched (this project) vs. slice-by-slice (reference),
+float32 and bfloat16, each against its convolution yardstick measured in the same run.
 
-    python benchmarks/bench_synthesis.py [--crop_size 256 256 64] [--ngf 16] [--repeats 3] [--threads N]
+    python benchmarks/bench_synthesis.py [--crop_size 256 256 64] [--ngf 16] [--repeats 3] [--threads N] [--bf16]
 
 A synthetic sagittal crop (box-shaped bodies with textured CT, attention map) whose target spans
-55 sagittal slices, so the central 4/5 gives 44 processed slices, each with an upper and a lower
-neighbour above 200 px: 3 x 44 = 132 slice syntheses per vertebra, as for a typical lumbar vertebra.
+55 sagittal slices (``--target_slices``), so the central 4/5 gives 44 processed slices, each with an
+upper and a lower neighbour above 200 px: 3 x 44 = 132 slice syntheses per vertebra, as for a typical
+lumbar vertebra.
 A random-weight generator (``--ngf``) runs, in the same process and interleaved round-robin so that
 load changes hit every variant alike:
 
@@ -14,19 +16,24 @@ load changes hit every variant alike:
   all slices in chunks of B), channels-last generator, spectral-norm weights computed once per call;
 - ``batched, chunks of B, bf16`` (``--bf16``): the same under bfloat16 autocast (CPU).
 
-Prints the machine, the command and a table with the median wall-clock and CPU (process) seconds per
-vertebra and the speed-ups over the slice-by-slice loop measured in the same run. On a shared machine
-the CPU seconds are the steadier figure (with one thread they are the compute time).
+Before every timed run of a variant its type's convolution yardstick runs (``benchmarks/yardsticks.py``,
+float32 or bfloat16 autocast): each variant's GFLOP/s (generator FLOPs of one slice, counted with
+``torch.utils.flop_counter``, times the slices synthesized) is given as a percentage of it. With
+``--bf16`` the bfloat16 result is compared with the float32 one on the voxels either changed: CT in
+HU (median, p99) and identical labels.
+
+Prints the machine (CPU model, AMX / AVX-512 BF16), the command and a table with the median wall-clock
+and CPU (process) seconds per vertebra, the percentages of the yardsticks and the speed-ups over the
+slice-by-slice loop measured in the same run. On a shared machine the CPU seconds are the steadier
+figure (with one thread they are the compute time).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -35,28 +42,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.yardsticks import (  # noqa: E402
+    DTYPES, abs_difference_stats, conv_yardstick, count_flops, percent_of_yardstick, time_interleaved,
+)
 from data.masking import central_slice_range, slice_offset_ratio, target_slice_extent  # noqa: E402
 from models.iterative_synthesis import (  # noqa: E402
-    GeneratorRunner, SynthesisSettings, adjacent_labels, synthesize_plane, synthesize_step,
+    GeneratorRunner, PlaneSynthesis, SynthesisSettings, adjacent_labels, synthesize_plane, synthesize_step,
 )
 from models.networks import HealthiVertGenerator  # noqa: E402
+from util.cpu_features import bf16_summary  # noqa: E402
 
 TARGET = 20
 BODY_ROWS = 26  # body height (rows); discs of 8 rows between bodies
 TARGET_SLICES = 55  # sagittal extent of the target: int(55 * 4 / 5) = 44 processed slices
+TARGET_PERCENT = {"fp32": 65.0, "bf16": 50.0}  # of the type's yardstick
+TARGET_LABEL_AGREEMENT = 99.5  # % of changed voxels, bf16 vs fp32
+TARGET_MEDIAN_HU = 1.0
 
 
-def benchmark_crop(crop_size: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def benchmark_crop(crop_size: tuple[int, int, int], seed: int = 0,
+                   target_slices: int = TARGET_SLICES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(CT HU float32, labels uint8, attention float32) of a crop centred on L1 with T11-L3 around it."""
     rng = np.random.default_rng(seed)
     rows, cols, slices = crop_size
     ct = rng.normal(0.0, 40.0, crop_size).astype(np.float32)
     labels = np.zeros(crop_size, dtype=np.uint8)
-    z_start = (slices - TARGET_SLICES) // 2
+    z_start = (slices - target_slices) // 2
     for label in range(18, 23):
         top = rows // 2 - BODY_ROWS // 2 + (label - TARGET) * (BODY_ROWS + 8)
         body = (slice(max(top, 0), max(top + BODY_ROWS, 0)), slice(cols // 2 - 22, cols // 2 + 22),
-                slice(z_start, z_start + TARGET_SLICES))
+                slice(z_start, z_start + target_slices))
         labels[body] = label
         ct[body] += 250.0
     cam = np.clip(rng.normal(0.3, 0.1, crop_size), 0.0, 1.0).astype(np.float32)
@@ -90,83 +105,153 @@ def slice_by_slice(runner: GeneratorRunner, ct_hu: np.ndarray, label_map: np.nda
 
 
 def machine_description() -> str:
-    """CPU model, cores, torch threads and load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """CPU model and bfloat16 capabilities, cores, torch threads and load average."""
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"load average {load}")
+    return (f"{bf16_summary()}; {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+            f"threads, load average {load}")
+
+
+def slice_flops(generator: HealthiVertGenerator, image_shape: tuple[int, int]) -> float:
+    """Generator FLOPs of one slice (batch-1 forward, float32)."""
+    zeros = torch.zeros((1, 1) + tuple(image_shape))
+
+    def forward() -> None:
+        with torch.no_grad():
+            generator(zeros, zeros, zeros, zeros, 8.0)
+
+    return count_flops(forward)
+
+
+def changed_voxel_difference(reference: PlaneSynthesis, other: PlaneSynthesis, ct: np.ndarray,
+                             labels: np.ndarray) -> dict[str, float]:
+    """``other`` vs ``reference`` on the voxels either changed in the input crop (``ct``, ``labels``):
+    |CT difference| in HU (median, p99, max) and the percentage of identical labels (also over the crop)."""
+    changed = ((reference.ct_hu != ct) | (other.ct_hu != ct) | (reference.label_map != labels)
+               | (other.label_map != labels))
+    stats = abs_difference_stats(reference.ct_hu[changed], other.ct_hu[changed])
+    same = reference.label_map == other.label_map
+    return {"changed_voxels": int(changed.sum()), "ct_hu_median": stats["median"], "ct_hu_p99": stats["p99"],
+            "ct_hu_max": stats["max"], "label_agreement_changed_percent": 100.0 * float(same[changed].mean()),
+            "label_agreement_crop_percent": 100.0 * float(same.mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--crop_size", type=int, nargs=3, default=[256, 256, 64], help="crop shape (S-I, A-P, R-L)")
+    parser.add_argument("--target_slices", type=int, default=TARGET_SLICES,
+                        help="sagittal extent of the target vertebra (slices; 4/5 of them are processed)")
     parser.add_argument("--ngf", type=int, default=16, help="generator base width")
     parser.add_argument("--mask_height", type=int, default=40, help="band height in rows")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[4, 0],
                         help="slices per generator call of the batched variants (0: all slices at once)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
-    parser.add_argument("--bf16", action="store_true", help="also time the batched variant under bfloat16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="also time the batched variants under bfloat16 autocast")
     parser.add_argument("--skip_loop", action="store_true", help="do not time the slice-by-slice loop")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, run each batched variant once under torch.profiler and print its N "
+                             "operators with the most self CPU time")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if not 0 < args.target_slices <= args.crop_size[2]:
+        parser.error(f"--target_slices {args.target_slices} must be in 1..{args.crop_size[2]} (crop slices)")
     torch.manual_seed(0)
     crop_size = tuple(args.crop_size)
-    ct, labels, cam = benchmark_crop(crop_size)
+    ct, labels, cam = benchmark_crop(crop_size, target_slices=args.target_slices)
     settings = SynthesisSettings(args.mask_height, (-300.0, 800.0))
     plain = HealthiVertGenerator(args.ngf, args.mask_height).eval()
     tuned = HealthiVertGenerator(args.ngf, args.mask_height).eval()
     tuned.load_state_dict(plain.state_dict())
     tuned.to(memory_format=torch.channels_last)
 
-    variants: dict[str, Callable[[], object]] = {}
+    # name -> (type name, run); every run returns the PlaneSynthesis or the number of slices synthesized
+    variants: dict[str, tuple[str, Callable[[], object]]] = {}
     if not args.skip_loop:
         loop_runner = GeneratorRunner(plain, batch_size=1)
-        variants["slice-by-slice (132 single-slice calls)"] = lambda: slice_by_slice(loop_runner, ct, labels, cam,
-                                                                                      settings)
+        variants["slice-by-slice (single-slice calls)"] = (
+            "fp32", lambda: slice_by_slice(loop_runner, ct, labels, cam, settings))
     for batch_size in args.batch_sizes:
         chunk = "all slices" if batch_size == 0 else f"chunks of {batch_size}"
-        dtypes = [None, torch.bfloat16] if args.bf16 else [None]
-        for dtype in dtypes:
-            runner = GeneratorRunner(tuned, batch_size=batch_size, amp_dtype=dtype)
-            name = f"batched, {chunk}" + (", bf16" if dtype is not None else "")
-            variants[name] = (lambda r=runner: synthesize_plane(r, ct, labels, cam, TARGET, "sagittal", settings))
+        for dtype_name in ["fp32", "bf16"] if args.bf16 else ["fp32"]:
+            runner = GeneratorRunner(tuned, batch_size=batch_size, amp_dtype=DTYPES[dtype_name])
+            name = f"batched, {chunk}" + (", bf16" if dtype_name == "bf16" else "")
+            variants[name] = (dtype_name,
+                              lambda r=runner: synthesize_plane(r, ct, labels, cam, TARGET, "sagittal", settings))
 
     processed = synthesize_plane(GeneratorRunner(tuned), ct, labels, cam, TARGET, "sagittal", settings)
+    slices_per_vertebra = sum(len(step.slices) for step in processed.steps)
+    flops = slices_per_vertebra * slice_flops(tuned, ct.shape[:2])
     steps = ", ".join(f"{s.role} {len(s.slices)}" for s in processed.steps)
     print(f"machine: {machine_description()}")
     print(f"command: python benchmarks/bench_synthesis.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"crop {crop_size}, ngf {args.ngf}, band {args.mask_height} rows; slices per step: {steps}")
+    print(f"crop {crop_size}, ngf {args.ngf}, band {args.mask_height} rows; slices per step: {steps}; "
+          f"generator {flops / 1e9:.0f} GFLOP per vertebra")
+    yardsticks = {name: conv_yardstick(DTYPES[name]) for name in {dtype for dtype, _ in variants.values()}}
     warm_up(plain, ct.shape[:2])
     warm_up(tuned, ct.shape[:2])
-    wall: dict[str, list[float]] = {name: [] for name in variants}
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            wall_start, cpu_start = time.perf_counter(), time.process_time()
-            run()
-            wall[name].append(time.perf_counter() - wall_start)
-            cpu[name].append(time.process_time() - cpu_start)
-    baseline = statistics.median(next(iter(wall.values())))
-    cpu_baseline = statistics.median(next(iter(cpu.values())))
+    results: dict[str, object] = {}
+
+    def keep(name: str, run: Callable[[], object]) -> Callable[[], None]:
+        def timed() -> None:
+            results[name] = run()
+        return timed
+
+    times = {name: time_interleaved(keep(name, run), yardsticks[dtype][0], 1, warm_up=False)
+             for name, (dtype, run) in variants.items()}
+    for _ in range(args.repeats - 1):  # round-robin, so that load changes hit every variant alike
+        for name, (dtype, run) in variants.items():
+            more = time_interleaved(keep(name, run), yardsticks[dtype][0], 1, warm_up=False)
+            for key in vars(more):
+                getattr(times[name], key).extend(getattr(more, key))
     print(f"load average after: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
-    print("\n| variant | wall s / vertebra (median) | wall runs | CPU s / vertebra | speed-up (wall) | speed-up (CPU) |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
-    for name in wall:
-        median, cpu_median = statistics.median(wall[name]), statistics.median(cpu[name])
-        runs = " ".join(f"{v:.1f}" for v in wall[name])
-        print(f"| {name} | {median:.1f} | {runs} | {cpu_median:.1f} | {baseline / median:.2f}x | "
-              f"{cpu_baseline / cpu_median:.2f}x |")
+    baseline = statistics.median(next(iter(times.values())).case_wall)
+    cpu_baseline = statistics.median(next(iter(times.values())).case_cpu)
+    print("\n| variant | wall s / vertebra (median) | wall runs | CPU s / vertebra | GFLOP/s | yardstick GFLOP/s | "
+          "% of yardstick | % of yardstick (CPU s) | speed-up (wall) | speed-up (CPU) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    percents: dict[str, float] = {}
+    for name, t in times.items():
+        dtype = variants[name][0]
+        yard_flops = yardsticks[dtype][1]
+        median, cpu_median = statistics.median(t.case_wall), statistics.median(t.case_cpu)
+        percents[name] = percent_of_yardstick(flops, t.case_wall, yard_flops, t.yardstick_wall)
+        cpu_percent = percent_of_yardstick(flops, t.case_cpu, yard_flops, t.yardstick_cpu)
+        runs = " ".join(f"{v:.1f}" for v in t.case_wall)
+        print(f"| {name} ({dtype}) | {median:.1f} | {runs} | {cpu_median:.1f} | {flops / 1e9 / median:.1f} | "
+              f"{yard_flops / 1e9 / statistics.median(t.yardstick_wall):.1f} | {percents[name]:.0f} % | "
+              f"{cpu_percent:.0f} % | {baseline / median:.2f}x | {cpu_baseline / cpu_median:.2f}x |")
+    print()
+    for name, percent in percents.items():
+        if name.startswith("batched"):
+            target = TARGET_PERCENT[variants[name][0]]
+            print(f"target {name} >= {target:.0f} % of its yardstick: {'met' if percent >= target else 'NOT met'} "
+                  f"({percent:.0f} %)")
+    for name in variants:
+        if name.endswith(", bf16"):
+            diff = changed_voxel_difference(results[name[:-len(", bf16")]], results[name], ct, labels)
+            ok = (diff["label_agreement_changed_percent"] >= TARGET_LABEL_AGREEMENT
+                  and diff["ct_hu_median"] <= TARGET_MEDIAN_HU)
+            print(f"{name} vs float32 on {diff['changed_voxels']} changed voxels: CT |difference| median "
+                  f"{diff['ct_hu_median']:.2f} HU, p99 {diff['ct_hu_p99']:.2f} HU, max {diff['ct_hu_max']:.1f} HU; "
+                  f"labels identical on {diff['label_agreement_changed_percent']:.2f} % of them "
+                  f"({diff['label_agreement_crop_percent']:.3f} % of the crop); target (labels >= "
+                  f"{TARGET_LABEL_AGREEMENT} %, median <= {TARGET_MEDIAN_HU:.0f} HU): {'met' if ok else 'NOT met'}")
+    for name, (_, run) in variants.items():
+        if args.profile > 0 and name.startswith("batched"):
+            print(f"\nprofile of {name} (one run, self CPU time):")
+            print(operator_profile(run, args.profile))
     return 0
+
+
+def operator_profile(run: Callable[[], object], rows: int) -> str:
+    """torch.profiler table of one call of ``run``: the ``rows`` operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def warm_up(generator: HealthiVertGenerator, image_shape: tuple[int, int]) -> None:

@@ -3,9 +3,10 @@
 Every foreground position of a feature map is matched (cosine-like score of 3x3 patches on a
 grid downsampled by ``rate``) against the *unmasked* background patches of the same sample; the
 softmax-weighted background patches (``2*rate`` wide, taken at full feature resolution) are pasted
-back with a transposed convolution. The whole batch goes through one grouped convolution for the
-matching and one grouped transposed convolution for the pasting: no Python loop over samples, and
-each sample uses its own mask (the reference implementation used sample 0's mask for all).
+back with a transposed convolution. The whole batch goes through one batched matrix product for the
+matching and one for the pasting (``torch.bmm``, the latter followed by col2im, ``F.fold``): no
+Python loop over samples, and each sample uses its own mask (the reference implementation used
+sample 0's mask for all).
 """
 
 from __future__ import annotations
@@ -24,17 +25,15 @@ def same_padding_amounts(size: int, kernel: int, stride: int) -> tuple[int, int]
     return total // 2, total - total // 2
 
 
-def extract_patches(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """All ``kernel``x``kernel`` patches of ``x`` (B,C,H,W) with SAME padding, as (B, L, C, k, k).
+def unfold_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """All ``kernel``x``kernel`` patches of ``x`` (B,C,H,W) with SAME padding, as columns (B, C*k*k, L).
 
-    Patches are ordered row-major over the output grid (L = ceil(H/stride) * ceil(W/stride)).
+    Rows are ordered (channel, kernel row, kernel column), columns row-major over the output grid
+    (L = ceil(H/stride) * ceil(W/stride)).
     """
-    batch, channels, height, width = x.shape
-    top, bottom = same_padding_amounts(height, kernel, stride)
-    left, right = same_padding_amounts(width, kernel, stride)
-    padded = F.pad(x, (left, right, top, bottom))
-    cols = F.unfold(padded, kernel_size=kernel, stride=stride)  # (B, C*k*k, L)
-    return cols.transpose(1, 2).reshape(batch, -1, channels, kernel, kernel)
+    top, bottom = same_padding_amounts(x.shape[2], kernel, stride)
+    left, right = same_padding_amounts(x.shape[3], kernel, stride)
+    return F.unfold(F.pad(x, (left, right, top, bottom)), kernel_size=kernel, stride=stride)
 
 
 def fuse_diagonal(scores: torch.Tensor, grid_b: tuple[int, int], grid_f: tuple[int, int]) -> torch.Tensor:
@@ -49,8 +48,10 @@ def fuse_diagonal(scores: torch.Tensor, grid_b: tuple[int, int], grid_f: tuple[i
 
     def diag3(m: torch.Tensor) -> torch.Tensor:
         # out[l, p] = m[l-1, p-1] + m[l, p] + m[l+1, p+1] (zero outside): conv with eye(3)
-        padded = F.pad(m, (1, 1, 1, 1))
-        return padded[:, :-2, :-2] + padded[:, 1:-1, 1:-1] + padded[:, 2:, 2:]
+        out = m.clone()
+        out[:, 1:, 1:] += m[:, :-1, :-1]
+        out[:, :-1, :-1] += m[:, 1:, 1:]
+        return out
 
     fused = diag3(scores)
     transposed = fused.view(batch, hb, wb, hf, wf).permute(0, 2, 1, 4, 3).reshape(batch, wb * hb, wf * hf)
@@ -105,38 +106,34 @@ class ContextualAttention(nn.Module):
             return self._attend(features.float(), mask)
 
     def _attend(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, channels, height, width = x.shape
+        batch, _, height, width = x.shape
         rate = self.rate
         if height % rate or width % rate:
             raise ValueError(f"ContextualAttention: feature size {height}x{width} not divisible by rate {rate}")
         raw_kernel = 2 * rate
-        # background patches for pasting, full feature resolution: (B*L, C, 2r, 2r)
-        raw_patches = extract_patches(x, raw_kernel, rate).reshape(-1, channels, raw_kernel, raw_kernel)
+        # background patches for pasting, full feature resolution: (B, C*2r*2r, L)
+        raw_patches = unfold_same(x, raw_kernel, rate)
         small = x[:, :, ::rate, ::rate]  # nearest downsampling by 1/rate
         grid = (small.shape[2], small.shape[3])
         num_patches = grid[0] * grid[1]
-        # normalised matching kernels (B*L, C, k, k)
-        patches = extract_patches(small, self.ksize, 1)
-        norms = patches.pow(2).sum(dim=(2, 3, 4), keepdim=True).sqrt().clamp_min(1e-4)
-        kernels = (patches / norms).reshape(-1, channels, self.ksize, self.ksize)
-        top, bottom = same_padding_amounts(grid[0], self.ksize, 1)
-        left, right = same_padding_amounts(grid[1], self.ksize, 1)
-        padded = F.pad(small, (left, right, top, bottom))
-        query = padded.reshape(1, batch * channels, *padded.shape[2:])
-        scores = F.conv2d(query, kernels, groups=batch)  # (1, B*L, hb, wb)
-        scores = scores.view(batch, num_patches, num_patches)
+        # 3x3 patches of the matching grid (B, C*k*k, L); the matching kernels are them normalised
+        patches = unfold_same(small, self.ksize, 1)
+        norms = patches.pow(2).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-4)
+        # scores[b, p, l]: foreground position p (rows) against background patch l (columns), so that
+        # the softmax and argmax over the background run along the contiguous last axis
+        scores = torch.bmm(patches.transpose(1, 2), patches / norms)
         if self.fuse:
-            scores = fuse_diagonal(scores, grid, grid)
-        scores = scores.view(batch, num_patches, *grid)
-        available = self.available_background(mask, grid)
-        attention = F.softmax(scores * available * self.softmax_scale, dim=1) * available
-        best = attention.argmax(dim=1)  # (B, hb, wb)
+            scores = fuse_diagonal(scores, grid, grid)  # symmetric in the two axes for equal grids
+        available = self.available_background(mask, grid).view(batch, 1, num_patches)
+        attention = F.softmax(scores * (available * self.softmax_scale), dim=2) * available
+        best = attention.argmax(dim=2).view(batch, *grid)
         rows = torch.arange(grid[0], device=x.device).view(1, -1, 1)
         cols = torch.arange(grid[1], device=x.device).view(1, 1, -1)
         offsets = torch.stack([best // grid[1] - rows, best % grid[1] - cols], dim=1).float()
-        pasted = F.conv_transpose2d(attention.reshape(1, batch * num_patches, *grid), raw_patches,
-                                    stride=rate, padding=rate // 2, groups=batch) / 4.0
-        return pasted.view(batch, channels, height, width), offsets
+        # paste: a transposed convolution with the background patches = matmul + col2im (fold)
+        pasted = torch.bmm(raw_patches, attention.transpose(1, 2))  # (B, C*2r*2r, P)
+        output = F.fold(pasted, (height, width), kernel_size=raw_kernel, stride=rate, padding=rate // 2) / 4.0
+        return output, offsets
 
 
 def flow_to_rgb(flow: torch.Tensor, max_norm: float | None = None) -> torch.Tensor:

@@ -89,6 +89,7 @@ from models.amp import resolve_amp_dtype
 from models.composition import compose_height_adaptive
 from models.networks import GeneratorOutput
 from util.checkpoint import checkpoint_path, load_checkpoint
+from util.cpu_features import onednn_bf16_supported
 from util.distributed import gather_objects, rank_and_size, resolve_device
 from util.fileio import prepare_output_dir, read_json, write_json
 from util.protocol import PROTOCOLS, Protocol, get_protocol
@@ -274,6 +275,9 @@ class GeneratorRunner:
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
         self.calls = 0
+        if amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not onednn_bf16_supported():
+            warnings.warn("bfloat16 on this CPU (no AVX-512 / AMX) runs convolutions in a generic kernel, several "
+                          "times slower than float32 (benchmarks/README.md): synthesize in float32 here", stacklevel=2)
 
     def __call__(self, masked_ct: np.ndarray, offsets: np.ndarray, band_mask: np.ndarray, cam: np.ndarray,
                  mask_height_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
