@@ -70,7 +70,8 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+import typing
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ CPU_BATCH_SIZE = 4  # slices per generator call on CPU: the fastest per slice in
 PLANE_MODES = (*PLANES, "both")
 
 
-class Generator(Protocol):
+class Generator(typing.Protocol):
     """What the synthesis needs of a generator (``models.networks.HealthiVertGenerator``; the AOT-GAN baseline's
     ``models.aotgan_networks.AOTSynthesisGenerator``); ``load_generator`` builds the one the checkpoint names."""
 
