@@ -24,6 +24,7 @@ from data.crops import crop_affine, load_crop, write_crop
 from data.labels import split_key, vertebra_name
 from tests.phantom_fixtures import make_test_phantom
 from tests.test_attention import synthetic_crop
+from data.masking import make_masked_slices
 from tests.test_predict import CROP_SIZE, FRACTURED, _one_error_line, write_checkpoint
 
 REGIONS = ("anterior", "middle", "posterior")
@@ -42,6 +43,34 @@ def chain_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train_tiny_classifier(root / "cls_crops", checkpoints, "cls", CROP_SIZE, 1.0)
     return {"root": root, "ct": raw / "obl.nii.gz", "mask": raw / "obl_msk.nii.gz", "phantom": phantom,
             "checkpoints": checkpoints}
+
+
+def footprint_synthesis(runner, ct_hu, labels, target_probability, cam, offsets, step_label, is_target, settings,
+                        canvas, stepped=None):
+    """``synthesize_centred`` with the untrained generator's segmentation replaced by the target's own A-P footprint.
+
+    The untrained generator segments almost nothing, so no synthesized height could be measured. With this
+    stand-in the synthesized body spans the original body's columns and is as tall as the (untrained) height
+    head says; everything else (masking, CT, heights, composition) is the real chain's.
+    """
+    located = iterative_synthesis.clamp_tall_targets(labels, step_label, settings.mask_height_px,
+                                                     settings.min_component_px)
+    valid = make_masked_slices(np.zeros(labels.shape, np.float32), located, step_label, None, settings.mask_height_px,
+                               settings.min_component_px).valid
+    left = (canvas - labels.shape[2]) // 2
+    columns = (labels == step_label).any(axis=1)[valid]  # (valid slices, W)
+
+    def with_footprint(masked_ct, slice_offsets, band_mask, cam_slices, mask_height_px):
+        fine_ct, fine_seg, fine_height = runner(masked_ct, slice_offsets, band_mask, cam_slices, mask_height_px)
+        seg = np.zeros_like(fine_seg)
+        seg[:, :, left:left + columns.shape[1]] = columns[:, None, :]
+        return fine_ct, seg, fine_height
+
+    return synthesize_centred(with_footprint, ct_hu, labels, target_probability, cam, offsets, step_label, is_target,
+                              settings, canvas, stepped)
+
+
+synthesize_centred = iterative_synthesis.synthesize_centred
 
 
 def train_tiny_classifier(dataroot: Path, checkpoints: Path, name: str, crop_size: list[int], spacing_mm: float,
@@ -73,7 +102,8 @@ def run(case: dict, out: Path, *extra: str, checkpoints: Path | None = None) -> 
                          "--no_report", *extra])
 
 
-def test_synthesized_reference_measures_the_scan_in_mm(chain_case: dict, tmp_path: Path) -> None:
+def test_synthesized_reference_measures_the_scan_in_mm(chain_case: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(iterative_synthesis, "synthesize_centred", footprint_synthesis)
     out = tmp_path / "out"
     assert run(chain_case, out, "--reference", "synthesized") == 0
     table = pd.read_csv(out / "vertebrae.csv")
