@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-import models.iterative_synthesis as iterative_synthesis
 import predict
 from Attention.classifier import checkpoint_path, parse_classifier_options, train_classifier
 from data.crops import crop_affine, load_crop, write_crop
 from data.labels import split_key, vertebra_name
+from data.masking import make_masked_slices
+from models import iterative_synthesis
 from tests.phantom_fixtures import make_test_phantom
 from tests.test_attention import synthetic_crop
-from data.masking import make_masked_slices
 from tests.test_predict import CROP_SIZE, FRACTURED, _one_error_line, write_checkpoint
 
 REGIONS = ("anterior", "middle", "posterior")
@@ -118,24 +118,24 @@ def test_synthesized_reference_measures_the_scan_in_mm(chain_case: dict, tmp_pat
             assert abs(measured_mm - drawn[region]) < H_ORI_TOLERANCE_MM, (row.name, region, measured_mm, drawn[region])
         for region in (*REGIONS, "whole"):
             h_syn, h_ori = getattr(row, f"H_syn_{region}_mm"), getattr(row, f"H_ori_{region}_mm")
-            assert getattr(row, f"RHLV_{region}") == pytest.approx((h_syn - h_ori) / h_syn, abs=2e-3), (row.name, region)
+            rhlv = getattr(row, f"RHLV_{region}")
+            assert rhlv == pytest.approx((h_syn - h_ori) / h_syn, abs=2e-4), (row.name, region)
         assert row.RHLV_max_regional == pytest.approx(max(getattr(row, f"RHLV_{r}") for r in REGIONS), abs=1e-4)
 
     ct = nib.load(str(chain_case["ct"]))
     pseudo = nib.load(str(out / "pseudo_healthy_ct.nii.gz"))
     assert pseudo.shape == ct.shape and np.abs(pseudo.affine - ct.affine).max() < 1e-4
-    # outside the vertebral bodies (and a 15 mm margin: the generator's 40 mm band reaches past a body's
-    # endplates, the paste margin past its walls) the pseudo-healthy CT is the scan, voxel for voxel
+    # away from the vertebrae the pseudo-healthy CT is the scan, voxel for voxel; the margin: a synthesized body
+    # is at most the 40 mm band tall (<= 9 mm past a ~22 mm body's endplates) plus the 2-voxel paste margin
     mask = np.asanyarray(nib.load(str(chain_case["mask"])).dataobj)
     spacing = np.linalg.norm(ct.affine[:3, :3], axis=0)
-    far = ndimage.distance_transform_edt(mask == 0, sampling=spacing) >= 15.0
+    far = ndimage.distance_transform_edt(mask == 0, sampling=spacing) >= 12.0
     original = np.rint(np.asanyarray(ct.dataobj))
     synthesized = np.asanyarray(pseudo.dataobj)
     assert np.array_equal(synthesized[far], original[far])
     assert (synthesized[~far] != original[~far]).any()
 
 
-@pytest.mark.slow
 def test_classifier_attention_maps_reach_the_synthesis(chain_case: dict, tmp_path: Path, monkeypatch) -> None:
     loaded: dict[str, np.ndarray] = {}
     load_attention = iterative_synthesis.load_attention
