@@ -14,7 +14,8 @@ that could not be measured), report.html (self-contained), pseudo_healthy_ct.nii
 vertebra) on the input CT's grid and affine, and centroids.mrk.json (3D Slicer markups, LPS).
 
 The crops are straightened with the crop size and spacing the model was trained on (read from its
-checkpoint); --crop_size / --spacing / --plane that differ from the model's are refused.
+checkpoint); --crop_size / --spacing / --plane that differ from the model's are refused, and so is a
+--classifier trained on crops of another size or spacing (recorded in its checkpoint).
 
 Example:
     python predict.py --ct scan.nii.gz --mask scan_seg.nii.gz --label_scheme totalseg --name healthivert \\

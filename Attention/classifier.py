@@ -338,8 +338,11 @@ def plain_options(opt: argparse.Namespace) -> dict[str, Any]:
 
 
 def save_classifier(path: str | Path, model: nn.Module, opt: argparse.Namespace, epoch: int,
-                    metrics: dict[str, Any]) -> None:
-    """Write the checkpoint atomically: a plain dict loadable with ``torch.load(weights_only=True)``."""
+                    metrics: dict[str, Any], crop_geometry: dict[str, Any] | None = None) -> None:
+    """Write the checkpoint atomically: a plain dict loadable with ``torch.load(weights_only=True)``.
+
+    ``crop_geometry`` (``crop_size`` voxels, ``crop_spacing_mm`` per axis) records the crops it was trained on.
+    """
     state = {
         "format": CHECKPOINT_FORMAT,
         "arch": opt.arch,
@@ -351,8 +354,19 @@ def save_classifier(path: str | Path, model: nn.Module, opt: argparse.Namespace,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "options": plain_options(opt),
         "metrics": {k: v for k, v in metrics.items() if k != "fracture_probability"},
+        **(crop_geometry or {}),
     }
     atomic_torch_save(state, path)
+
+
+def training_crop_geometry(dataroot: str | Path, keys: Sequence[str]) -> dict[str, Any]:
+    """``crop_size`` and ``crop_spacing_mm`` of the first crop of ``keys`` whose sidecar records them ({} if none)."""
+    for key in keys:
+        sidecar = load_crop(dataroot, key, need_ct=False).sidecar
+        if "crop_size" in sidecar and "spacing_mm" in sidecar:
+            return {"crop_size": [int(n) for n in sidecar["crop_size"]],
+                    "crop_spacing_mm": [float(x) for x in sidecar["spacing_mm"]]}
+    return {}
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -480,6 +494,7 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
     if not val_set:
         LOGGER.warning("%s: no usable 'val' vertebra; validation metrics are not computed", opt.split_json)
 
+    geometry = training_crop_geometry(opt.dataroot, sorted(split["train"]))
     dataset = SliceDataset(train_set)
     generator = torch.Generator().manual_seed(opt.seed)
     sampler = WeightedRandomSampler(sample_weights(dataset, balance_classes=opt.balance == "sampler"),
@@ -525,7 +540,7 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
         _append_log(log_path, row)
         LOGGER.info("epoch %d/%d loss %.4f val balanced accuracy %s AUC %s", epoch, n_epochs, row["train_loss"],
                     row["val_balanced_accuracy"], row["val_auc"])
-        save_classifier(ckpt, model, opt, epoch, metrics)
+        save_classifier(ckpt, model, opt, epoch, metrics, geometry)
 
     result = dict(metrics)
     result.update({
@@ -554,5 +569,5 @@ __all__ = [
     "ARCHS", "SmallSEResNet", "VertebraSlices", "build_classifier", "cam_target_layer", "central_sagittal_slices",
     "checkpoint_path", "classification_metrics", "classifier_parser", "evaluate", "format_metrics",
     "load_classifier", "load_vertebra_slices", "parse_classifier_options", "sagittal_slices", "save_classifier",
-    "train_classifier",
+    "train_classifier", "training_crop_geometry",
 ]

@@ -111,6 +111,24 @@ def model_geometry(path: Path, options: dict[str, Any], settings: PredictSetting
     return size, spacing
 
 
+def check_classifier_geometry(settings: PredictSettings, crop_size: tuple[int, int, int], spacing: float) -> str | None:
+    """Refuse a classifier trained on crops of another size or spacing (mm); a note when it does not record them."""
+    from Attention.classifier import checkpoint_path, load_classifier
+
+    path = checkpoint_path(settings.checkpoints_dir, str(settings.classifier))
+    _, checkpoint = load_classifier(path)
+    trained_size, trained_spacing = checkpoint.get("crop_size"), checkpoint.get("crop_spacing_mm")
+    if trained_size is None or trained_spacing is None:
+        return f"{path}: the classifier does not record its training crops' size and spacing; not checked"
+    if [int(n) for n in trained_size] != list(crop_size):
+        raise PredictError(f"{path}: classifier trained on {list(trained_size)} crops, the generator on "
+                           f"{list(crop_size)} crops")
+    if np.abs(np.asarray(trained_spacing, dtype=float) - spacing).max() > 1e-6:
+        raise PredictError(f"{path}: classifier trained on {'x'.join(f'{x:g}' for x in trained_spacing)} mm crops, "
+                           f"the generator on {spacing:g} mm crops")
+    return None
+
+
 def verse_mask_file(settings: PredictSettings, work: Path, case: str) -> Path:
     """The mask with VerSe ids: the input for ``verse``, a converted copy in ``work`` for ``totalseg``."""
     if settings.label_scheme not in LABEL_SCHEMES:
@@ -306,8 +324,11 @@ def predict_scan(settings: PredictSettings) -> PredictResult:
     del model
     if settings.grader is not None:
         load_grader(settings.grader)  # fail before the long steps
-    case = settings.case or case_name(Path(settings.ct))
     notes: list[str] = []
+    if settings.classifier:
+        note = check_classifier_geometry(settings, crop_size, spacing)
+        notes += [note] if note else []
+    case = settings.case or case_name(Path(settings.ct))
     settings.out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:  # a failed run must not leave an earlier run's results looking like its own
         (settings.out / name).unlink(missing_ok=True)
