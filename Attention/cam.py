@@ -32,9 +32,9 @@ from Attention.classifier import (
 )
 from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import window_hu, save_nifti
+from util import published_layout
 from util.device import seed_everything
 from util.distributed import resolve_device
-from util import published_layout
 from util.fileio import atomic_path, prepare_output_dir
 
 LOGGER = logging.getLogger(__name__)

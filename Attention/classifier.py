@@ -38,9 +38,9 @@ from tqdm import tqdm
 
 from data.crops import load_crop, read_split, require_listed_crops
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
+from util import published_layout
 from util.device import seed_everything
 from util.distributed import resolve_device
-from util import published_layout
 from util.fileio import atomic_torch_save, prepare_output_dir, read_torch_file, write_json
 
 LOGGER = logging.getLogger(__name__)

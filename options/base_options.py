@@ -182,7 +182,7 @@ class BaseOptions:
             self.parser.error(f"--num_threads must be >= 0, got {opt.num_threads}")
         if opt.cam_dir is None and published_layout.cam_dir_for(opt.dataroot) is not None:
             opt.cam_dir = str(published_layout.CAM_DIR)
-            if int(os.environ.get("RANK", 0)) == 0:
+            if int(os.environ.get("RANK", "0")) == 0:
                 print(f"note: attention maps from {opt.cam_dir} (published layout; --cam_dir chooses another)",
                       file=sys.stderr)
         if opt.cam_dir and not Path(opt.cam_dir).is_dir():
