@@ -124,3 +124,40 @@ def test_published_quickstart_runs_as_written(tmp_path: Path) -> None:
     healthy_val = sorted(k for k, g in split["val"].items() if g == 0)
     assert sorted(metrics["Vertebra"]) == healthy_val
     assert np.isfinite(metrics.select_dtypes("number").to_numpy()).all()
+
+
+@pytest.mark.parametrize("argv, output_dir, name", [
+    ([], "output", "HealthiVert_experiment"),
+    (["--name", "N"], "results/N", "N"),
+    (["--results_dir", "R"], "R/HealthiVert_experiment", "HealthiVert_experiment"),
+    (["--results_dir", "R", "--name", "N"], "R/N", "N"),
+    (["--output_dir", "O", "--name", "N"], "O", "N"),
+])
+def test_synthesis_output_folder_rule(tmp_path: Path, monkeypatch, argv: list[str], output_dir: str,
+                                      name: str) -> None:
+    """``./output`` only when none of --results_dir/--name/--output_dir is given; else <results_dir>/<name>."""
+    import eval_3d_sagittal_twostage as script
+    from models.iterative_synthesis import synthesis_dir
+
+    monkeypatch.chdir(tmp_path)
+    opt = script.parse_options(argv)
+    assert (synthesis_dir(opt), opt.name) == (Path(output_dir), name)
+    assert Path(opt.dataroot) == Path("dataset/straightened") and opt.cam_dir is None
+
+
+def test_published_attention_folder_is_used_only_with_the_published_dataroot(tmp_path: Path, monkeypatch,
+                                                                             capsys) -> None:
+    import eval_3d_sagittal_twostage as script
+    from Attention.cam import parse_cam_options
+    from options.train_options import TrainOptions
+
+    monkeypatch.chdir(tmp_path)
+    assert parse_cam_options([]).out == Path("Attention/heatmap")
+    assert parse_cam_options(["--dataroot", "data/straightened"]).out == Path("data/heatmap")
+    (tmp_path / "Attention" / "heatmap").mkdir(parents=True)
+    assert script.parse_options([]).cam_dir == "Attention/heatmap"
+    assert "attention maps from Attention/heatmap" in capsys.readouterr().err
+    train = TrainOptions().parse(["--dataroot", "./dataset/straightened"], save=False)
+    assert train.cam_dir == "Attention/heatmap" and train.name == "HealthiVert_experiment"
+    assert TrainOptions().parse(["--dataroot", "elsewhere/straightened"], save=False).cam_dir is None
+    assert script.parse_options(["--cam_dir", "Attention"]).cam_dir == "Attention"
