@@ -9,6 +9,14 @@ neighbour, then the lower neighbour, then the target are synthesized on the cent
 target's slices, each step batched over the slices (``models.iterative_synthesis``). Outputs on the
 crop grid: ``R/N/CT_fake/<case>_<v>.nii.gz`` (int16 HU) and ``R/N/label_fake/<case>_<v>.nii.gz``
 (uint8 VerSe ids); with ``--plane both`` also ``R/N/coronal/`` and the 2.5D fusion in ``R/N/fused/``.
+``--output_dir O`` writes to ``O/`` instead of ``R/N/``.
+
+Without flags it runs on the published README's layout: ``--dataroot ./dataset/straightened``, the
+attention maps of ``./Attention/heatmap`` when that folder exists, the model
+``./checkpoints/HealthiVert_experiment`` (what the published training command writes) and outputs in
+``./output/{CT_fake,label_fake}/``. The rule: ``--output_dir`` defaults to ``./output`` when none of
+``--results_dir``, ``--name`` and ``--output_dir`` is given, else to ``<results_dir>/<name>``
+(``--results_dir`` default ``./results/``, ``--name`` default ``HealthiVert_experiment``).
 Each output has a provenance record ``R/N/provenance/<key>.json`` (SHA-256 of the checkpoint(s),
 plane, autocast, ``--cam_dir``, size and mtime of the input crop and map). A vertebra is skipped when
 its outputs exist and their record matches this run; when they came from another checkpoint, options
@@ -26,7 +34,10 @@ import sys
 from data.image_io import ImageIOError
 from models.iterative_synthesis import CPU_BATCH_SIZE, PLANE_MODES, synthesize_dataset
 from options.test_options import TestOptions
+from util import published_layout
 from util.distributed import RankFailure, setup_distributed, teardown_distributed
+
+DEFAULT_RESULTS_DIR = "./results/"
 
 
 class SynthesisOptions(TestOptions):
@@ -34,6 +45,17 @@ class SynthesisOptions(TestOptions):
 
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = TestOptions.initialize(self, parser)
+        dataroot = parser._option_string_actions["--dataroot"]
+        dataroot.required, dataroot.default = False, f"./{published_layout.DATAROOT}"
+        name, results_dir = parser._option_string_actions["--name"], parser._option_string_actions["--results_dir"]
+        name.default, results_dir.default = None, None
+        name.help = (f"experiment name of the model in <checkpoints_dir>/<name> (default "
+                     f"{published_layout.EXPERIMENT_NAME}, the published training command's)")
+        results_dir.help = f"results go to <results_dir>/<name>/ (default {DEFAULT_RESULTS_DIR})"
+        parser.add_argument("--output_dir", default=None,
+                            help="folder receiving CT_fake/ and label_fake/ (default: <results_dir>/<name> when "
+                                 f"--results_dir or --name is given, else ./{published_layout.OUTPUT_DIR}, the "
+                                 "published layout)")
         plane = parser._option_string_actions["--plane"]
         plane.choices = list(PLANE_MODES)
         plane.help = ("sagittal or coronal: synthesize with that plane's model (--name); both: sagittal (--name), "
@@ -51,6 +73,15 @@ class SynthesisOptions(TestOptions):
                             help="bfloat16 autocast on CPU (faster on CPUs with AVX512-BF16/AMX; results differ slightly)")
         parser.add_argument("--no_progress", action="store_true", help="no progress bar")
         return parser
+
+    def gather_options(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """Parse, then resolve the defaults of ``--name``, ``--results_dir`` and ``--output_dir`` (module docstring)."""
+        opt = TestOptions.gather_options(self, argv)
+        if opt.output_dir is None and opt.name is None and opt.results_dir is None:
+            opt.output_dir = f"./{published_layout.OUTPUT_DIR}"
+        opt.name = opt.name or published_layout.EXPERIMENT_NAME
+        opt.results_dir = opt.results_dir or DEFAULT_RESULTS_DIR
+        return opt
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:

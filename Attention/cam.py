@@ -32,6 +32,7 @@ from Attention.classifier import (
 )
 from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import window_hu, save_nifti
+from util import published_layout
 from util.device import seed_everything
 from util.distributed import resolve_device
 from util.fileio import atomic_path, prepare_output_dir
@@ -120,12 +121,16 @@ def cam_parser() -> argparse.ArgumentParser:
                     "<out>/<case>_<v>.nii.gz (float32 in [0, 1], crop grid) and a PNG montage.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dataroot", type=Path, required=True, help="straightened crop folder (CT/, label/)")
-    parser.add_argument("--name", required=True, help="experiment name of the trained classifier")
+    parser.add_argument("--dataroot", type=Path, default=published_layout.DATAROOT,
+                        help="straightened crop folder (CT/, label/)")
+    parser.add_argument("--name", default=published_layout.CLASSIFIER_NAME,
+                        help="experiment name of the classifier trained by Attention/train_classifier.py")
     parser.add_argument("--checkpoints_dir", type=Path, default=Path("checkpoints"),
                         help="reads <checkpoints_dir>/<name>/classifier.pth")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: 'heatmap' beside --dataroot, i.e. DIR/heatmap)")
+                        help=f"output folder (default: ./{published_layout.CAM_DIR} for --dataroot "
+                             f"./{published_layout.DATAROOT}, the published layout; else 'heatmap' beside "
+                             "--dataroot, i.e. DIR/heatmap)")
     parser.add_argument("--n_slices", type=int, default=DEFAULT_N_SLICES,
                         help="central sagittal slices that get a map (zero elsewhere)")
     parser.add_argument("--batch_size", type=int, default=16, help="slices per Grad-CAM++ batch")
@@ -151,7 +156,10 @@ def parse_cam_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def default_cam_dir(dataroot: str | Path) -> Path:
-    """``DIR/heatmap`` for ``--dataroot DIR/straightened``."""
+    """``DIR/heatmap`` for ``--dataroot DIR/straightened``; ``./Attention/heatmap`` for the published
+    ``./dataset/straightened``."""
+    if published_layout.is_published_dataroot(dataroot):
+        return published_layout.CAM_DIR
     return Path(dataroot).parent / "heatmap"
 
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from data.crops import load_crop, read_split, require_listed_crops
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
+from util import published_layout
 from util.device import seed_everything
 from util.distributed import resolve_device
 from util.fileio import atomic_torch_save, prepare_output_dir, read_torch_file, write_json
@@ -372,7 +373,8 @@ def training_crop_geometry(dataroot: str | Path, keys: Sequence[str]) -> dict[st
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the classifier of a checkpoint on ``device`` (eval mode); returns (model, checkpoint dict)."""
     checkpoint = read_torch_file(path, "classifier checkpoint",
-                                 "; train one with python Attention/train_classifier.py")
+                                 "; train one first with python Attention/train_classifier.py "
+                                 "(same --name; its defaults fit these defaults)")
     missing = {"arch", "state_dict", "window_hu", "in_channels", "num_classes"} - set(checkpoint)
     if not isinstance(checkpoint, dict) or missing:
         raise ValueError(f"{path}: not a classifier checkpoint (missing {sorted(missing)})")
@@ -394,10 +396,14 @@ def classifier_parser() -> argparse.ArgumentParser:
                     "(fractured = Genant grade >= --fracture_grade). Writes <checkpoints_dir>/<name>/classifier.pth.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dataroot", type=Path, required=True, help="straightened crop folder (CT/, label/)")
-    parser.add_argument("--split_json", type=Path, required=True,
-                        help="split JSON {train,val,test: {<case>_<v>: grade}}; trains on train, reports on val")
-    parser.add_argument("--name", required=True, help="experiment name (checkpoint folder)")
+    parser.add_argument("--dataroot", type=Path, default=published_layout.DATAROOT,
+                        help="straightened crop folder (CT/, label/)")
+    parser.add_argument("--split_json", type=Path, default=None,
+                        help="split JSON {train,val,test: {<case>_<v>: grade}}; trains on train, reports on val "
+                             "(default: <dataroot>/../vertebra_data.json, else ./vertebra_data.json)")
+    parser.add_argument("--name", default=published_layout.CLASSIFIER_NAME,
+                        help="experiment name (checkpoint folder); Attention/grad_CAM_3d_sagittal.py reads the "
+                             "same default")
     parser.add_argument("--checkpoints_dir", type=Path, default=Path("checkpoints"), help="where models are saved")
     parser.add_argument("--arch", choices=ARCHS, default="seresnet50",
                         help="seresnet50: MONAI SE-ResNet-50 (2D) as in the paper, for a GPU; "
@@ -442,6 +448,11 @@ def parse_classifier_options(argv: Sequence[str] | None = None) -> argparse.Name
         parser.error("--n_epochs + --n_epochs_decay must be >= 1")
     if opt.hu_window[1] <= opt.hu_window[0]:
         parser.error("--hu_window: HIGH must exceed LOW")
+    if opt.split_json is None:
+        beside = Path(opt.dataroot).resolve().parent / "vertebra_data.json"
+        opt.split_json = beside if beside.is_file() else published_layout.split_json()
+        if opt.split_json is None:
+            parser.error(f"no split JSON at {beside} or ./vertebra_data.json; give --split_json FILE")
     return opt
 
 

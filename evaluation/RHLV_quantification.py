@@ -1,7 +1,7 @@
 """RHLV table (and height-loss maps) of synthesized vertebrae against the originals (DESIGN 5).
 
 Without flags it reads the published layout: ./dataset/straightened/label,
-./output/label_fake and vertebra_data.json, and writes
+./output/label_fake and ./vertebra_data.json (else ./dataset/vertebra_data.json), and writes
 evaluation/RHLV_quantification/rhlv.csv (the table SVM_grading.py reads by default).
 
 Example:
@@ -27,13 +27,14 @@ from evaluation.rhlv_table import (  # noqa: E402
     split_in_file_order,
     write_table,
 )
+from util import published_layout  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402
 from util.fileio import prepare_output_dir  # noqa: E402
 from util.protocol import add_protocol_argument  # noqa: E402
 
 DEFAULT_LABEL_DIR = "./dataset/straightened/label"
 DEFAULT_FAKE_DIR = "./output/label_fake"
-DEFAULT_SPLIT_JSON = "vertebra_data.json"
+DEFAULT_SPLIT_JSON = " or ".join(str(p) for p in published_layout.SPLIT_JSON_CANDIDATES)
 DEFAULT_OUT = "evaluation/RHLV_quantification/rhlv.csv"
 REFERENCE_MIN_COMPONENT_FRACTION = 0.0  # the published code counts every voxel of the label id
 
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "neighbours")
     parser.add_argument("--split_json", default=None,
                         help=f"split JSON (DESIGN 3.5) giving each vertebra's grade and split; default "
-                             f"{DEFAULT_SPLIT_JSON} when it exists, else every crop of --label_dir is measured and "
-                             f"Label/Dataset stay empty")
+                             f"the first of {DEFAULT_SPLIT_JSON} that exists, else every crop of --label_dir is "
+                             f"measured and Label/Dataset stay empty")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output CSV (the neighbour baseline of --reference both "
                                                            "goes to <out stem>_neighbours.csv)")
     parser.add_argument("--reference", choices=("synthesized", "neighbours", "both"), default="synthesized",
@@ -92,8 +93,8 @@ def measure_options(args: argparse.Namespace) -> MeasureOptions:
 def _split_json(args: argparse.Namespace) -> Path | None:
     if args.split_json is not None:
         return Path(args.split_json)
-    if Path(DEFAULT_SPLIT_JSON).is_file():
-        return Path(DEFAULT_SPLIT_JSON)
+    if published_layout.split_json() is not None:
+        return published_layout.split_json()
     print(f"note: no {DEFAULT_SPLIT_JSON} here: measuring every crop of {args.label_dir} without grades "
           f"(give --split_json FILE for grades and splits)", file=sys.stderr)
     return None

@@ -3,7 +3,7 @@
 Writes a per-vertebra CSV (--out) and a summary JSON beside it (<out stem>_summary.json).
 
 Without flags it reads the published layout: ./dataset/straightened/{CT,label},
-./output/{CT_fake,label_fake} and vertebra_data.json, and writes
+./output/{CT_fake,label_fake} and ./vertebra_data.json (else ./dataset/vertebra_data.json), and writes
 evaluation/generation_metric/generation_sagittal.csv.
 
 Example:
@@ -20,12 +20,13 @@ import argparse  # noqa: E402
 
 from data.crops import SPLITS, read_split  # noqa: E402
 from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS, generation_table, summarize  # noqa: E402
+from util import published_layout  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402
 from util.fileio import atomic_path, prepare_output_dir, write_json  # noqa: E402
 
 DEFAULT_DATAROOT = "./dataset/straightened"
 DEFAULT_FAKE_DIR = "./output"
-DEFAULT_SPLIT_JSON = "vertebra_data.json"
+DEFAULT_SPLIT_JSON = " or ".join(str(p) for p in published_layout.SPLIT_JSON_CANDIDATES)
 DEFAULT_OUT = "evaluation/generation_metric/generation_{plane}.csv"
 
 
@@ -36,7 +37,9 @@ def build_parser(plane: str) -> argparse.ArgumentParser:
                         help="straightened crops: <dataroot>/{CT,label}/<key>.nii.gz")
     parser.add_argument("--fake_dir", default=DEFAULT_FAKE_DIR,
                         help="synthesis results: <fake_dir>/{CT_fake,label_fake}/")
-    parser.add_argument("--split_json", default=DEFAULT_SPLIT_JSON, help="split JSON with grades (DESIGN 3.5)")
+    parser.add_argument("--split_json", default=None,
+                        help=f"split JSON with grades (DESIGN 3.5); default: the first of {DEFAULT_SPLIT_JSON} "
+                             "that exists")
     parser.add_argument("--out", default=DEFAULT_OUT.format(plane=plane), help="per-vertebra CSV")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["val"], help="splits to evaluate")
     parser.add_argument("--grades", nargs="+", type=int, choices=(0, 1, 2, 3), default=[0],
@@ -48,6 +51,8 @@ def build_parser(plane: str) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, plane: str = "sagittal") -> int:
     args = build_parser(plane).parse_args(argv)
+    if args.split_json is None:
+        args.split_json = published_layout.split_json() or published_layout.SPLIT_JSON_CANDIDATES[0]
     for flag, path, is_there in (("--dataroot", args.dataroot, Path.is_dir), ("--fake_dir", args.fake_dir, Path.is_dir),
                                  ("--split_json", args.split_json, Path.is_file)):
         if not is_there(Path(path)):

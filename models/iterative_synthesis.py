@@ -598,11 +598,18 @@ class OutputLayout:
             prepare_output_dir(self.root / folder, "synthesis output folder (--results_dir/--name)")
 
 
-def output_layouts(results_dir: str | Path, name: str, plane_mode: str) -> dict[str, OutputLayout]:
-    """Output folders per product: ``sagittal``/``coronal`` (the plane run alone goes to
-    ``<results_dir>/<name>/``); with ``both``: sagittal in ``<name>/``, coronal in ``<name>/coronal/``,
-    the 2.5D fusion in ``<name>/fused/``."""
-    root = Path(results_dir) / name
+def synthesis_dir(opt: argparse.Namespace) -> Path:
+    """The folder receiving ``CT_fake/`` and ``label_fake/``: ``opt.output_dir`` when set, else
+    ``<results_dir>/<name>``."""
+    output_dir = getattr(opt, "output_dir", None)
+    return Path(output_dir) if output_dir else Path(opt.results_dir) / opt.name
+
+
+def output_layouts(root: str | Path, plane_mode: str) -> dict[str, OutputLayout]:
+    """Output folders per product under ``root`` (:func:`synthesis_dir`): ``sagittal``/``coronal``
+    (the plane run alone goes to ``root``); with ``both``: sagittal in ``root``, coronal in
+    ``root/coronal/``, the 2.5D fusion in ``root/fused/``."""
+    root = Path(root)
     if plane_mode == "both":
         return {"sagittal": OutputLayout(root), "coronal": OutputLayout(root / "coronal"),
                 "fused": OutputLayout(root / "fused")}
@@ -692,7 +699,7 @@ class DatasetSynthesizer:
         self.opt = opt
         self.device = device
         self.plane_mode = getattr(opt, "plane", "sagittal")
-        self.layouts = output_layouts(opt.results_dir, opt.name, self.plane_mode)
+        self.layouts = output_layouts(synthesis_dir(opt), self.plane_mode)
         names = {"sagittal": opt.name, "coronal": opt.name}
         if self.plane_mode == "both":
             if not getattr(opt, "name_coronal", None):
@@ -773,9 +780,10 @@ def gather_summaries(summary: SynthesisSummary) -> SynthesisSummary:
 
 def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> SynthesisSummary:
     """Iterative synthesis of every vertebra of ``opt.dataroot`` (or of ``opt.split``) with the
-    ``opt.name`` checkpoint(s); writes ``<results_dir>/<name>/{CT_fake,label_fake}/<key>.nii.gz``.
+    ``opt.name`` checkpoint(s); writes ``<synthesis_dir>/{CT_fake,label_fake}/<key>.nii.gz``
+    (:func:`synthesis_dir`: ``opt.output_dir``, else ``<results_dir>/<name>``).
 
-    Uses ``opt``: dataroot, cam_dir, name, results_dir, plane (sagittal | coronal | both),
+    Uses ``opt``: dataroot, cam_dir, name, results_dir, output_dir, plane (sagittal | coronal | both),
     name_coronal, checkpoints_dir, epoch, load_iter, gpu_ids, split, split_json, num_test, overwrite,
     synthesis_batch_size, amp and amp_dtype, cpu_bf16 (bfloat16 on CPU). Under ``torchrun`` (process group initialized by the caller, or
     RANK/WORLD_SIZE set) each rank takes every world_size-th vertebra; the returned summary covers
@@ -789,7 +797,7 @@ def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> S
     if rank == 0:
         for layout in synthesizer.layouts.values():
             layout.prepare()
-        prepare_output_dir(Path(opt.results_dir) / opt.name, "synthesis output folder (--results_dir/--name)")
+        prepare_output_dir(synthesis_dir(opt), "synthesis output folder (--results_dir/--name or --output_dir)")
     keys = select_keys(opt.dataroot, getattr(opt, "split", None), getattr(opt, "split_json", None))
     num_test = getattr(opt, "num_test", math.inf)
     if num_test != math.inf:
@@ -825,5 +833,5 @@ def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> S
         if summary.missing_attention:
             warnings.warn(f"{getattr(opt, 'cam_dir', None)}: no attention map for {len(summary.missing_attention)} "
                           f"vertebra(e) (e.g. {summary.missing_attention[0]}.nii.gz); used zeros", stacklevel=2)
-        write_json(Path(opt.results_dir) / opt.name / "synthesis_summary.json", summary.as_dict())
+        write_json(synthesis_dir(opt) / "synthesis_summary.json", summary.as_dict())
     return summary

@@ -21,6 +21,7 @@ import models
 from data.masking import PLANES
 from util.distributed import parse_gpu_ids
 from util.fileio import atomic_write, write_json
+from util import published_layout
 from util.protocol import add_protocol_argument
 
 
@@ -75,8 +76,10 @@ class BaseOptions:
                             help="split JSON {train,val,test: {<case>_<v>: grade}}; if omitted, <dataroot>/../vertebra_data.json")
         parser.add_argument("--cam_dir", default=None,
                             help="folder of attention maps <key>.nii.gz (must exist; a vertebra without a map gets "
-                                 "all-zero attention, one warning; leave the flag out for no attention)")
-        parser.add_argument("--name", default="experiment_name",
+                                 "all-zero attention, one warning; if omitted: ./Attention/heatmap when --dataroot is "
+                                 "./dataset/straightened and that folder exists (the published layout), else no "
+                                 "attention)")
+        parser.add_argument("--name", default=published_layout.EXPERIMENT_NAME,
                             help="experiment name; checkpoints and logs go to <checkpoints_dir>/<name>")
         parser.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are stored")
         parser.add_argument("--gpu_ids", default="auto",
@@ -177,6 +180,11 @@ class BaseOptions:
             self.parser.error(f"--batch_size must be >= 1, got {opt.batch_size}")
         if opt.num_threads < 0:
             self.parser.error(f"--num_threads must be >= 0, got {opt.num_threads}")
+        if opt.cam_dir is None and published_layout.cam_dir_for(opt.dataroot) is not None:
+            opt.cam_dir = str(published_layout.CAM_DIR)
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"note: attention maps from {opt.cam_dir} (published layout; --cam_dir chooses another)",
+                      file=sys.stderr)
         if opt.cam_dir and not Path(opt.cam_dir).is_dir():
             self.parser.error(f"--cam_dir {opt.cam_dir}: folder not found (leave the flag out to run without attention)")
         self.validate(opt)
