@@ -599,4 +599,4 @@ def test_attention_panels_flag_maps_that_miss_the_target() -> None:
     off_target[0, :] = 0.9  # all attention on a row above the body and its 2 pixels of slack
     assert "MISSES TARGET" not in attention_title(on_target, target)
     assert "MISSES TARGET" in attention_title(off_target, target) and "0% on target" in attention_title(off_target, target)
-    assert attention_title(np.zeros((8, 8)), target) == "attention: none (all zero)"
+    assert attention_title(np.zeros((12, 12)), target) == "attention: none (all zero)"
