@@ -141,3 +141,10 @@ def test_switches_are_saved_in_the_checkpoint_options(tmp_path) -> None:
     options = load_checkpoint(tmp_path / "ck" / "ablated" / "latest.pth")["options"]
     assert options["no_hgam"] is True and options["no_eem"] is True and options["no_shrm"] is False
     assert ModuleSwitches.from_options(options) == ModuleSwitches(eem=False, hgam=False)
+
+
+def test_resume_refuses_other_switches() -> None:
+    saved = {"no_hgam": True, "no_eem": False}
+    assert train.option_differences(saved, argparse.Namespace(no_hgam=False, no_eem=False)) == \
+        ["--no_hgam True -> False"]
+    assert train.option_differences({}, argparse.Namespace(no_hgam=True)) == []  # older checkpoints: no record
