@@ -74,8 +74,8 @@ class HealthiVertModel(BaseModel):
         add_option(parser, "--mask_height", type=float, default=40.0,
                    help="height of the masked band in mm; the height heads predict within the band's pixel rows")
         add_amp_options(parser)
-        add_model_switches(parser)
-        if is_train:
+        if is_train:  # at synthesis the switches come from the checkpoint's options (settings_for)
+            add_model_switches(parser)
             add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
             add_option(parser, "--n_layers_D", type=int, default=3, help="PatchGAN depth (3 = 70x70 patches)")
             add_option(parser, "--norm", type=str, default="batch", choices=["batch", "instance", "none"],
