@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = variant_steps(config, paths, gpu_ids, variant, args.iterations)
         results[variant.slug] = run_steps(steps, paths.logs, threads, first_index=len(shared) + 1)
         rows[variant.name] = variant_metrics(config, paths)
-    failed = [f"{name}: {r.name}" for name, rs in results.items() for r in rs if r.status != "ok"]
+    failed = [f"{name}: {r.name} ({r.status})" for name, rs in results.items() for r in rs if r.status != "ok"]
     info = {"command": shlex.join(["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "config": asdict(config), "iterations": args.iterations, "threads": args.threads,
