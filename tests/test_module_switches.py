@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import pytest
 import torch
 
 import models.iterative_synthesis as synthesis
@@ -64,7 +63,7 @@ def test_no_eem_zeroes_the_edge_term_and_its_gradient_and_keeps_the_others() -> 
 
 
 def test_no_shrm_composes_at_the_band_height_and_drops_the_height_terms() -> None:
-    full_model, full = forward_terms()
+    _, full = forward_terms()
     model, ablated = forward_terms("--no_shrm")
     assert float(full["h"].detach()) > 0 and float(ablated["h"]) == 0.0 and not ablated["h"].requires_grad
     out = model.output
