@@ -6,7 +6,8 @@
 
 For each vertebra (``--split val,test`` restricts them to splits of ``--split_json``) the upper
 neighbour, then the lower neighbour, then the target are synthesized on the central 4/5 of the
-target's slices, each step batched over the slices (``models.iterative_synthesis``). Outputs on the
+target's slices, each step batched over the slices (``models.iterative_synthesis``); ``--no_iterative``
+synthesizes the target only. Outputs on the
 crop grid: ``R/N/CT_fake/<case>_<v>.nii.gz`` (int16 HU) and ``R/N/label_fake/<case>_<v>.nii.gz``
 (uint8 VerSe ids); with ``--plane both`` also ``R/N/coronal/`` and the 2.5D fusion in ``R/N/fused/``.
 ``--output_dir O`` writes to ``O/`` instead of ``R/N/``.
@@ -33,6 +34,7 @@ import sys
 
 from data.image_io import ImageIOError
 from models.iterative_synthesis import CPU_BATCH_SIZE, PLANE_MODES, synthesize_dataset
+from models.module_switches import add_synthesis_switch
 from options.test_options import TestOptions
 from util import published_layout
 from util.distributed import RankFailure, setup_distributed, teardown_distributed
@@ -72,6 +74,7 @@ class SynthesisOptions(TestOptions):
         parser.add_argument("--cpu_bf16", action="store_true",
                             help="bfloat16 autocast on CPU (faster on CPUs with AVX512-BF16/AMX; results differ slightly)")
         parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+        add_synthesis_switch(parser)
         return parser
 
     def gather_options(self, argv: list[str] | None = None) -> argparse.Namespace:

@@ -39,9 +39,9 @@ from util.distributed import DistributedContext, RankFailure, all_ranks_succeed,
     setup_distributed, teardown_distributed
 from util.fileio import prepare_output_dir
 
-# options that shape the networks or their inputs: a resume must use the checkpoint's values
+# options that shape the networks, their inputs or their losses: a resume must use the checkpoint's values
 ARCHITECTURE_OPTIONS = ("model", "dataset_mode", "plane", "ngf", "ndf", "n_layers_D", "norm", "mask_height",
-                        "local_width", "hu_window", "protocol")
+                        "local_width", "hu_window", "protocol", "no_eem", "no_shrm", "no_hgam")
 
 
 def option_differences(saved: dict[str, Any], given: argparse.Namespace,

@@ -7,6 +7,10 @@ fracture class is taken at the last convolutional block, resized to the slice
 and min-max normalised per slice to [0, 1]. All other slices are zero. The map
 is written as ``<out>/<key>.nii.gz`` (float32, the crop's grid and affine) with
 a PNG montage ``<out>/<key>.png`` of the map over the CT.
+
+Every map (new or kept) is scored with ``Attention.localisation`` against its crop's target label:
+per vertebra and aggregated (per morphology when the phantom truth ``<truth_dir>/<case>/<case>_truth.json``
+is found) in ``<out>/localisation.json`` and ``<out>/localisation.csv``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from tqdm import tqdm
 from Attention.classifier import (
     FRACTURE_CLASS, cam_target_layer, central_sagittal_slices, checkpoint_path, load_classifier, sagittal_slices,
 )
+from Attention.localisation import DEFAULT_SLACK_VOXELS, localise, summarise
 from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops
-from data.image_io import window_hu, save_nifti
+from data.image_io import ImageIOError, load_ct, save_nifti, window_hu
+from data.labels import parse_key
 from util import published_layout
 from util.device import seed_everything
 from util.distributed import resolve_device
-from util.fileio import atomic_path, prepare_output_dir
+from util.fileio import atomic_path, atomic_write, prepare_output_dir, read_json, write_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -141,6 +147,11 @@ def cam_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu_ids", default="auto",
                         help="auto: the first GPU when CUDA is available, else the CPU; 0: that GPU; -1: CPU")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--truth_dir", type=Path, default=None,
+                        help="phantom truth folder (<case>/<case>_truth.json) for the localisation summary per "
+                             "grade and morphology (default: 'raw' beside --dataroot when it exists)")
+    parser.add_argument("--slack", type=int, default=DEFAULT_SLACK_VOXELS,
+                        help="voxels the target body is dilated by when scoring where the maps point")
     return parser
 
 
@@ -161,6 +172,50 @@ def default_cam_dir(dataroot: str | Path) -> Path:
     if published_layout.is_published_dataroot(dataroot):
         return published_layout.CAM_DIR
     return Path(dataroot).parent / "heatmap"
+
+
+def vertebra_truth(truth_dir: Path | None, key: str) -> dict[str, Any]:
+    """``{"fractured", "grade", "morphology"}`` of vertebra ``key`` from its case's phantom truth file,
+    or Nones when there is none (or it does not list the vertebra)."""
+    case, label = parse_key(key)
+    path = None if truth_dir is None else Path(truth_dir) / case / f"{case}_truth.json"
+    if path is not None and path.is_file():
+        for vertebra in read_json(path).get("vertebrae", []):
+            if int(vertebra["label"]) == label:
+                return {"fractured": int(vertebra["grade"]) > 0, "grade": int(vertebra["grade"]),
+                        "morphology": vertebra["morphology"]}
+    return {"fractured": None, "grade": None, "morphology": None}
+
+
+def localisation_records(opt: argparse.Namespace, keys: Sequence[str], out: Path) -> dict[str, dict[str, Any]]:
+    """Localisation of each map ``<out>/<key>.nii.gz`` that exists on its crop's target label, with the
+    vertebra's truth (``vertebra_truth``)."""
+    truth_dir = opt.truth_dir if opt.truth_dir is not None else Path(opt.dataroot).parent / "raw"
+    records = {}
+    for key in keys:
+        map_path = out / f"{key}.nii.gz"
+        if not map_path.is_file():
+            continue
+        try:
+            crop = load_crop(opt.dataroot, key)
+            measure = localise(load_ct(map_path).array, crop.label_map == crop.label, opt.slack)
+        except (ImageIOError, OSError, ValueError) as err:
+            LOGGER.error("%s: localisation not computed: %s", key, err)
+            continue
+        records[key] = {**measure.as_dict(), **vertebra_truth(truth_dir, key)}
+    return records
+
+
+def write_localisation(out: Path, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write ``localisation.json`` (per vertebra and ``summarise``) and ``localisation.csv`` into ``out``."""
+    summary = summarise(records)
+    write_json(out / "localisation.json", {"vertebrae": records, "summary": summary})
+    columns = ["mass_share", "peak_in_target", "mean_value", "body_fraction", "fractured", "grade", "morphology"]
+    with atomic_write(out / "localisation.csv") as handle:
+        handle.write(",".join(["key", *columns]) + "\n")
+        for key, record in records.items():
+            handle.write(",".join([key, *("" if record[c] is None else str(record[c]) for c in columns)]) + "\n")
+    return summary
 
 
 def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, window: tuple[float, float]) -> float:
@@ -214,6 +269,7 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
                            "pass a smaller --batch_size, or --gpu_ids -1 for the CPU")
             LOGGER.error("%s: %s", key, failed[key])
     elapsed = time.perf_counter() - started
+    localisation = write_localisation(out, localisation_records(opt, keys, out))
     return {
         "out": str(out),
         "written": written,
@@ -221,10 +277,11 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
         "failed": failed,
         "fracture_probability": probabilities,
         "seconds_per_vertebra": elapsed / len(written) if written else None,
+        "localisation": localisation,
     }
 
 
 __all__ = [
-    "CamResult", "cam_parser", "cam_volume", "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
+    "CamResult", "cam_parser", "localisation_records", "vertebra_truth", "write_localisation", "cam_volume", "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
     "parse_cam_options", "save_montage",
 ]

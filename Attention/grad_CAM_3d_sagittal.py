@@ -2,7 +2,8 @@
 
 Example (CPU):
     python Attention/grad_CAM_3d_sagittal.py --dataroot DIR/straightened --name phantom_cls --gpu_ids -1
-writes DIR/heatmap/<case>_<v>.nii.gz (float32 in [0, 1], crop grid) and DIR/heatmap/<case>_<v>.png.
+writes DIR/heatmap/<case>_<v>.nii.gz (float32 in [0, 1], crop grid) and DIR/heatmap/<case>_<v>.png,
+and prints where the maps point (DIR/heatmap/localisation.{json,csv}, ``Attention.localisation``).
 """
 
 import sys
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import logging  # noqa: E402
 
 from Attention.cam import generate_maps, parse_cam_options  # noqa: E402
+from Attention.localisation import summary_lines  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{len(summary['written'])} maps written, {len(summary['skipped'])} existing kept, "
           f"{len(summary['failed'])} failed -> {summary['out']}")
+    print("\n".join(summary_lines(summary["localisation"])))
     for key, reason in summary["failed"].items():
         print(f"failed: {key}: {reason}", file=sys.stderr)
     return 1 if summary["failed"] else 0

@@ -11,6 +11,10 @@ the composed CT), then one generator update with
            + lambda_edge * MSE(Sobel(fine seg), Sobel(target label))
            + lambda_height * mean(|h1 - h| / h + |h2 - h| / h)
 
+``--no_eem``, ``--no_shrm`` and ``--no_hgam`` switch modules off (``models.module_switches``): the edge
+term, resp. the height term, becomes zero; without SHRM the composition uses the band height; without
+HGAM the generator's attention input is all zeros.
+
 Unlike the reference, the edge loss and D2 see the soft (sigmoid) segmentation, so both pass a
 gradient to the generator, and the L1 normalisation does not shrink with the batch size
 (``--protocol reference`` divides it by the batch size as the reference does).
@@ -31,6 +35,7 @@ from models.composition import compose_height_adaptive
 from models.contextual_attention import flow_to_rgb
 from models.losses import GAN_MODES, GANLoss, SobelEdges, band_l1, dice_coefficient, gradient_penalty, \
     relative_height_error
+from models.module_switches import ModuleSwitches, add_model_switches
 from models.networks import GeneratorOutput, HealthiVertGenerator, NLayerDiscriminator, init_weights
 from util.protocol import get_protocol
 
@@ -69,7 +74,8 @@ class HealthiVertModel(BaseModel):
         add_option(parser, "--mask_height", type=float, default=40.0,
                    help="height of the masked band in mm; the height heads predict within the band's pixel rows")
         add_amp_options(parser)
-        if is_train:
+        if is_train:  # at synthesis the switches come from the checkpoint's options (settings_for)
+            add_model_switches(parser)
             add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
             add_option(parser, "--n_layers_D", type=int, default=3, help="PatchGAN depth (3 = 70x70 patches)")
             add_option(parser, "--norm", type=str, default="batch", choices=["batch", "instance", "none"],
@@ -111,6 +117,7 @@ class HealthiVertModel(BaseModel):
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
         self.protocol = get_protocol(getattr(opt, "protocol", None))
+        self.switches = ModuleSwitches.from_options(opt)
         self.model_names = ["G", *DISCRIMINATORS] if self.isTrain else ["G"]
         self.loss_names = ["G_GAN", "G_L1", "coarse_Dice", "G_Dice", "edge", "h", "G",
                            "D_real_1", "D_fake_1", "D_real_2", "D_fake_2", "D_real_3", "D_fake_3"]
@@ -165,14 +172,17 @@ class HealthiVertModel(BaseModel):
 
     def forward(self) -> None:
         """Generator forward and compositions (the generator runs under autocast with --amp)."""
+        cam = self.cam if self.switches.hgam else torch.zeros_like(self.cam)
         with self.precision.autocast():
-            out: GeneratorOutput = self.netG(self.masked_ct, self.offset_plane, self.band_mask, self.cam,
+            out: GeneratorOutput = self.netG(self.masked_ct, self.offset_plane, self.band_mask, cam,
                                              self.mask_height_px)
         self.output = out
         self.fine_ct, self.fine_target_seg = out.fine_ct, out.fine_target_seg
         self.coarse_neighbour_seg = out.coarse_neighbour_seg
-        self.fake_ct = self.compose(self.real_ct, out.fine_ct, out.fine_height)
-        self.fake_ct_coarse = self.compose(self.real_ct, out.coarse_ct, out.coarse_height)
+        fine_height, coarse_height = (out.fine_height, out.coarse_height) if self.switches.shrm else \
+            (self.mask_height_px, self.mask_height_px)
+        self.fake_ct = self.compose(self.real_ct, out.fine_ct, fine_height)
+        self.fake_ct_coarse = self.compose(self.real_ct, out.coarse_ct, coarse_height)
         local = self.band_mask * central_columns_mask(self.band_mask, getattr(self.opt, "local_width", 70))
         self.fake_local = self.fake_ct * local
         self.real_local = self.real_ct * local
@@ -210,10 +220,8 @@ class HealthiVertModel(BaseModel):
         lambda_gan = getattr(opt, "lambda_GAN", 1.0 / 6.0)
         self.real_edges = self.sobel(self.target_label)
         self.fake_edges = self.sobel(out.fine_target_seg.float())
-        height_error = relative_height_error(out.coarse_height, self.height_px) + \
-            relative_height_error(out.fine_height, self.height_px)
         l1_scale = 1.0 / self.real_ct.shape[0] if self.protocol.l1_divided_by_batch else 1.0
-        return {
+        terms = {
             "G_GAN_ct": lambda_gan * gan["D_1"].float(),
             "G_GAN_seg": lambda_gan * gan["D_2"].float(),
             "G_GAN_local": lambda_gan * gan["D_3"].float(),
@@ -223,9 +231,17 @@ class HealthiVertModel(BaseModel):
                 1 - dice_coefficient(out.coarse_neighbour_seg, self.neighbour_label)),
             "G_Dice": getattr(opt, "lambda_dice_fine", 15.0) * (
                 1 - dice_coefficient(out.fine_target_seg, self.target_label)),
-            "edge": getattr(opt, "lambda_edge", 800.0) * F.mse_loss(self.fake_edges, self.real_edges),
-            "h": getattr(opt, "lambda_height", 40.0) * height_error.mean(),
         }
+        zero = torch.zeros((), device=self.real_ct.device)  # a switched-off module's term: no value, no gradient
+        terms["edge"] = getattr(opt, "lambda_edge", 800.0) * F.mse_loss(self.fake_edges, self.real_edges) \
+            if self.switches.eem else zero
+        if self.switches.shrm:
+            height_error = relative_height_error(out.coarse_height, self.height_px) + \
+                relative_height_error(out.fine_height, self.height_px)
+            terms["h"] = getattr(opt, "lambda_height", 40.0) * height_error.mean()
+        else:
+            terms["h"] = zero
+        return terms
 
     def generator_loss(self) -> torch.Tensor:
         """Total generator loss; records each term as ``loss_<name>``."""

@@ -88,6 +88,7 @@ from data.masking import (
 from models import find_model_using_name
 from models.amp import resolve_amp_dtype
 from models.composition import compose_height_adaptive
+from models.module_switches import ModuleSwitches
 from models.networks import GeneratorOutput
 from util.checkpoint import checkpoint_path, load_checkpoint
 from util.cpu_features import onednn_bf16_supported
@@ -123,6 +124,9 @@ class SynthesisSettings:
         (``NEIGHBOUR_MIN_MM2`` over the slice's pixel area, see ``neighbour_min_pixels``).
     protocol: ``util.protocol.Protocol`` (neighbour re-centring, 41-row mask, composition centre,
         uint8 grey truncation between steps).
+    switches: ``models.module_switches.ModuleSwitches``: without HGAM the generator gets an all-zero
+        map, without SHRM the composition uses the band height, without iterative synthesis only the
+        target is synthesized.
     """
 
     mask_height_px: int
@@ -130,6 +134,7 @@ class SynthesisSettings:
     min_component_px: int = MIN_COMPONENT_PX
     neighbour_min_px: float = NEIGHBOUR_MIN_PX
     protocol: Protocol = PROTOCOLS["healthivert"]
+    switches: ModuleSwitches = ModuleSwitches()
 
 
 @dataclass
@@ -393,8 +398,11 @@ def synthesize_centred(runner: GeneratorRunner, ct_hu: np.ndarray, labels: np.nd
     band_mask = masked.band_mask[valid]
     if protocol.inference_mask_extra_row:
         band_mask = extend_band_rows(band_mask, masked.band_top[valid], settings.mask_height_px)
-    fine_ct, fine_seg, fine_height = runner(masked.masked_ct[valid], offsets[valid], band_mask,
-                                            masked.cam[valid], settings.mask_height_px)
+    step_cam = masked.cam[valid] if settings.switches.hgam else np.zeros_like(masked.cam[valid])
+    fine_ct, fine_seg, fine_height = runner(masked.masked_ct[valid], offsets[valid], band_mask, step_cam,
+                                            settings.mask_height_px)
+    if not settings.switches.shrm:
+        fine_height = np.full(len(valid), settings.mask_height_px, dtype=np.float32)
     fine_ct, fine_seg = fine_ct[:, :, left:left + width], fine_seg[:, :, left:left + width]
     generated_labels = np.where(fine_seg > SEGMENTATION_THRESHOLD, np.float32(step_label), np.float32(0.0))
     generated_probability = fine_seg if is_target else np.zeros_like(fine_seg)
@@ -438,7 +446,7 @@ def synthesize_plane(runner: GeneratorRunner, ct_hu: np.ndarray, label_map: np.n
     steps: list[StepRecord] = []
     stepped = np.zeros(len(indices), dtype=bool)  # slices already composed by a neighbour step
     for role, neighbour in (("upper", upper), ("lower", lower)):
-        if neighbour is None:
+        if neighbour is None or not settings.switches.iterative:
             continue
         present = np.flatnonzero((original_labels == neighbour).sum(axis=(1, 2)) > settings.neighbour_min_px)
         if present.size == 0:
@@ -530,7 +538,8 @@ def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argpa
                  pixel_area_mm2: float = 1.0) -> SynthesisSettings:
     """Masking settings of a model: its training options (``mask_height`` mm, ``hu_window``,
     ``min_component_px``), falling back to ``fallback``'s values, then the defaults; the protocol is
-    ``fallback.protocol``. The neighbour threshold is 200 mm² in pixels of ``pixel_area_mm2``
+    ``fallback.protocol``; the module switches are the checkpoint's ``no_eem``/``no_shrm``/``no_hgam`` and
+    ``fallback``'s ``--no_iterative``. The neighbour threshold is 200 mm² in pixels of ``pixel_area_mm2``
     (``neighbour_min_pixels``), or 200 pixels under ``--protocol reference``."""
     def option(name: str, default: Any) -> Any:
         if options.get(name) is not None:
@@ -542,7 +551,7 @@ def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argpa
     neighbour_px = NEIGHBOUR_MIN_PX if protocol.neighbour_threshold_px else neighbour_min_pixels(pixel_area_mm2)
     return SynthesisSettings(mask_height_rows(float(option("mask_height", 40.0)), row_spacing_mm),
                              (float(window[0]), float(window[1])), int(option("min_component_px", MIN_COMPONENT_PX)),
-                             neighbour_px, protocol)
+                             neighbour_px, protocol, ModuleSwitches.from_options(options, fallback))
 
 
 def file_sha256(path: str | Path) -> str:
@@ -722,6 +731,9 @@ class DatasetSynthesizer:
                         "protocol": getattr(opt, "protocol", None),
                         "cam_dir": str(Path(opt.cam_dir).resolve()) if getattr(opt, "cam_dir", None) else None},
         }
+
+        if getattr(opt, "no_iterative", False):  # only when set, so records of earlier runs still match
+            self.run_provenance["options"]["no_iterative"] = True
 
     def provenance(self, key: str) -> dict[str, Any]:
         """What the outputs of ``key`` depend on: checkpoint contents, options, and the input files' size/mtime."""

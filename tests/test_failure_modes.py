@@ -592,11 +592,11 @@ def test_rhlv_scatter_panels_share_one_y_axis(tmp_path: Path) -> None:
 def test_attention_panels_flag_maps_that_miss_the_target() -> None:
     from util.report import attention_title
 
-    target = np.zeros((8, 8), dtype=bool)
-    target[2:6, 2:6] = True
+    target = np.zeros((12, 12), dtype=bool)
+    target[4:8, 4:8] = True
     on_target = np.where(target, 0.8, 0.05)
-    off_target = np.zeros((8, 8))
-    off_target[0, :] = 0.9  # all attention on the row above the body
+    off_target = np.zeros((12, 12))
+    off_target[0, :] = 0.9  # all attention on a row above the body and its 2 pixels of slack
     assert "MISSES TARGET" not in attention_title(on_target, target)
     assert "MISSES TARGET" in attention_title(off_target, target) and "0% on target" in attention_title(off_target, target)
-    assert attention_title(np.zeros((8, 8)), target) == "attention: none (all zero)"
+    assert attention_title(np.zeros((12, 12)), target) == "attention: none (all zero)"

@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from Attention.localisation import localise
 from data.crops import load_crop, read_split, split_of
 from data.image_io import ImageIOError, load_ct, load_mask
 from data.labels import spine_rank, vertebra_name
@@ -266,18 +267,21 @@ def pick_examples(truth: pd.DataFrame, split: dict[str, dict[str, int]] | None, 
 
 
 def attention_on_target(cam_slice: np.ndarray, target: np.ndarray) -> float | None:
-    """Fraction of an attention slice's mass on the target body (``None`` for an all-zero map)."""
-    total = float(np.asarray(cam_slice, dtype=np.float64).sum())
-    return float(np.asarray(cam_slice, dtype=np.float64)[target].sum()) / total if total > 0 else None
+    """Fraction of an attention slice's mass on the target body, 2 pixels of slack
+    (``Attention.localisation.localise``; ``None`` for an all-zero map)."""
+    return localise(cam_slice, target).mass_share
 
 
 def attention_title(cam_slice: np.ndarray, target: np.ndarray) -> str:
-    """Panel title: the map's peak and how much of it lies on the target, flagged when it misses."""
-    fraction = attention_on_target(cam_slice, target)
-    if fraction is None:
+    """Panel title: the map's maximum, how much of it lies on the target body and whether its peak does
+    (``Attention.localisation.localise``), flagged when less than half of it or its peak misses the body."""
+    measure = localise(cam_slice, target)
+    if measure.mass_share is None:
         return "attention: none (all zero)"
-    flag = "  MISSES TARGET" if fraction < ATTENTION_ON_TARGET else ""
-    return f"attention max {float(np.max(cam_slice)):.2f}\n{100 * fraction:.0f}% on target{flag}"
+    misses = measure.mass_share < ATTENTION_ON_TARGET or not measure.peak_in_target
+    flag = "  MISSES TARGET" if misses else ""
+    peak = "peak on target" if measure.peak_in_target else "peak off target"
+    return f"attention max {float(np.max(cam_slice)):.2f}, {peak}\n{100 * measure.mass_share:.0f}% on target{flag}"
 
 
 def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Example]) -> Figure | None:
