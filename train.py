@@ -20,23 +20,38 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from data.loader import DatasetLoader, create_dataset
 from data.image_io import ImageIOError
+from data.loader import DatasetLoader, create_dataset
 from models import create_model
 from options.base_options import options_to_dict
 from options.train_options import TrainOptions
-from util.checkpoint import Progress, checkpoint_path, load_checkpoint, rank_rng_states, restore_checkpoint, \
-    rng_state, save_checkpoint
+from util.checkpoint import (
+    Progress,
+    checkpoint_path,
+    load_checkpoint,
+    rank_rng_states,
+    restore_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from util.device import seed_everything
-from util.distributed import DistributedContext, RankFailure, all_ranks_succeed, all_reduce_sum, gather_objects, \
-    setup_distributed, teardown_distributed
+from util.distributed import (
+    DistributedContext,
+    RankFailure,
+    all_ranks_succeed,
+    all_reduce_sum,
+    gather_objects,
+    setup_distributed,
+    teardown_distributed,
+)
 from util.fileio import prepare_output_dir
 
 # options that shape the networks, their inputs or their losses: a resume must use the checkpoint's values

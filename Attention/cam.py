@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,12 @@ from torch import nn
 from tqdm import tqdm
 
 from Attention.classifier import (
-    FRACTURE_CLASS, cam_target_layer, central_sagittal_slices, checkpoint_path, load_classifier, sagittal_slices,
+    FRACTURE_CLASS,
+    cam_target_layer,
+    central_sagittal_slices,
+    checkpoint_path,
+    load_classifier,
+    sagittal_slices,
 )
 from Attention.localisation import DEFAULT_SLACK_VOXELS, localise, summarise
 from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops

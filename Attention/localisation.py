@@ -17,8 +17,9 @@ The first two are the measure for fractured vertebrae, the third for healthy one
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import binary_dilation, generate_binary_structure

@@ -37,11 +37,11 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.loader import create_dataset  # noqa: E402
 from data.aligned_dataset import AlignedDataset  # noqa: E402
 from data.crops import crop_affine, crop_paths, write_crop  # noqa: E402
 from data.image_io import save_nifti, window_hu  # noqa: E402
 from data.labels import split_key  # noqa: E402
+from data.loader import create_dataset  # noqa: E402
 from data.masking import make_masked_slice, plane_slab  # noqa: E402
 from util.fileio import write_json  # noqa: E402
 

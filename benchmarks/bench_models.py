@@ -33,13 +33,19 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-from typing import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.yardsticks import (  # noqa: E402
-    DTYPES, abs_difference_stats, autocast, conv_yardstick, count_flops, percent_of_yardstick, time_interleaved,
+    DTYPES,
+    abs_difference_stats,
+    autocast,
+    conv_yardstick,
+    count_flops,
+    percent_of_yardstick,
+    time_interleaved,
 )
 from data.image_io import unwindow  # noqa: E402
 from util.cpu_features import bf16_summary  # noqa: E402

@@ -34,8 +34,8 @@ import argparse
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,11 +43,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.yardsticks import (  # noqa: E402
-    DTYPES, abs_difference_stats, conv_yardstick, count_flops, percent_of_yardstick, time_interleaved,
+    DTYPES,
+    abs_difference_stats,
+    conv_yardstick,
+    count_flops,
+    percent_of_yardstick,
+    time_interleaved,
 )
 from data.masking import central_slice_range, slice_offset_ratio, target_slice_extent  # noqa: E402
 from models.iterative_synthesis import (  # noqa: E402
-    GeneratorRunner, PlaneSynthesis, SynthesisSettings, adjacent_labels, synthesize_plane, synthesize_step,
+    GeneratorRunner,
+    PlaneSynthesis,
+    SynthesisSettings,
+    adjacent_labels,
+    synthesize_plane,
+    synthesize_step,
 )
 from models.networks import HealthiVertGenerator  # noqa: E402
 from util.cpu_features import bf16_summary  # noqa: E402

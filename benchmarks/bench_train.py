@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from bench_dataset import write_benchmark_cohort  # noqa: E402
+
 from data.loader import create_dataset  # noqa: E402
 from models import create_model  # noqa: E402
 from options.train_options import TrainOptions  # noqa: E402

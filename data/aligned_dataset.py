@@ -37,9 +37,19 @@ from data.crops import CachedCrop, CropCache, crop_paths, read_split, require_li
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, window_hu
 from data.labels import parse_key
 from data.masking import (
-    CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, fits_in_band,
-    make_masked_slice, paste_columns, slice_centre, slice_offset_ratio, slice_sampling_weights,
-    target_row_extents, target_slice_extent,
+    CENTRAL_FRACTION,
+    MIN_COMPONENT_PX,
+    PLANES,
+    canvas_width,
+    central_slice_range,
+    fits_in_band,
+    make_masked_slice,
+    paste_columns,
+    slice_centre,
+    slice_offset_ratio,
+    slice_sampling_weights,
+    target_row_extents,
+    target_slice_extent,
 )
 from util.protocol import get_protocol
 

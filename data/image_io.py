@@ -17,7 +17,6 @@ import numpy as np
 from nibabel import orientations as nio
 
 from data.labels import LABEL_SCHEMES, totalseg_to_verse
-
 from util.fileio import atomic_path
 
 AFFINE_TOLERANCE_MM = 1e-3

@@ -95,7 +95,7 @@ class DatasetLoader:
         """Batches this rank sees in a full epoch."""
         return -(-self.sampler.num_samples // self.batch_size)
 
-    def load_data(self) -> "DatasetLoader":
+    def load_data(self) -> DatasetLoader:
         return self
 
     def __len__(self) -> int:

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import warnings  # noqa: E402
 
+from evaluation.grader import fit_grader, save_grader  # noqa: E402
 from evaluation.grading import (  # noqa: E402
     GradingSettings,
     GradingWarning,
@@ -28,7 +29,6 @@ from evaluation.grading import (  # noqa: E402
     grading_summary,
     prepare_grading_data,
 )
-from evaluation.grader import fit_grader, save_grader  # noqa: E402
 from evaluation.plots import grading_confusion_panels, save_confusion_matrices  # noqa: E402
 from evaluation.rhlv_table import read_table  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402

@@ -8,9 +8,10 @@ table puts the paper's VerSe2019 figures beside ours, labelled as published.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -15,8 +15,9 @@ key (``<case>_<label>``) and scores the measurement:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -37,8 +37,8 @@ above and below in the same crop, linearly interpolated along the spine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

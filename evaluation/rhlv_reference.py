@@ -24,8 +24,8 @@ both maps hold the target gets an all-zero row there; here it is an error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -9,10 +9,10 @@ A vertebra that cannot be measured is reported and the others are still written.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pandas as pd
 from tqdm import tqdm
@@ -20,6 +20,7 @@ from tqdm import tqdm
 from data.crops import refuse_missing_crops
 from data.image_io import ImageIOError, Volume, check_same_grid, load_mask
 from data.labels import parse_key
+from evaluation.plots import DEFAULT_MAP_VMAX, save_height_loss_map
 from evaluation.rhlv import (
     REFERENCES,
     RHLV_COLUMNS,
@@ -29,7 +30,6 @@ from evaluation.rhlv import (
     rhlv_for_vertebra,
     rhlv_neighbours_for_vertebra,
 )
-from evaluation.plots import DEFAULT_MAP_VMAX, save_height_loss_map
 from evaluation.rhlv_reference import rhlv_reference_for_vertebra
 from util.fileio import atomic_path, read_json
 

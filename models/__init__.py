@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 from models.aotgan_model import AOTGANModel
 from models.base_model import BaseModel

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.amp import add_amp_options
 from models.aotgan_networks import (
     AOTGenerator,
     AOTOutput,
@@ -42,7 +43,6 @@ from models.aotgan_networks import (
     perceptual_and_style_losses,
     sm_patchgan_targets,
 )
-from models.amp import add_amp_options
 from models.base_model import BaseModel
 from models.composition import compose_height_adaptive
 from models.healthivert_model import HealthiVertModel, add_option

@@ -24,8 +24,8 @@ blurred mask itself, which contradicts its real label of 1; we use the paper's f
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -33,8 +33,15 @@ from models.amp import add_amp_options
 from models.base_model import BaseModel
 from models.composition import compose_height_adaptive
 from models.contextual_attention import flow_to_rgb
-from models.losses import GAN_MODES, GANLoss, SobelEdges, band_l1, dice_coefficient, gradient_penalty, \
-    relative_height_error
+from models.losses import (
+    GAN_MODES,
+    GANLoss,
+    SobelEdges,
+    band_l1,
+    dice_coefficient,
+    gradient_penalty,
+    relative_height_error,
+)
 from models.module_switches import ModuleSwitches, add_model_switches
 from models.networks import GeneratorOutput, HealthiVertGenerator, NLayerDiscriminator, init_weights
 from util.protocol import get_protocol

@@ -66,11 +66,11 @@ import argparse
 import hashlib
 import math
 import time
+import typing
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-import typing
 from typing import Any
 
 import numpy as np
@@ -79,11 +79,31 @@ from torch.nn.utils import parametrize
 
 from data.aligned_dataset import CT_CANVAS_FILL, default_split_json, mask_height_rows
 from data.crops import Crop, crop_paths, file_signature, list_crop_keys, load_crop, read_split, require_listed_crops
-from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, Volume, check_same_grid, load_ct, save_nifti, unwindow, window_hu
+from data.image_io import (
+    DEFAULT_WINDOW_HU,
+    ImageIOError,
+    Volume,
+    check_same_grid,
+    load_ct,
+    save_nifti,
+    unwindow,
+    window_hu,
+)
 from data.labels import VERTEBRA_NAMES, spine_rank
 from data.masking import (
-    CENTRAL_FRACTION, MIN_COMPONENT_PX, PLANES, canvas_width, central_slice_range, extend_band_rows, gather_rows,
-    make_masked_slices, paste_columns, plane_slab, slice_offset_ratio, target_masks, target_slice_extent,
+    CENTRAL_FRACTION,
+    MIN_COMPONENT_PX,
+    PLANES,
+    canvas_width,
+    central_slice_range,
+    extend_band_rows,
+    gather_rows,
+    make_masked_slices,
+    paste_columns,
+    plane_slab,
+    slice_offset_ratio,
+    target_masks,
+    target_slice_extent,
 )
 from models import find_model_using_name
 from models.amp import resolve_amp_dtype
@@ -674,7 +694,7 @@ class SynthesisSummary:
     def ok(self) -> bool:
         return not self.failed
 
-    def merge(self, other: "SynthesisSummary") -> None:
+    def merge(self, other: SynthesisSummary) -> None:
         self.succeeded += other.succeeded
         self.skipped += other.skipped
         self.redone += other.redone

@@ -16,8 +16,9 @@ the fields of :class:`ModuleSwitches`, never the flags:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 MODEL_SWITCH_FLAGS = {
     "no_eem": "EEM off: no Sobel edge loss on the fine target segmentation",
@@ -38,7 +39,7 @@ class ModuleSwitches:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | argparse.Namespace | None,
-                     synthesis: argparse.Namespace | None = None) -> "ModuleSwitches":
+                     synthesis: argparse.Namespace | None = None) -> ModuleSwitches:
         """Switches of a model's (checkpoint or parsed) ``options``; ``iterative`` from ``synthesis``'s
         ``--no_iterative`` (the synthesis command line, not the checkpoint)."""
         values = vars(options) if isinstance(options, argparse.Namespace) else dict(options or {})

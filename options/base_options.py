@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data import loader as dataset_loader
 import models
+from data import loader as dataset_loader
 from data.masking import PLANES
+from util import published_layout
 from util.distributed import parse_gpu_ids
 from util.fileio import atomic_write, write_json
-from util import published_layout
 from util.protocol import add_protocol_argument
 
 

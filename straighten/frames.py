@@ -58,7 +58,7 @@ class StraightLine:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "StraightLine":
+    def from_json(cls, data: dict[str, Any]) -> StraightLine:
         """Inverse of :meth:`to_json`."""
         rows = data["vertebrae"]
         return cls(

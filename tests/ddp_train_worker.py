@@ -24,7 +24,7 @@ def main() -> int:
     seed_everything(opt.seed + context.rank, opt.deterministic)
     trainer = Trainer(opt, context)
     trainer.run()
-    nets = {name: getattr(getattr(trainer.model, "net" + name), "module").state_dict()
+    nets = {name: getattr(trainer.model, "net" + name).module.state_dict()
             for name in trainer.model.model_names}
     torch.save({"nets": nets, "world_size": dist.get_world_size()}, out / f"rank{context.rank}.pt")
     teardown_distributed()

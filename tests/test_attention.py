@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from Attention.grad_CAM_3d_sagittal import main as grad_cam_main
 from Attention.cam import cam_volume, generate_maps, minmax_per_slice, parse_cam_options
 from Attention.classifier import (
-    build_classifier, central_sagittal_slices, checkpoint_path, classification_metrics, load_classifier,
-    parse_classifier_options, random_shift, train_classifier,
+    build_classifier,
+    central_sagittal_slices,
+    checkpoint_path,
+    classification_metrics,
+    load_classifier,
+    parse_classifier_options,
+    random_shift,
+    train_classifier,
 )
+from Attention.grad_CAM_3d_sagittal import main as grad_cam_main
 from data.crops import crop_affine, crop_paths, load_crop, write_crop
 from data.labels import split_key, vertebra_name
 

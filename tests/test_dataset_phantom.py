@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_dataset import dataset_options
 
 from data.aligned_dataset import AlignedDataset
 from data.crops import load_crop
@@ -14,9 +15,8 @@ from data.image_io import window_hu
 from data.labels import split_key
 from data.masking import central_slice_range, target_slice_extent
 from data.morphology import remove_small_components, row_extent
-from tests.phantom_fixtures import make_test_phantom
 from straighten.pipeline import straighten_root
-from test_dataset import dataset_options
+from tests.phantom_fixtures import make_test_phantom
 from util.fileio import write_json
 
 CROP_SIZE = (96, 64, 48)  # 1 mm: the target and parts of both neighbours, small for speed

@@ -13,7 +13,12 @@ import pytest
 
 import demo
 from evaluation.phantom_truth import (
-    accuracy_summary, compare_to_truth, restrict_to_common, subsets, threshold_confusion, truth_table,
+    accuracy_summary,
+    compare_to_truth,
+    restrict_to_common,
+    subsets,
+    threshold_confusion,
+    truth_table,
 )
 from util.fileio import write_json
 from util.report import demo_summary, write_report

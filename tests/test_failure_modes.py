@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -36,7 +35,12 @@ from tests.synthetic_crops import CROP_SIZE, write_synthetic_cohort
 from tests.test_synthesis import crop_arrays, tiny_generator, write_checkpoint
 from util.checkpoint import load_checkpoint
 from util.fileio import (
-    OutputDirError, atomic_write, prepare_output_dir, remove_stale_temporaries, temporary_owner_pid, write_json,
+    OutputDirError,
+    atomic_write,
+    prepare_output_dir,
+    remove_stale_temporaries,
+    temporary_owner_pid,
+    write_json,
 )
 
 REPO = Path(__file__).resolve().parents[1]

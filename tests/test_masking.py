@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 
 from data.masking import (
-    BAND_FILL_VALUE, canvas_width, central_slice_range, make_masked_slice, make_masked_slices, paste_columns,
-    plane_slab, slice_centre, slice_offset_ratio, slice_sampling_weights, target_slice_extent,
+    BAND_FILL_VALUE,
+    canvas_width,
+    central_slice_range,
+    make_masked_slice,
+    make_masked_slices,
+    paste_columns,
+    plane_slab,
+    slice_centre,
+    slice_offset_ratio,
+    slice_sampling_weights,
+    target_slice_extent,
 )
 
 ROWS, COLS = 64, 48

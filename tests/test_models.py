@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import models
-from models.losses import GANLoss, SobelEdges, dice_coefficient, gradient_penalty
 from models.healthivert_model import band_rows, central_columns_mask
+from models.losses import GANLoss, SobelEdges, dice_coefficient, gradient_penalty
 from models.networks import ELU, HealthiVertGenerator, NLayerDiscriminator, count_parameters
 from models.synthetic import synthetic_batch
 

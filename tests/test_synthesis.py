@@ -24,8 +24,17 @@ from data.crops import crop_affine, write_crop
 from data.image_io import load_ct, load_mask, save_nifti, unwindow, window_hu
 from data.labels import split_key, vertebra_name
 from models.iterative_synthesis import (
-    NEIGHBOUR_MIN_PX, GeneratorRunner, SynthesisSettings, adjacent_labels, fuse_planes, load_generator,
-    neighbour_min_pixels, plane_pixel_area_mm2, settings_for, shard, synthesize_plane,
+    NEIGHBOUR_MIN_PX,
+    GeneratorRunner,
+    SynthesisSettings,
+    adjacent_labels,
+    fuse_planes,
+    load_generator,
+    neighbour_min_pixels,
+    plane_pixel_area_mm2,
+    settings_for,
+    shard,
+    synthesize_plane,
 )
 from models.networks import GeneratorOutput, HealthiVertGenerator
 from tests.synthetic_crops import BODY_COLS, CROP_SIZE, WIDE_WINDOW, body_rows, make_crop_arrays

@@ -13,8 +13,9 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 TEMP_TAG = "hvtmp"
 _TEMP_NAME = re.compile(rf"^\..*\.{TEMP_TAG}-(?P<pid>\d+)-[A-Za-z0-9_]+")

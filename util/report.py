@@ -16,9 +16,10 @@ import html
 import io
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,11 +34,17 @@ from data.image_io import ImageIOError, load_ct, load_mask
 from data.labels import spine_rank, vertebra_name
 from data.phantoms import REGIONS
 from evaluation.genant import GENANT_THRESHOLDS
+from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS
 from evaluation.phantom_truth import (
-    GRADES, RHLV_COLUMN_OF_REGION, accuracy_summary, compare_to_truth, restrict_to_common, subsets, threshold_confusion,
+    GRADES,
+    RHLV_COLUMN_OF_REGION,
+    accuracy_summary,
+    compare_to_truth,
+    restrict_to_common,
+    subsets,
+    threshold_confusion,
     truth_table,
 )
-from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS
 from evaluation.rhlv_table import read_table
 from util.fileio import atomic_write, read_json
 
@@ -82,7 +89,7 @@ class ReportData:
     method_comparison: pd.DataFrame | None = None  # comparison.csv of evaluation/compare_methods.py (--compare)
 
 
-def load_report_data(run: "PipelineRun") -> ReportData:
+def load_report_data(run: PipelineRun) -> ReportData:
     """Read truth, split, RHLV tables, grading and generation summaries of ``run``."""
     paths = run.paths
     try:
@@ -108,7 +115,7 @@ def load_report_data(run: "PipelineRun") -> ReportData:
 # --------------------------------------------------------------------------- summary
 
 
-def demo_summary(run: "PipelineRun", data: ReportData | None = None) -> dict[str, Any]:
+def demo_summary(run: PipelineRun, data: ReportData | None = None) -> dict[str, Any]:
     """The run's numbers as a JSON-ready dict: cohort, steps (status, seconds), accuracy against the
     phantom truth per method and subset, SVM grading means, generation-metric means."""
     data = data if data is not None else load_report_data(run)
@@ -142,7 +149,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def summary_text(run: "PipelineRun", summary: dict[str, Any], report_path: Path | None) -> str:
+def summary_text(run: PipelineRun, summary: dict[str, Any], report_path: Path | None) -> str:
     """The one-screen summary printed at the end of the demo."""
     lines = ["", "=" * 78, "HealthiVert demo summary", "=" * 78]
     cohort = summary.get("cohort")
@@ -421,7 +428,7 @@ def _image(uri: str | None, alt: str, width: str = "100%") -> str:
     return f"<img src='{uri}' alt='{html.escape(alt)}' style='max-width:{width}'>"
 
 
-def cohort_section(truth: pd.DataFrame, run: "PipelineRun", split: dict[str, dict[str, int]] | None) -> str:
+def cohort_section(truth: pd.DataFrame, run: PipelineRun, split: dict[str, dict[str, int]] | None) -> str:
     """One row per case: split, orientation, spacing, vertebrae and the fractures with their truth."""
     rows = []
     for case, vertebrae in truth.groupby("case", sort=True):
@@ -472,7 +479,7 @@ def accuracy_section(comparisons: dict[str, pd.DataFrame]) -> str:
               "applied to the largest regional RHLV, without any training.</p>" + matrices)
 
 
-def grading_section(grading: dict[str, dict | None], run: "PipelineRun") -> str:
+def grading_section(grading: dict[str, dict | None], run: PipelineRun) -> str:
     """SVM grading means (variance) of both methods and their confusion-matrix figures."""
     rows, images = [], []
     for method, report in grading.items():
@@ -492,7 +499,7 @@ def grading_section(grading: dict[str, dict | None], run: "PipelineRun") -> str:
             + "".join(images))
 
 
-def comparison_section(table: pd.DataFrame | None, run: "PipelineRun") -> str:
+def comparison_section(table: pd.DataFrame | None, run: PipelineRun) -> str:
     """The paper's comparison table of ``--compare`` (ours: mean ± std over folds; the paper's VerSe2019
     figures beside them, labelled as published) and its bar plot."""
     if table is None:
@@ -522,7 +529,7 @@ def generation_section(generation: dict | None) -> str:
             + _table(keys, [[f"{mean[k]:.3f} ({std.get(k, float('nan')):.3f})" for k in keys]]))
 
 
-def timings_section(run: "PipelineRun") -> str:
+def timings_section(run: PipelineRun) -> str:
     rows = [(s.name, s.status, f"{s.wall_s:.1f}", f"{s.cpu_s:.1f}", s.command) for s in run.steps]
     rows.append(("total", "", f"{run.total_wall_s:.1f}", f"{sum(s.cpu_s for s in run.steps):.1f}", ""))
     return _table(["step", "status", "wall (s)", "CPU (s, all cores)", "command"], rows)
@@ -552,7 +559,7 @@ code { background: #f4f4f4; }
 """
 
 
-def run_status_html(run: "PipelineRun") -> str:
+def run_status_html(run: PipelineRun) -> str:
     """The report's headline: green only when every step ran completely; partial steps are named."""
     def names(statuses: tuple[str, ...]) -> str:
         return ", ".join(html.escape(step.name) for step in run.steps if step.status in statuses)
@@ -566,7 +573,7 @@ def run_status_html(run: "PipelineRun") -> str:
     return "<span class='ok'>every step ran completely</span>"
 
 
-def build_html(run: "PipelineRun", summary: dict[str, Any], data: ReportData) -> str:
+def build_html(run: PipelineRun, summary: dict[str, Any], data: ReportData) -> str:
     """The whole report page."""
     paths = run.paths
     sections: list[tuple[str, str]] = []
@@ -626,7 +633,7 @@ def build_html(run: "PipelineRun", summary: dict[str, Any], data: ReportData) ->
             f"<style>{STYLE}</style></head><body><h1>HealthiVert demo report</h1>{body}</body></html>")
 
 
-def write_report(run: "PipelineRun", summary: dict[str, Any] | None = None, data: ReportData | None = None) -> Path:
+def write_report(run: PipelineRun, summary: dict[str, Any] | None = None, data: ReportData | None = None) -> Path:
     """Write ``<out>/report/index.html`` (atomically) and return its path."""
     data = data if data is not None else load_report_data(run)
     summary = summary if summary is not None else demo_summary(run, data)
