@@ -42,7 +42,8 @@ from Attention.classifier import _se_bottleneck, linear_decay, plain_options
 from data.crops import crop_paths, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
 from evaluation.grading import POOL_SPLITS, SCORE_SPLIT, grading_folds
-from util.device import resolve_device, seed_everything
+from util.device import seed_everything
+from util.distributed import resolve_device
 from util.fileio import atomic_torch_save, read_torch_file
 
 LOGGER = logging.getLogger(__name__)
@@ -372,7 +373,8 @@ def grader_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     parser.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
     parser.add_argument("--num_threads", type=int, default=0, help="data loader workers")
-    parser.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0; -1 for CPU")
+    parser.add_argument("--gpu_ids", default="auto",
+                        help="auto: the first GPU when CUDA is available, else the CPU; 0: that GPU; -1: CPU")
     parser.add_argument("--seed", type=int, default=0, help="random seed (fold k trains with seed + k)")
     parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable kernels")
     return parser

@@ -1,4 +1,4 @@
-"""Seeding; device selection lives in :mod:`util.distributed` (re-exported here for existing imports)."""
+"""Seeding of Python, NumPy and PyTorch (device selection is in :mod:`util.distributed`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import random
 
 import numpy as np
 import torch
-
-from util.distributed import parse_gpu_ids, resolve_device  # noqa: F401  (import path kept)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
