@@ -67,12 +67,15 @@ class SynthesisOptions(TestOptions):
         parser.add_argument("--split", default="all",
                             help="vertebrae to synthesize: all crops, or comma-separated splits of --split_json, "
                                  "e.g. val,test (--phase is not used here)")
-        parser.add_argument("--overwrite", action="store_true", help="recompute every vertebra, even those whose outputs match this run's checkpoint and inputs")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="recompute every vertebra, even those whose outputs match this run's checkpoint "
+                                 "and inputs")
         parser.add_argument("--synthesis_batch_size", type=int, default=-1,
                             help="slices per generator call within each step: 0 = all slices of the vertebra at once, "
                                  f"-1 = automatic (all on GPU, {CPU_BATCH_SIZE} on CPU)")
         parser.add_argument("--cpu_bf16", action="store_true",
-                            help="bfloat16 autocast on CPU (faster on CPUs with AVX512-BF16/AMX; results differ slightly)")
+                            help="bfloat16 autocast on CPU (faster on CPUs with AVX512-BF16/AMX; "
+                                 "results differ slightly)")
         parser.add_argument("--no_progress", action="store_true", help="no progress bar")
         add_synthesis_switch(parser)
         return parser

@@ -288,6 +288,7 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
 
 
 __all__ = [
-    "CamResult", "cam_parser", "localisation_records", "vertebra_truth", "write_localisation", "cam_volume", "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
+    "CamResult", "cam_parser", "localisation_records", "vertebra_truth", "write_localisation", "cam_volume",
+    "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
     "parse_cam_options", "save_montage",
 ]

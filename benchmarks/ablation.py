@@ -93,7 +93,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_steps(steps: Sequence[demo.Step], log_dir: Path, threads: int | None, first_index: int = 1) -> list[demo.StepResult]:
+def run_steps(steps: Sequence[demo.Step], log_dir: Path, threads: int | None,
+              first_index: int = 1) -> list[demo.StepResult]:
     """Run ``steps`` in order with ``demo.run_step``; a step whose inputs are missing is skipped."""
     log_dir.mkdir(parents=True, exist_ok=True)
     results = []

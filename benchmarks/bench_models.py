@@ -178,7 +178,8 @@ def run_worker(args: argparse.Namespace) -> int:
     kind = args.worker.split(":")[0]
     flops = batch * count_flops(build_case(f"{kind}:1", args.size, args.ngf, None)[0])
     result = {"case": args.worker, "dtype": args.dtype, "wall_s": times.case_wall, "cpu_s": times.case_cpu,
-              "yardstick_wall_s": times.yardstick_wall, "yardstick_cpu_s": times.yardstick_cpu, "yardstick_flops": yardstick_flops, "flops": flops,
+              "yardstick_wall_s": times.yardstick_wall, "yardstick_cpu_s": times.yardstick_cpu,
+              "yardstick_flops": yardstick_flops, "flops": flops,
               "peak_rss_gb": peak_gb, "rss_before_gb": base_gb}
     if kind == "train" and dtype is not None:
         result["bf16_via"] = "--amp --amp_dtype bf16" if model.native_bf16 else "autocast regions switched to bf16"

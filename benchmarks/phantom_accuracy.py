@@ -78,7 +78,8 @@ def markdown_table(comparisons: dict[str, pd.DataFrame], svm_f1: dict[str, float
             svm = svm_f1.get(method)
             svm_text = f"{svm:.3f}" if (svm is not None and name == "all") else ""
             lines.append(f"| {method} | {name} | {s['n']} | {s['mae_anterior']:.3f} | {s['mae_middle']:.3f} | "
-                         f"{s['mae_posterior']:.3f} | {s['mae_max']:.3f} | {s['macro_f1_threshold']:.3f} | {svm_text} |")
+                         f"{s['mae_posterior']:.3f} | {s['mae_max']:.3f} | {s['macro_f1_threshold']:.3f} | "
+                         f"{svm_text} |")
     return "\n".join(lines)
 
 

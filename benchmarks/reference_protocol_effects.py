@@ -59,7 +59,8 @@ def generator_effects(fixtures: Path) -> list[tuple[str, str]]:
     zero_band["masked_ct"] = np.where(inputs["mask"] > 0.5, np.float32(0.0), inputs["masked_ct"])
     band0 = hooked.run(zero_band, samples, 40.0)
     change = np.abs(band_values(band0["fine_ct"] - base["fine_ct"], inputs["mask"]))
-    rows.append(("band fill 0 instead of -1 (fine CT in the band)", f"max {change.max():.3f}, mean {change.mean():.4f}"))
+    rows.append(("band fill 0 instead of -1 (fine CT in the band)",
+                 f"max {change.max():.3f}, mean {change.mean():.4f}"))
     extended = dict(inputs)
     tops = np.array([band_rows_of(m[0])[0] for m in inputs["mask"]])
     extended["mask"] = extend_band_rows(inputs["mask"][:, 0], tops, 40)[:, None]

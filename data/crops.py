@@ -139,7 +139,8 @@ def load_crop(dataroot: str | Path, key: str, need_ct: bool = True) -> Crop:
         ct_volume = load_ct(paths.ct)
         if ct_volume.array.shape != label_volume.array.shape:
             raise ImageIOError(
-                f"{paths.ct} and {paths.label}: crop shapes differ ({ct_volume.array.shape} vs {label_volume.array.shape})"
+                f"{paths.ct} and {paths.label}: crop shapes differ "
+                f"({ct_volume.array.shape} vs {label_volume.array.shape})"
             )
         ct_hu = ct_volume.array
     return Crop(key, case, label, label_volume.array.astype(np.uint8), ct_hu, label_volume.affine, sidecar)
@@ -319,6 +320,7 @@ class CropCache:
             label = np.load(paths["label"], mmap_mode="r")
             cam = np.load(paths["cam"], mmap_mode="r") if record["has_cam"] else None
         except (OSError, ValueError) as err:
-            raise ImageIOError(f"{paths['record']}: crop cache entry unreadable ({err}); delete the cache folder") from err
+            raise ImageIOError(f"{paths['record']}: crop cache entry unreadable ({err}); "
+                               "delete the cache folder") from err
         return CachedCrop(key, plane, ct, label, cam, tuple(record["crop_shape"]),
                           voxel_spacing(np.asarray(record["affine"])), record["sidecar"])

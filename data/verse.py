@@ -68,7 +68,8 @@ def find_scans(verse_root: str | Path) -> list[VerseScan]:
         derivatives = root.joinpath(*parts[:index], "derivatives", *parts[index + 1:-1])
         case = ct.name[: -len(CT_SUFFIX)]
         mask = derivatives / f"{case}{MASK_SUFFIX}"
-        centroids = next((derivatives / f"{case}{s}" for s in CENTROID_SUFFIXES if (derivatives / f"{case}{s}").is_file()),
+        centroids = next((derivatives / f"{case}{s}" for s in CENTROID_SUFFIXES
+                          if (derivatives / f"{case}{s}").is_file()),
                          None)
         scans.append(VerseScan(case, ct, mask if mask.is_file() else None, centroids))
     if not scans:

@@ -165,11 +165,15 @@ def _run_jobs(jobs: list[VertebraJob], references: tuple[str, ...], options: Mea
                             [maps] * len(jobs), chunksize=max(1, min(16, len(jobs) // (4 * workers))))
 
 
+DEFAULT_MEASURE_OPTIONS = MeasureOptions()
+
+
 def rhlv_tables(label_dir: str | Path, fake_dir: str | Path | None, split: dict[str, dict[str, int]] | None,
-                references: Iterable[str] = ("synthesized",), options: MeasureOptions = MeasureOptions(),
+                references: Iterable[str] = ("synthesized",), options: MeasureOptions = DEFAULT_MEASURE_OPTIONS,
                 maps: MapSettings = MapSettings(), workers: int = 1, progress: bool = True,
                 listed_in: str | Path = "the split") -> RHLVTables:
-    """Measure every vertebra of ``label_dir`` (or of the split, named ``listed_in`` in errors) against each reference."""
+    """Measure every vertebra of ``label_dir`` (or of the split, named ``listed_in`` in errors) against each
+    reference."""
     references = tuple(references)
     unknown = set(references) - set(REFERENCES)
     if unknown:

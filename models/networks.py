@@ -29,8 +29,8 @@ from models.contextual_attention import ContextualAttention
 class GeneratorOutput:
     """Everything the generator predicts; images (B,1,H,W), heights (B,) in pixels (rows).
 
-    coarse_ct, fine_ct: CT in [-1, 1] (convolution clamped to [-1, 1]). coarse_neighbour_seg: sigmoid mask of the healthy
-    neighbours. fine_target_seg: sigmoid mask of the target vertebra. attention_flow: (B,2,H,W)
+    coarse_ct, fine_ct: CT in [-1, 1] (convolution clamped to [-1, 1]). coarse_neighbour_seg: sigmoid mask of the
+    healthy neighbours. fine_target_seg: sigmoid mask of the target vertebra. attention_flow: (B,2,H,W)
     (row, column) displacement in pixels from each position to the background patch it attends to most.
     """
 

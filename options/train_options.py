@@ -19,7 +19,8 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--n_epochs", type=int, default=200, help="epochs at the initial learning rate")
         parser.add_argument("--n_epochs_decay", type=int, default=800, help="epochs of linear decay to zero")
         parser.add_argument("--epoch_count", type=int, default=1,
-                            help="number of the first epoch (ignored by --continue_train, which resumes the checkpoint's)")
+                            help="number of the first epoch (ignored by --continue_train, which resumes the "
+                                 "checkpoint's)")
         parser.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
         parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
         parser.add_argument("--lr_policy", default="linear", choices=["linear", "step", "plateau", "cosine"],
@@ -47,7 +48,8 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--display_ncols", type=int, default=4, help="images per row on the HTML page and visdom")
         parser.add_argument("--no_html", action="store_true", help="do not write <checkpoints_dir>/<name>/web/")
         parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard events")
-        parser.add_argument("--use_visdom", action="store_true", help="also show visuals and losses in visdom (if installed)")
+        parser.add_argument("--use_visdom", action="store_true",
+                            help="also show visuals and losses in visdom (if installed)")
         parser.add_argument("--display_server", default="http://localhost", help="visdom server")
         parser.add_argument("--display_port", type=int, default=8097, help="visdom port")
         parser.add_argument("--display_env", default="main", help="visdom environment")

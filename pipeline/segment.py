@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 TOTALSEG_VERTEBRAE = [f"vertebrae_{name}" for name in
-                      [*(f"C{i}" for i in range(1, 8)), *(f"T{i}" for i in range(1, 13)), *(f"L{i}" for i in range(1, 6))]]
-HOW_TO_GET_A_MASK = ("install it (pip install TotalSegmentator; its weights download on first use) or run it elsewhere: "
+                      [*(f"C{i}" for i in range(1, 8)), *(f"T{i}" for i in range(1, 13)),
+                       *(f"L{i}" for i in range(1, 6))]]
+HOW_TO_GET_A_MASK = ("install it (pip install TotalSegmentator; its weights download on first use) "
+                     "or run it elsewhere: "
                      "TotalSegmentator -i CT -o seg.nii.gz --ml --roi_subset vertebrae_L1 ... , then pass "
                      "--mask seg.nii.gz --label_scheme totalseg")
 
@@ -16,7 +18,8 @@ class SegmentationUnavailable(RuntimeError):
 
 
 def segment_vertebrae(ct: Path, out: Path, gpu_ids: str = "-1") -> Path:
-    """Run TotalSegmentator's ``total`` task restricted to the vertebrae on ``ct``; returns the label map written to ``out``.
+    """Run TotalSegmentator's ``total`` task restricted to the vertebrae on ``ct``; returns the label map written to
+    ``out``.
 
     The map holds TotalSegmentator v2 ids (``--label_scheme totalseg``). Raises
     :class:`SegmentationUnavailable` when TotalSegmentator is not importable or fails (e.g. no weights).

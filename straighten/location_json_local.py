@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     """Write every case's centroid JSON; exit status 0 when all succeeded, 1 otherwise."""
     args = build_parser().parse_args(argv)
     if not (args.root / "raw").is_dir():
-        print(f"error: {args.root / 'raw'}: raw data folder not found (give --root DIR, the folder holding raw/<case>/)",
+        print(f"error: {args.root / 'raw'}: raw data folder not found "
+              "(give --root DIR, the folder holding raw/<case>/)",
               file=sys.stderr)
         return 1
     try:

@@ -152,7 +152,8 @@ def _flag_cut_vertebrae(vertebrae: list[Vertebra], min_volume_mm3: float, cut_fr
     for vertebra in vertebrae:
         if vertebra.volume_mm3 < min_volume_mm3:
             vertebra.status = STATUS_TOO_SMALL
-            vertebra.reason = f"{vertebra.voxel_count} voxels ({vertebra.volume_mm3:.0f} mm3 < {min_volume_mm3:.0f} mm3)"
+            vertebra.reason = (f"{vertebra.voxel_count} voxels "
+                               f"({vertebra.volume_mm3:.0f} mm3 < {min_volume_mm3:.0f} mm3)")
     sized = [v for v in vertebrae if v.status != STATUS_TOO_SMALL]
     for vertebra in sized:
         if not vertebra.touches_border:
@@ -382,7 +383,8 @@ def _set_body_extents(vertebrae: list[Vertebra], affine: np.ndarray) -> None:
 
 
 def build_spine_model(mask: Volume, min_volume_mm3: float = MIN_VOLUME_MM3,
-                      cut_fraction: float = CUT_VOLUME_FRACTION, align_bodies_deg: float = MAX_BODY_TILT_DEG) -> SpineModel:
+                      cut_fraction: float = CUT_VOLUME_FRACTION,
+                      align_bodies_deg: float = MAX_BODY_TILT_DEG) -> SpineModel:
     """Measure all vertebrae, de-pedicle them and fit the centre line through the body centroids.
 
     Two passes: frames from the whole-vertebra centroids give first bodies; frames from the

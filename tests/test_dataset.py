@@ -203,7 +203,8 @@ def test_bad_inputs_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no healthy vertebra"):
         AlignedDataset(dataset_options(dataroot, bad_split), show_progress=False)
     write_json(bad_split, {"train": {"syn001_19": 0, "syn001_22": 0}})
-    with pytest.raises(ImageIOError, match=r"empty.json: 2 crop file\(s\) of listed vertebrae not found: .*syn001_22\.nii\.gz"):
+    with pytest.raises(ImageIOError,
+                       match=r"empty.json: 2 crop file\(s\) of listed vertebrae not found: .*syn001_22\.nii\.gz"):
         AlignedDataset(dataset_options(dataroot, bad_split), show_progress=False)
     ct, label = make_crop_arrays([19, 20, 21], 21)
     write_crop(dataroot, "syn001_21", ct[:, :, :12], label[:, :, :12],

@@ -61,7 +61,8 @@ def test_slack_counts_the_border_and_zero_map_is_none() -> None:
 
 def test_aggregate_splits_fractured_and_healthy_and_summarise_by_morphology() -> None:
     records = {
-        "a_20": {"mass_share": 0.8, "peak_in_target": True, "mean_value": 0.1, "fractured": True, "morphology": "wedge"},
+        "a_20": {"mass_share": 0.8, "peak_in_target": True, "mean_value": 0.1, "fractured": True,
+                 "morphology": "wedge"},
         "a_21": {"mass_share": 0.2, "peak_in_target": False, "mean_value": 0.3, "fractured": True,
                  "morphology": "crush"},
         "a_22": {"mass_share": 0.1, "peak_in_target": False, "mean_value": 0.05, "fractured": False,

@@ -100,7 +100,8 @@ def run_predict(case: dict, out: Path, *extra: str, ct: Path | None = None, mask
 def test_dicom_series_reads_onto_the_nifti_grid(oblique_case: dict) -> None:
     dicom = load_ct(oblique_case["dicom"])
     nifti = load_ct(oblique_case["ct"])
-    assert dicom.orientation == nifti.orientation == "PIR"  # right-handed: a DICOM series cannot hold a left-handed grid
+    # right-handed: a DICOM series cannot hold a left-handed grid
+    assert dicom.orientation == nifti.orientation == "PIR"
     assert np.abs(dicom.affine - nifti.affine).max() < 1e-4
     assert np.array_equal(dicom.array, np.rint(nifti.array))
     check_same_grid(read_grid(oblique_case["dicom"]), read_grid(oblique_case["mask"]))

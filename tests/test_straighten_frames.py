@@ -13,8 +13,8 @@ def test_sagittal_frames_are_orthonormal_with_posterior_in_the_sagittal_plane():
     tangents = np.array([[0.0, 0.0, -1.0], [0.1, 0.3, -0.95], [-0.2, -0.4, -0.9]])
     tangent, posterior, left = sagittal_frames(tangents)
     assert np.allclose(posterior[:, 0], 0.0) and np.all(posterior[:, 1] < 0)
-    for t, p, l in zip(tangent, posterior, left):
-        assert np.allclose(np.stack([t, p, l]) @ np.stack([t, p, l]).T, np.eye(3), atol=1e-12)
+    for t, p, lft in zip(tangent, posterior, left):
+        assert np.allclose(np.stack([t, p, lft]) @ np.stack([t, p, lft]).T, np.eye(3), atol=1e-12)
     assert np.allclose(left[0], [-1.0, 0.0, 0.0])  # vertical spine: axes I, P, L
     with pytest.raises(StraightenError):
         sagittal_frames(np.array([[1.0, 0.0, 0.0]]))

@@ -411,7 +411,8 @@ def test_target_taller_than_band_is_clamped_as_the_reference() -> None:
     kept = np.r_[first:window_top, window_top + mask_height + 1:last + 1]
     np.testing.assert_array_equal(result.ct_hu[kept, :, z], ct[kept, :, z])
     np.testing.assert_array_equal(result.label_map[kept, :, z], label_map[kept, :, z])
-    assert (result.ct_hu[window_top:window_top + mask_height, :, z] != ct[window_top:window_top + mask_height, :, z]).all()
+    assert (result.ct_hu[window_top:window_top + mask_height, :, z]
+            != ct[window_top:window_top + mask_height, :, z]).all()
 
 
 def test_adjacent_labels_follow_anatomical_order() -> None:

@@ -72,7 +72,8 @@ def parse_gpu_ids(gpu_ids: str | int | list[int] | tuple[int, ...] | None) -> li
         try:
             gpu_ids = [int(tok) for tok in gpu_ids.split(",") if tok.strip()]
         except ValueError:
-            raise ValueError(f"--gpu_ids {gpu_ids!r}: expected auto, -1 or comma-separated GPU ids such as 0,1") from None
+            raise ValueError(f"--gpu_ids {gpu_ids!r}: expected auto, -1 or comma-separated GPU ids "
+                             "such as 0,1") from None
     return [int(i) for i in gpu_ids if int(i) >= 0]
 
 
