@@ -31,7 +31,8 @@ def test_grad_cam_reports_cuda_oom_per_vertebra_and_goes_on(monkeypatch: pytest.
     monkeypatch.setattr(cam, "load_classifier", lambda path, device: (None, {"window_hu": [-300, 800]}))
     monkeypatch.setattr(cam, "_map_one", map_one)
     opt = argparse.Namespace(seed=0, gpu_ids="-1", checkpoints_dir=str(tmp_path), name="cls", out=tmp_path / "maps",
-                             dataroot=str(tmp_path), keys=["big_20", "small_21"], overwrite=False, batch_size=16)
+                             dataroot=str(tmp_path), keys=["big_20", "small_21"], overwrite=False, batch_size=16,
+                             truth_dir=None, slack=2)
     summary = cam.generate_maps(opt)
     assert summary["written"] == ["small_21"]
     assert summary["failed"]["big_20"] == ("out of GPU memory on cpu with --batch_size 16: pass a smaller "
