@@ -299,7 +299,8 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
              (p.checkpoints / GAN_NAME / "latest.pth",)),
         Step("synthesis", "eval_3d_sagittal_twostage.py",
              [*gan_common, "--results_dir", str(p.results.parent), "--eval"],
-             f"{p.results}/{{CT_fake,label_fake}}/", (p.checkpoints / GAN_NAME / "latest.pth",), (p.results / "label_fake",)),
+             f"{p.results}/{{CT_fake,label_fake}}/", (p.checkpoints / GAN_NAME / "latest.pth",),
+             (p.results / "label_fake",)),
         Step("RHLV", "evaluation/RHLV_quantification.py",
              ["--label_dir", str(p.dataroot / "label"), "--fake_dir", str(p.results / "label_fake"),
               "--split_json", str(p.split_json), "--out", str(p.rhlv), "--reference", "both",
@@ -470,9 +471,10 @@ def run_pipeline(config: DemoConfig, root: Path, gpu_ids: str = "-1", overwrite:
             continue
         beats: list[str] = []
 
+        # heartbeat is only called by run_step within this iteration, so ``beats`` is this step's list
         def heartbeat(line: str) -> None:
-            print(("\n" if not beats else "") + f"      ... {line}", flush=True)
-            beats.append(line)
+            print(("\n" if not beats else "") + f"      ... {line}", flush=True)  # noqa: B023
+            beats.append(line)  # noqa: B023
 
         result = run_step(step, paths.logs, index, verbose, threads, heartbeat if echo else None)
         run.steps.append(result)
@@ -481,7 +483,8 @@ def run_pipeline(config: DemoConfig, root: Path, gpu_ids: str = "-1", overwrite:
                 print(f"[{index:2d}/{len(steps)}] {step.name:<26} ", end="")
             print(f"{result.status:<12} {result.wall_s:7.1f} s  -> {step.artefact}", flush=True)
             if result.status != "ok":
-                print(f"    log: {result.log}\n" + "\n".join(f"    | {line}" for line in log_tail(result.log).splitlines()))
+                print(f"    log: {result.log}\n"
+                      + "\n".join(f"    | {line}" for line in log_tail(result.log).splitlines()))
     return run
 
 
@@ -568,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     data = load_report_data(run)
     summary = demo_summary(run, data)
-    summary["machine"] = f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    summary["machine"] = (f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
+                          f"Python {platform.python_version()}")
     summary["config"] = asdict(config)
     report_path = write_report(run, summary, data)
     summary["report_s"] = round(time.perf_counter() - started, 2)

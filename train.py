@@ -61,7 +61,8 @@ ARCHITECTURE_OPTIONS = ("model", "dataset_mode", "plane", "ngf", "ndf", "n_layer
 
 def option_differences(saved: dict[str, Any], given: argparse.Namespace,
                        keys: tuple[str, ...] = ARCHITECTURE_OPTIONS) -> list[str]:
-    """``"--key saved -> given"`` for every architecture option that differs (keys missing on either side are ignored)."""
+    """``"--key saved -> given"`` for every architecture option that differs (keys missing on either side are
+    ignored)."""
     differences = []
     for key in keys:
         if key not in saved or not hasattr(given, key):
@@ -207,7 +208,8 @@ class Trainer:
             return None
 
     def _resume_checkpoint(self) -> tuple[Path, dict[str, Any]]:
-        """The checkpoint to resume from (on the CPU), refused when its architecture options differ from the given ones."""
+        """The checkpoint to resume from (on the CPU), refused when its architecture options differ from the given
+        ones."""
         tag = f"iter_{self.opt.load_iter}" if self.opt.load_iter > 0 else self.opt.epoch
         path = checkpoint_path(self.folder, tag)
         checkpoint = load_checkpoint(path, map_location="cpu")

@@ -559,7 +559,8 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": str(ckpt),
         "epochs": n_epochs,
         "seconds_per_epoch": float(np.median(epoch_seconds)),
-        "n_train": {"healthy": sum(not v.fractured for v in train_set), "fractured": sum(v.fractured for v in train_set)},
+        "n_train": {"healthy": sum(not v.fractured for v in train_set),
+                    "fractured": sum(v.fractured for v in train_set)},
         "skipped": sorted(skipped_train + skipped_val),
         "device": str(device),
     })

@@ -46,7 +46,8 @@ from data.masking import make_masked_slice, plane_slab  # noqa: E402
 from util.fileio import write_json  # noqa: E402
 
 
-def write_benchmark_cohort(root: Path, cases: int, crop_size: tuple[int, int, int], seed: int = 0) -> tuple[Path, Path, Path]:
+def write_benchmark_cohort(root: Path, cases: int, crop_size: tuple[int, int, int],
+                           seed: int = 0) -> tuple[Path, Path, Path]:
     """Synthetic crops (box bodies, 40 HU noise) + attention maps + split; returns (dataroot, split, cam_dir)."""
     rng = np.random.default_rng(seed)
     dataroot, cam_dir = root / "straightened", root / "heatmap"
@@ -59,7 +60,7 @@ def write_benchmark_cohort(root: Path, cases: int, crop_size: tuple[int, int, in
         for target in labels:
             ct = rng.normal(0, 40, crop_size).astype(np.float32)
             label_map = np.zeros(crop_size, dtype=np.uint8)
-            for offset, lab in enumerate(labels):
+            for _offset, lab in enumerate(labels):
                 top = rows // 2 - 13 + (lab - target) * 32
                 if -26 < top < rows:
                     body = (slice(max(top, 0), max(top + 26, 0)), slice(cols // 2 - 20, cols // 2 + 20),
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             dataroot, split, cam_dir = Path(args.dataroot), args.split_json, args.cam_dir
         else:
             dataroot, split, cam_dir = write_benchmark_cohort(Path(tmp), args.cases, tuple(args.crop_size))
-        opt = argparse.Namespace(dataroot=str(dataroot), split_json=split and str(split), cam_dir=cam_dir and str(cam_dir),
-                                 phase="train", plane=args.plane, cache_dir=str(Path(tmp) / "cache"), seed=0,
+        opt = argparse.Namespace(dataroot=str(dataroot), split_json=split and str(split),
+                                 cam_dir=cam_dir and str(cam_dir), phase="train", plane=args.plane,
+                                 cache_dir=str(Path(tmp) / "cache"), seed=0,
                                  hu_window=[-300.0, 800.0], mask_height=40.0, min_component_px=50,
                                  max_healthy_grade=1, batch_size=args.batch_size, num_threads=args.num_threads,
                                  gpu_ids=[], dataset_mode="aligned", serial_batches=False)
@@ -171,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             results[f"cached, DataLoader {workers} workers, batch {args.batch_size}"] = [
                 samples_per_second(loader_run, args.samples) for _ in range(args.repeats)]
     baseline = statistics.median(next(iter(results.values())))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
     print(f"command: python benchmarks/bench_dataset.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"crops: {n} vertebrae, shape {dataset.crop_shape}, plane {args.plane}; cache build {build_s:.1f} s "
           f"(first use only)")

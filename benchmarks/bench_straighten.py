@@ -48,7 +48,8 @@ start, cpu_start = time.perf_counter(), time.process_time()
 result = straighten_case(find_case_files({case_dir!r}), {out!r})
 seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-print(json.dumps({{"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "rss_before_mb": before, "crops": len(result.written)}}))
+print(json.dumps({{"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_mb": peak, "rss_before_mb": before,
+                  "crops": len(result.written)}}))
 """
 
 
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported; default 5)")
-    parser.add_argument("--big", action="store_true", help="also straighten a 512 x 512 x 800 whole-spine phantom (slow)")
+    parser.add_argument("--big", action="store_true",
+                        help="also straighten a 512 x 512 x 800 whole-spine phantom (slow)")
     parser.add_argument("--work_dir", type=Path, default=None, help="scratch folder (default: a temporary folder)")
     return parser
 
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_straighten_")) if args.work_dir is None else args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     cases: list[tuple[str, Path, int]] = [
-        ("phantom8 (T10-L5, 1 mm)", make_phantom(work, "phantom8", tuple(range(17, 25)), (1.0, 1.0, 1.0)), args.repeats),
+        ("phantom8 (T10-L5, 1 mm)", make_phantom(work, "phantom8", tuple(range(17, 25)), (1.0, 1.0, 1.0)),
+         args.repeats),
     ]
     real = link_real_case(work, "sub-verse005")
     if real is not None:
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; one thread")
     print("command: python benchmarks/bench_straighten.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print()
-    print("| case | crops | median wall s (runs) | median CPU s | peak RSS MB | RSS before MB | peak - before MB | reference 4.4 s / ours |")
+    print("| case | crops | median wall s (runs) | median CPU s | peak RSS MB | RSS before MB | peak - before MB "
+          "| reference 4.4 s / ours |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, folder, repeats in cases:
         runs = [run_once(folder, work / "out") for _ in range(max(1, repeats))]

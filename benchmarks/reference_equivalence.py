@@ -224,7 +224,8 @@ def masking_rows(fixtures: Path) -> list[Row]:
         patient, _, label_text = info["vertebra_id"].rpartition("_")
         target = int(label_text)
         labels = load_nifti(files["label"]).astype(np.int64)
-        ct_hu, cam = reader_inputs(load_nifti(files["CT"]), load_nifti(files["heatmap"]) if "heatmap" in files else None)
+        ct_hu, cam = reader_inputs(load_nifti(files["CT"]),
+                                   load_nifti(files["heatmap"]) if "heatmap" in files else None)
         z = int(sample["slice_index"])
         slab = plane_slab(labels, "sagittal")
         first, last = target_slice_extent(slab, target, MIN_COMPONENT_PX)
@@ -245,7 +246,8 @@ def masking_rows(fixtures: Path) -> list[Row]:
                          max_abs(masked.neighbour_label, sample["normal_vert"][0]))
         scalars = {"x1": masked.target_top, "x2": masked.target_bottom, "height": masked.height_px,
                    "min_x": masked.band_top, "max_x": masked.band_top + int(sample["h2"])}
-        scalar_diff = max(scalar_diff, *(abs(int(sample[key]) - value) for key, value in scalars.items() if key in sample))
+        scalar_diff = max(scalar_diff,
+                          *(abs(int(sample[key]) - value) for key, value in scalars.items() if key in sample))
     count = len(meta["samples"])
     return [
         float_row(f"masking: masked CT, original CT, band mask, attention ({count} samples)", image_diff),
@@ -290,7 +292,8 @@ def training_composition(case: dict[str, np.ndarray], model: HealthiVertModel) -
     fine = model.compose(real, torch.from_numpy(case["fake_B_raw"]), height("pred2_h_sigmoid"))
     coarse = model.compose(real, torch.from_numpy(case["x_stage1"]), height("pred1_h_sigmoid"))
     local = model.band_mask * central_columns_mask(model.band_mask, 70)
-    diffs = {"fake_B": max_abs(fine.numpy(), case["fake_B"]), "fake_B_coarse": max_abs(coarse.numpy(), case["fake_B_coarse"])}
+    diffs = {"fake_B": max_abs(fine.numpy(), case["fake_B"]),
+             "fake_B_coarse": max_abs(coarse.numpy(), case["fake_B_coarse"])}
     if "fake_B_local" in case:
         diffs["fake_B_local"] = max_abs((fine * local).numpy(), case["fake_B_local"])
         diffs["real_B_local"] = max_abs((real * local).numpy(), case["real_B_local"])
@@ -364,7 +367,8 @@ def composition_rows(fixtures: Path, generator: HealthiVertGenerator) -> list[Ro
         skipped = [name for name, _, ok in infer if not ok]
         ct = max((d["out_ct"] for d in comparable), default=0.0)
         seg = max((d["out_seg"] for d in comparable), default=0.0)
-        note = f" ({len(comparable)} cases; not composed: {', '.join(skipped)})" if skipped else f" ({len(comparable)} cases)"
+        note = (f" ({len(comparable)} cases; not composed: {', '.join(skipped)})" if skipped
+                else f" ({len(comparable)} cases)")
         rows.append(float_row("composition, inference: composed CT" + note, ct))
         rows.append(row("composition, inference: composed labels", seg, "exact", seg == 0))
     return rows

@@ -198,7 +198,8 @@ class AlignedDataset(Dataset):
         path = crop_paths(self.opt.dataroot, crop.key).label
         expected = crop.sidecar.get("crop_size")
         if expected is not None and list(expected) != list(crop.crop_shape):
-            raise ImageIOError(f"{path}: crop shape {list(crop.crop_shape)} differs from its sidecar crop_size {expected}")
+            raise ImageIOError(f"{path}: crop shape {list(crop.crop_shape)} differs from its sidecar "
+                               f"crop_size {expected}")
         if tuple(crop.crop_shape) != self.crop_shape:
             raise ImageIOError(f"{path}: crop shape {tuple(crop.crop_shape)} differs from {self.crop_shape} of "
                                f"{reference.key}; straighten every vertebra with the same --crop_size")
@@ -238,7 +239,8 @@ class AlignedDataset(Dataset):
         return len(self.entries)
 
     def slice_index(self, entry: VertebraEntry, epoch: int, index: int) -> int:
-        """Slice of ``entry`` for this epoch: triangular-weighted random (seeded by seed, epoch, index) or the centre."""
+        """Slice of ``entry`` for this epoch: triangular-weighted random (seeded by seed, epoch, index) or the
+        centre."""
         if not self.random_slices:
             return entry.centre
         rng = np.random.default_rng([self.seed, epoch, index])

@@ -209,7 +209,7 @@ class _Block:
     slices: tuple[slice, slice, slice]
     u: np.ndarray
     a: np.ndarray
-    l: np.ndarray
+    left: np.ndarray
 
 
 def _box_corners(low: Sequence[float], high: Sequence[float]) -> np.ndarray:
@@ -242,7 +242,7 @@ def _segment_distance(block: _Block, p0: Sequence[float], p1: Sequence[float], l
     p0 = np.asarray(p0, dtype=np.float32)
     d = np.asarray(p1, dtype=np.float32) - p0
     d[2] *= l_scale
-    du, da, dl = block.u - p0[0], block.a - p0[1], (block.l - p0[2]) * l_scale
+    du, da, dl = block.u - p0[0], block.a - p0[1], (block.left - p0[2]) * l_scale
     t = np.clip((du * d[0] + da * d[1] + dl * d[2]) / float(d @ d), 0.0, 1.0)
     return np.sqrt((du - t * d[0]) ** 2 + (da - t * d[1]) ** 2 + (dl - t * d[2]) ** 2)
 
@@ -293,38 +293,38 @@ def _nominal(label: int) -> dict[str, float]:
     return {key: float(np.interp(rank, _ANCHOR_RANKS, values)) for key, values in _ANCHORS.items()}
 
 
-def _cross_section(v: _Vertebra, a: np.ndarray, l: np.ndarray) -> np.ndarray:
+def _cross_section(v: _Vertebra, a: np.ndarray, left: np.ndarray) -> np.ndarray:
     """Normalised body cross-section coordinate (<= 1 inside; posterior wall flat at a = -D/2)."""
     shift = 0.125 * v.depth
-    return ((a + shift) / (0.5 * v.depth + shift)) ** 2 + (l / (0.5 * v.width)) ** 2
+    return ((a + shift) / (0.5 * v.depth + shift)) ** 2 + (left / (0.5 * v.width)) ** 2
 
 
-def _loss(v: _Vertebra, a: np.ndarray, l: np.ndarray) -> np.ndarray:
+def _loss(v: _Vertebra, a: np.ndarray, left: np.ndarray) -> np.ndarray:
     """Fractional height loss at local (a, l); equals the regional losses at the third centres."""
     if v.fracture is None:
-        return np.zeros(np.broadcast(a, l).shape, dtype=np.float32)
+        return np.zeros(np.broadcast(a, left).shape, dtype=np.float32)
     r = v.fracture.loss_ratio
     posterior_to_anterior = (a + v.depth / 3.0) / (2.0 * v.depth / 3.0)  # 0 at posterior centre, 1 at anterior
     if v.fracture.morphology == "wedge":
         loss = r * np.clip(posterior_to_anterior, 0.0, None)
     elif v.fracture.morphology == "biconcave":
-        rho2 = (a / (0.5 * v.depth)) ** 2 + (l / (0.5 * v.width)) ** 2
+        rho2 = (a / (0.5 * v.depth)) ** 2 + (left / (0.5 * v.width)) ** 2
         loss = r * np.clip(1.0 - rho2 / 0.5625, 0.0, None)  # 0.5625 = 0.75**2
     else:  # crush: the whole body, slightly more anteriorly
         loss = r * (0.85 + 0.15 * np.clip(posterior_to_anterior, 0.0, 1.25))
     return np.minimum(loss, 0.9).astype(np.float32)
 
 
-def _endplates(v: _Vertebra, a: np.ndarray, l: np.ndarray, fractured: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _endplates(v: _Vertebra, a: np.ndarray, left: np.ndarray, fractured: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Upper and lower endplate surfaces u_top(a, l), u_bottom(a, l) in mm (concave, fracture applied)."""
     rim = v.height_post_rim + (v.height_ant_rim - v.height_post_rim) * (a + 0.5 * v.depth) / v.depth
-    dip = np.clip(1.0 - (a / (0.5 * v.depth)) ** 2 - (l / (0.5 * v.width)) ** 2, 0.0, None)
+    dip = np.clip(1.0 - (a / (0.5 * v.depth)) ** 2 - (left / (0.5 * v.width)) ** 2, 0.0, None)
     top = 0.5 * rim - v.concave_top * dip
     bottom = -0.5 * rim + v.concave_bottom * dip
     if not fractured or v.fracture is None:
         return top, bottom
     middle = 0.5 * (top + bottom)
-    half = 0.5 * (top - bottom) * (1.0 - _loss(v, a, l))
+    half = 0.5 * (top - bottom) * (1.0 - _loss(v, a, left))
     return middle + half, middle - half
 
 
@@ -344,9 +344,10 @@ def _regional_heights(v: _Vertebra, fractured: bool) -> dict[str, float]:
 
 def _body_extent(v: _Vertebra) -> tuple[float, float]:
     """Highest upper and lowest lower endplate point (u, mm) of the drawn body."""
-    a, l = np.meshgrid(np.linspace(-0.5 * v.depth, 0.5 * v.depth, 41), np.linspace(-0.5 * v.width, 0.5 * v.width, 41))
-    inside = _cross_section(v, a, l) <= 1.0
-    top, bottom = _endplates(v, a.astype(np.float32), l.astype(np.float32))
+    a, left = np.meshgrid(np.linspace(-0.5 * v.depth, 0.5 * v.depth, 41),
+                          np.linspace(-0.5 * v.width, 0.5 * v.width, 41))
+    inside = _cross_section(v, a, left) <= 1.0
+    top, bottom = _endplates(v, a.astype(np.float32), left.astype(np.float32))
     return float(top[inside].max()), float(bottom[inside].min())
 
 
@@ -503,21 +504,21 @@ def _paint_body(v: _Vertebra, grid: _Grid, hu: np.ndarray, mask: np.ndarray, fie
     block = _block(grid, v.frame, (-reach, -half_depth, -half_width), (reach, half_depth, half_width))
     if block is None:
         return _VoxelStats(None, 0)
-    u, a, l = np.broadcast_arrays(block.u, block.a, block.l)
-    top, bottom = _endplates(v, a, l)
-    section = _cross_section(v, a, l)
+    u, a, left = np.broadcast_arrays(block.u, block.a, block.left)
+    top, bottom = _endplates(v, a, left)
+    section = _cross_section(v, a, left)
     inside = (u <= top) & (u >= bottom) & (section <= 1.0) & (a >= -0.5 * v.depth)
     if not inside.any():
         return _VoxelStats(None, 0)
-    u, a, l, top, bottom, section = (x[inside] for x in (u, a, l, top, bottom, section))
+    u, a, left, top, bottom, section = (x[inside] for x in (u, a, left, top, bottom, section))
     # Approximate signed distance to the body surface (mm, negative inside).
     depth_in = np.minimum.reduce(
         [top - u, u - bottom, (1.0 - np.sqrt(section)) * 0.5 * min(v.depth, v.width), a + 0.5 * v.depth]
     )
-    texture = _sample_texture(field, (u, a, l), (2.0, 1.0, 1.0), v.texture_offset)
+    texture = _sample_texture(field, (u, a, left), (2.0, 1.0, 1.0), v.texture_offset)
     values = v.cancellous_hu + 40.0 * texture
     if v.fracture is not None:
-        loss = _loss(v, a, l)
+        loss = _loss(v, a, left)
         near_plate = np.minimum(top - u, u - bottom) < 4.0
         values += np.where(near_plate & (loss > 0.03), 130.0 * np.minimum(loss / 0.3, 1.0), 0.0)
     values = np.where(depth_in < 1.2, v.cortical_hu + 60.0 * texture, values)
@@ -552,14 +553,14 @@ def _posterior_elements(v: _Vertebra) -> list[_Element]:
     pedicle_front, pedicle_back = -0.5 * v.depth + 3.0, cc - 0.3 * v.canal_ap
 
     def pedicles(b: _Block) -> np.ndarray:
-        radial = np.sqrt(((np.abs(b.l) - lateral) / (0.5 * v.pedicle)) ** 2 + ((b.u - 0.12 * h) / (0.32 * h)) ** 2)
+        radial = np.sqrt(((np.abs(b.left) - lateral) / (0.5 * v.pedicle)) ** 2 + ((b.u - 0.12 * h) / (0.32 * h)) ** 2)
         return np.maximum(np.maximum((radial - 1.0) * 0.5 * v.pedicle, b.a - pedicle_front), pedicle_back - b.a)
 
     lamina_low, lamina_high = -0.5 * h - 0.3 * v.disc_below, 0.38 * h
 
     def lamina(b: _Block) -> np.ndarray:
-        outer = np.sqrt(((b.a - cc) / (v.canal_ap + v.lamina)) ** 2 + (b.l / (v.canal_lat + v.lamina)) ** 2)
-        inner = np.sqrt(((b.a - cc) / v.canal_ap) ** 2 + (b.l / v.canal_lat) ** 2)
+        outer = np.sqrt(((b.a - cc) / (v.canal_ap + v.lamina)) ** 2 + (b.left / (v.canal_lat + v.lamina)) ** 2)
+        inner = np.sqrt(((b.a - cc) / v.canal_ap) ** 2 + (b.left / v.canal_lat) ** 2)
         ring = np.maximum((outer - 1.0) * v.lamina, (1.0 - inner) * v.canal_ap)
         return np.maximum(np.maximum(ring, b.a - cc), np.maximum(b.u - lamina_high, lamina_low - b.u))
 
@@ -605,8 +606,8 @@ def _paint_posterior(v: _Vertebra, grid: _Grid, hu: np.ndarray, mask: np.ndarray
         inside = distance <= 0.0
         if not inside.any():
             continue
-        u, a, l = (np.broadcast_to(x, inside.shape)[inside] for x in (block.u, block.a, block.l))
-        texture = _sample_texture(field, (u, a, l), (1.5, 1.5, 1.5), v.texture_offset + 7.0)
+        u, a, left = (np.broadcast_to(x, inside.shape)[inside] for x in (block.u, block.a, block.left))
+        texture = _sample_texture(field, (u, a, left), (1.5, 1.5, 1.5), v.texture_offset + 7.0)
         values = np.where(distance[inside] > -1.0, v.cortical_hu - 120.0, 300.0) + 35.0 * texture
         sub_hu, sub_mask = hu[block.slices], mask[block.slices]
         mine = sub_mask[inside] == v.label
@@ -631,7 +632,8 @@ def _rib_polylines(v: _Vertebra, body: _Body) -> list[np.ndarray]:
     for side in (-1.0, 1.0):
         head = v.frame.to_world(np.array([[0.25 * h, -0.5 * v.depth + 3.0, side * (0.5 * v.width - 3.0)]]))[0]
         lateral = v.canal_lat + 0.8 * v.pedicle + v.tp_len * math.cos(math.radians(20.0))
-        tip_local = (0.1 * h + 2.0, cc + 0.2 * v.canal_ap - v.tp_len * math.sin(math.radians(20.0)) - 4.0, side * lateral)
+        tip_local = (0.1 * h + 2.0, cc + 0.2 * v.canal_ap - v.tp_len * math.sin(math.radians(20.0)) - 4.0,
+                     side * lateral)
         tip = v.frame.to_world(np.array([tip_local]))[0]
         ry = 0.5 * (front - tip[1])
         cy, cx = tip[1] + ry, v.frame.origin[0]
@@ -639,7 +641,8 @@ def _rib_polylines(v: _Vertebra, body: _Body) -> list[np.ndarray]:
         angles = np.linspace(start, start + sweep, 8)
         x_dir = -side  # left (+l) is -x in RAS
         arc = np.stack(
-            [cx + x_dir * rx * np.sin(angles), cy - ry * np.cos(angles), tip[2] - 30.0 * (angles - start) / sweep], axis=1
+            [cx + x_dir * rx * np.sin(angles), cy - ry * np.cos(angles), tip[2] - 30.0 * (angles - start) / sweep],
+            axis=1,
         )
         lines.append(np.vstack([head, tip, arc]))
     return lines
@@ -659,8 +662,8 @@ def _paint_ribs(v: _Vertebra, body: _Body, grid: _Grid, hu: np.ndarray, field: n
             inside = distance <= 0.0
             if not inside.any():
                 continue
-            u, a, l = (np.broadcast_to(x, inside.shape)[inside] for x in (block.u, block.a, block.l))
-            texture = _sample_texture(field, (u, a, l), (1.5, 1.5, 1.5), v.texture_offset + 31.0)
+            u, a, left = (np.broadcast_to(x, inside.shape)[inside] for x in (block.u, block.a, block.left))
+            texture = _sample_texture(field, (u, a, left), (1.5, 1.5, 1.5), v.texture_offset + 31.0)
             sub = hu[block.slices]
             sub[inside] = np.where(distance[inside] > -1.2, 650.0, 250.0) + 30.0 * texture
 
@@ -672,7 +675,7 @@ def _paint_canal(v: _Vertebra, grid: _Grid, hu: np.ndarray) -> None:
     block = _block(grid, v.frame, low, high)
     if block is None:
         return
-    radial = ((block.a - v.canal_centre) / v.canal_ap) ** 2 + (block.l / v.canal_lat) ** 2
+    radial = ((block.a - v.canal_centre) / v.canal_ap) ** 2 + (block.left / v.canal_lat) ** 2
     along = (block.u >= low[0]) & (block.u <= high[0])
     canal = (radial <= 1.0) & along
     cord = (radial <= 0.22) & along
@@ -689,19 +692,19 @@ def _paint_disc(upper: _Vertebra, lower: _Vertebra, grid: _Grid, hu: np.ndarray,
     block = _block(grid, upper.frame, (upper_low - span, -reach, -reach), (upper.height * 0.5, reach, reach))
     if block is None:
         return
-    world = [block.u, block.a, block.l]
+    world = [block.u, block.a, block.left]
     # Local coordinates of the same voxels in the lower vertebra's frame.
     rel_rot = lower.frame.rotation @ upper.frame.rotation.T
     shift = (upper.frame.origin - lower.frame.origin) @ lower.frame.rotation.T
     lu, la, ll = (sum(world[k] * np.float32(rel_rot[r, k]) for k in range(3)) + np.float32(shift[r]) for r in range(3))
-    _, upper_bottom = _endplates(upper, block.a, block.l)
+    _, upper_bottom = _endplates(upper, block.a, block.left)
     lower_top, _ = _endplates(lower, la, ll)
-    section = np.minimum(_cross_section(upper, block.a, block.l), _cross_section(lower, la, ll))
+    section = np.minimum(_cross_section(upper, block.a, block.left), _cross_section(lower, la, ll))
     disc = (block.u <= upper_bottom) & (lu >= lower_top) & (section <= 1.0)
     if not disc.any():
         return
-    u, a, l = (np.broadcast_to(x, disc.shape)[disc] for x in (block.u, block.a, block.l))
-    texture = _sample_texture(field, (u, a, l), (3.0, 3.0, 3.0), upper.texture_offset + 19.0)
+    u, a, left = (np.broadcast_to(x, disc.shape)[disc] for x in (block.u, block.a, block.left))
+    texture = _sample_texture(field, (u, a, left), (3.0, 3.0, 3.0), upper.texture_offset + 19.0)
     hu[block.slices][disc] = np.where(section[disc] < 0.35, 70.0, 95.0) + 8.0 * texture
 
 
@@ -825,11 +828,12 @@ def _paint_background(body: _Body, grid: _Grid, hu: np.ndarray, chunk: int = 16)
         np.multiply(m, 140.0, out=out)
         out -= 100.0  # fat (-100 HU) to organ (+40 HU) mixture
 
+        # near() is only called within this iteration, so the loop variables it reads are current
         def near(dx: float, dy_low: float, dy_high: float):
             """Views, spine-relative coordinates (x - sx, y - sy) and slices of a window around the spine."""
-            xs = _window(x, float(sx.min()) - dx, float(sx.max()) + dx)
-            ys = _window(y, float(sy.min()) + dy_low, float(sy.max()) + dy_high)
-            return out[xs, ys], m[xs, ys], x[xs, None, None] - sx, y[None, ys, None] - sy, (xs, ys)
+            xs = _window(x, float(sx.min()) - dx, float(sx.max()) + dx)  # noqa: B023
+            ys = _window(y, float(sy.min()) + dy_low, float(sy.max()) + dy_high)  # noqa: B023
+            return out[xs, ys], m[xs, ys], x[xs, None, None] - sx, y[None, ys, None] - sy, (xs, ys)  # noqa: B023
 
         w_max, d_max = float(width.max()), float(depth.max())
         if z.max() > body.diaphragm_z - 0.08 * (rx + abs(tx) + float(np.abs(sx).max())):

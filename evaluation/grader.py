@@ -75,7 +75,8 @@ def load_grader(path: str | Path) -> Grader:
     if not isinstance(payload, dict) or payload.get("format") != GRADER_FORMAT:
         raise GradingError(f"{path}: not a {GRADER_FORMAT} file")
     if int(payload.get("version", 0)) > GRADER_VERSION:
-        raise GradingError(f"{path}: grader format version {payload['version']} is newer than this code's {GRADER_VERSION}")
+        raise GradingError(f"{path}: grader format version {payload['version']} is newer than this code's "
+                           f"{GRADER_VERSION}")
     if payload["sklearn_version"] != sklearn.__version__:
         warnings.warn(f"{path}: fitted with scikit-learn {payload['sklearn_version']}, running "
                       f"{sklearn.__version__}; predictions may differ", GradingWarning, stacklevel=2)

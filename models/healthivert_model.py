@@ -108,8 +108,8 @@ class HealthiVertModel(BaseModel):
                        help="width in pixels of the central columns seen by the local discriminator D3")
             add_option(parser, "--lr", type=float, default=2e-4, help="Adam learning rate")
             add_option(parser, "--beta1", type=float, default=0.5, help="Adam beta1")
-            add_option(parser, "--lr_policy", type=str, default="linear", choices=["linear", "step", "plateau", "cosine"],
-                       help="learning-rate policy")
+            add_option(parser, "--lr_policy", type=str, default="linear",
+                       choices=["linear", "step", "plateau", "cosine"], help="learning-rate policy")
             add_option(parser, "--lr_decay_iters", type=int, default=50, help="step policy: epochs between decays")
             add_option(parser, "--n_epochs", type=int, default=200, help="epochs at the initial learning rate")
             add_option(parser, "--n_epochs_decay", type=int, default=800, help="epochs of linear decay to zero")

@@ -549,7 +549,8 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", plane: 
         generator.load_state_dict(nets["G"])
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: generator weights do not match --ngf {options.get('ngf', 16)} ({first_line})") from None
+        raise ValueError(f"{path}: generator weights do not match --ngf {options.get('ngf', 16)} "
+                         f"({first_line})") from None
     generator.eval().to(torch.device(device), memory_format=torch.channels_last)
     return LoadedModel(generator, options, path)
 
@@ -817,10 +818,10 @@ def synthesize_dataset(opt: argparse.Namespace, show_progress: bool = True) -> S
 
     Uses ``opt``: dataroot, cam_dir, name, results_dir, output_dir, plane (sagittal | coronal | both),
     name_coronal, checkpoints_dir, epoch, load_iter, gpu_ids, split, split_json, num_test, overwrite,
-    synthesis_batch_size, amp and amp_dtype, cpu_bf16 (bfloat16 on CPU). Under ``torchrun`` (process group initialized by the caller, or
-    RANK/WORLD_SIZE set) each rank takes every world_size-th vertebra; the returned summary covers
-    all ranks when a process group is initialized. Checkpoint errors raise; per-vertebra errors are
-    collected in the summary and the run continues.
+    synthesis_batch_size, amp and amp_dtype, cpu_bf16 (bfloat16 on CPU). Under ``torchrun`` (process group
+    initialized by the caller, or RANK/WORLD_SIZE set) each rank takes every world_size-th vertebra; the
+    returned summary covers all ranks when a process group is initialized. Checkpoint errors raise;
+    per-vertebra errors are collected in the summary and the run continues.
     """
     started = time.perf_counter()
     rank, world_size = rank_and_size()

@@ -73,7 +73,8 @@ class BaseOptions:
         parser.add_argument("--dataroot", required=True,
                             help="folder of straightened crops (holds CT/ and label/, DESIGN 3.3)")
         parser.add_argument("--split_json", default=None,
-                            help="split JSON {train,val,test: {<case>_<v>: grade}}; if omitted, <dataroot>/../vertebra_data.json")
+                            help="split JSON {train,val,test: {<case>_<v>: grade}}; "
+                                 "if omitted, <dataroot>/../vertebra_data.json")
         parser.add_argument("--cam_dir", default=None,
                             help="folder of attention maps <key>.nii.gz (must exist; a vertebra without a map gets "
                                  "all-zero attention, one warning; if omitted: ./Attention/heatmap when --dataroot is "
@@ -94,17 +95,21 @@ class BaseOptions:
         parser.add_argument("--plane", default="sagittal", choices=list(PLANES),
                             help="slice plane: sagittal slices [:, :, z] or coronal slices [:, y, :]")
         parser.add_argument("--batch_size", type=int, default=1, help="input batch size (per process under torchrun)")
-        parser.add_argument("--num_threads", type=int, default=4, help="DataLoader worker processes (0: load in the main process)")
+        parser.add_argument("--num_threads", type=int, default=4,
+                            help="DataLoader worker processes (0: load in the main process)")
         parser.add_argument("--serial_batches", action="store_true",
                             help="take vertebrae in order instead of shuffling")
         parser.add_argument("--max_dataset_size", type=non_negative_float_or_inf, default=math.inf,
                             help="use at most this many vertebrae (sorted by key)")
         parser.add_argument("--cache_dir", default=None,
-                            help="decoded-crop cache folder, rebuilt when a crop changes; if omitted, <dataroot>/.cache/crops")
+                            help="decoded-crop cache folder, rebuilt when a crop changes; "
+                                 "if omitted, <dataroot>/.cache/crops")
         parser.add_argument("--epoch", default="latest",
-                            help="checkpoint to load: 'latest' or an epoch number (<checkpoints_dir>/<name>/<epoch>.pth)")
+                            help="checkpoint to load: 'latest' or an epoch number "
+                                 "(<checkpoints_dir>/<name>/<epoch>.pth)")
         parser.add_argument("--load_iter", type=int, default=0,
-                            help="if > 0, load the checkpoint saved at this iteration (iter_<n>.pth) instead of --epoch")
+                            help="if > 0, load the checkpoint saved at this iteration (iter_<n>.pth) "
+                                 "instead of --epoch")
         parser.add_argument("--seed", type=int, default=0, help="random seed (Python, NumPy, PyTorch, data sampling)")
         parser.add_argument("--deterministic", action="store_true",
                             help="bitwise repeatable kernels on one device (slower)")
@@ -186,7 +191,8 @@ class BaseOptions:
                 print(f"note: attention maps from {opt.cam_dir} (published layout; --cam_dir chooses another)",
                       file=sys.stderr)
         if opt.cam_dir and not Path(opt.cam_dir).is_dir():
-            self.parser.error(f"--cam_dir {opt.cam_dir}: folder not found (leave the flag out to run without attention)")
+            self.parser.error(f"--cam_dir {opt.cam_dir}: folder not found "
+                              "(leave the flag out to run without attention)")
         self.validate(opt)
         if save and int(os.environ.get("RANK", 0)) == 0:
             self.save_options(opt)

@@ -93,7 +93,8 @@ def case_name(ct: Path) -> str:
     return name.replace(" ", "_") or "case"
 
 
-def model_geometry(path: Path, options: dict[str, Any], settings: PredictSettings) -> tuple[tuple[int, int, int], float]:
+def model_geometry(path: Path, options: dict[str, Any],
+                   settings: PredictSettings) -> tuple[tuple[int, int, int], float]:
     """Crop size and isotropic spacing (mm) to straighten with: the model's; refuse values that differ."""
     trained_size = options.get("crop_size")
     trained_spacing = options.get("crop_spacing_mm")
@@ -175,7 +176,8 @@ def _status_rows(records: list[dict[str, Any]], case: str) -> dict[str, dict[str
     return rows
 
 
-def _synthesize(settings: PredictSettings, dataroot: Path, cam_dir: Path | None, results: Path, plane: str) -> dict[str, str]:
+def _synthesize(settings: PredictSettings, dataroot: Path, cam_dir: Path | None, results: Path,
+                plane: str) -> dict[str, str]:
     """Iterative synthesis of every crop through ``synthesize_dataset``; returns failures (key -> reason)."""
     from models.iterative_synthesis import synthesize_dataset
 
@@ -232,7 +234,8 @@ def _add_measurements(table: pd.DataFrame, rhlv: pd.DataFrame) -> None:
     table["RHLV_max_regional"] = table[["RHLV_anterior", "RHLV_middle", "RHLV_posterior"]].max(axis=1)
 
 
-def pseudo_healthy_ct(ct: np.ndarray, affine: np.ndarray, dataroot: Path, fake_root: Path, keys: list[str]) -> np.ndarray:
+def pseudo_healthy_ct(ct: np.ndarray, affine: np.ndarray, dataroot: Path, fake_root: Path,
+                      keys: list[str]) -> np.ndarray:
     """The scan's CT with each synthesized target's voxels replaced by the synthesized CT (float32 HU).
 
     The replaced region of a vertebra is its original or synthesized body in the crop, dilated by
@@ -340,8 +343,8 @@ def predict_scan(settings: PredictSettings) -> PredictResult:
         records, centroid_notes = case_centroids(mask_path)
         notes += centroid_notes
         if not records:
-            raise PredictError(f"{settings.mask}: no vertebra label in the mask "
-                               f"({'TotalSegmentator ids 27-50' if settings.label_scheme == 'totalseg' else 'VerSe ids 1-25, 28'})")
+            known_ids = "TotalSegmentator ids 27-50" if settings.label_scheme == "totalseg" else "VerSe ids 1-25, 28"
+            raise PredictError(f"{settings.mask}: no vertebra label in the mask ({known_ids})")
         rows = _status_rows(records, case)
         dataroot = work / "straightened"
         straightened = straighten_case(CaseFiles(case, mask_path.parent, Path(settings.ct), mask_path), dataroot,

@@ -32,7 +32,8 @@ MIN_BLEND_MM = 2.0
 
 @dataclass
 class StraightLine:
-    """Piecewise-rigid centre line: per complete vertebra its arc position, body centroid, tangent and rigid zone (mm)."""
+    """Piecewise-rigid centre line: per complete vertebra its arc position, body centroid, tangent and rigid zone
+    (mm)."""
 
     labels: list[int]
     arc_mm: np.ndarray          # (K,) body-centroid position along the line
@@ -45,7 +46,8 @@ class StraightLine:
         """JSON-serialisable description (the sidecar's ``centreline``)."""
         return {
             "model": "piecewise_rigid",
-            "frame": "tangent caudal; posterior in the sagittal plane (RAS x = 0 component); left = tangent x posterior",
+            "frame": ("tangent caudal; posterior in the sagittal plane (RAS x = 0 component); "
+                      "left = tangent x posterior"),
             "blend": "smoothstep between rigid zones",
             "vertebrae": [
                 {"label": int(label), "arc_mm": round(float(arc), 4),
@@ -88,7 +90,8 @@ class StraightLine:
         return origins, tangents, posterior, left
 
 
-def straight_line(model: SpineModel, margin_mm: float = BODY_MARGIN_MM, min_blend_mm: float = MIN_BLEND_MM) -> StraightLine:
+def straight_line(model: SpineModel, margin_mm: float = BODY_MARGIN_MM,
+                  min_blend_mm: float = MIN_BLEND_MM) -> StraightLine:
     """The piecewise-rigid centre line of a spine model (its complete vertebrae, cranial -> caudal)."""
     usable = model.usable
     arc = np.array([v.arc_mm for v in usable], dtype=np.float64)
@@ -96,7 +99,8 @@ def straight_line(model: SpineModel, margin_mm: float = BODY_MARGIN_MM, min_blen
     end = np.array([v.arc_mm + v.body_extent_mm[1] + margin_mm for v in usable])
     for k in range(len(usable) - 1):
         if start[k + 1] - end[k] < min_blend_mm:
-            middle = np.clip(0.5 * (end[k] + start[k + 1]), arc[k] + 0.5 * min_blend_mm, arc[k + 1] - 0.5 * min_blend_mm)
+            middle = np.clip(0.5 * (end[k] + start[k + 1]), arc[k] + 0.5 * min_blend_mm,
+                             arc[k + 1] - 0.5 * min_blend_mm)
             end[k], start[k + 1] = middle - 0.5 * min_blend_mm, middle + 0.5 * min_blend_mm
     return StraightLine(
         labels=[v.label for v in usable], arc_mm=arc,
@@ -108,7 +112,8 @@ def straight_line(model: SpineModel, margin_mm: float = BODY_MARGIN_MM, min_blen
 
 @dataclass
 class StraightGrid:
-    """A regular straightened grid: rows at ``s = row0_mm + i * spacing``, in-plane ``u, w = (j - centre) * spacing``."""
+    """A regular straightened grid: rows at ``s = row0_mm + i * spacing``, in-plane
+    ``u, w = (j - centre) * spacing``."""
 
     line: StraightLine
     row0_mm: float
@@ -126,7 +131,8 @@ class StraightGrid:
         return int(np.rint((s_mm - self.row0_mm) / self.spacing_mm))
 
     def voxel_coordinates(self, rows: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        """Continuous voxel indices, in the scan of ``affine``, of every grid voxel of ``rows``: (3, len(rows), D1, D2)."""
+        """Continuous voxel indices, in the scan of ``affine``, of every grid voxel of ``rows``:
+        (3, len(rows), D1, D2)."""
         inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64))
         s = self.row0_mm + np.asarray(rows, dtype=np.float64) * self.spacing_mm
         origins, _, posterior, left = self.line.frames_at(s)
@@ -200,8 +206,9 @@ def world_to_crop_voxel(sidecar: dict[str, Any], xyz: np.ndarray, iterations: in
     The arc position ``s`` of a point solves ``(X - O(s)) . T(s) = 0`` (the point lies in the plane
     of row ``s``). It starts from the rigid frame of the nearest body centroid (exact inside a
     vertebra's rigid zone) and is refined by Newton steps (until the point is within ``tolerance_mm``
-    of the row's plane), which matter only between bodies, where the frame blends. Points far from the spine where the planes of different rows cross (beyond the
-    centre line's radius of curvature) have no unique answer; crops never reach that far.
+    of the row's plane), which matter only between bodies, where the frame blends. Points far from the
+    spine where the planes of different rows cross (beyond the centre line's radius of curvature) have no
+    unique answer; crops never reach that far.
     """
     xyz = np.atleast_2d(np.asarray(xyz, dtype=np.float64))
     line = StraightLine.from_json(sidecar["centreline"])

@@ -89,7 +89,8 @@ def _sidecar(case: CaseFiles, model: SpineModel, grid: StraightGrid, vertebra: V
 
 def straighten_case(case: CaseFiles, out_dir: str | Path, crop_size: tuple[int, int, int] = DEFAULT_CROP_SIZE,
                     spacing_mm: float = DEFAULT_SPACING_MM, label_scheme: str = "verse") -> CaseResult:
-    """Straighten one case and write a CT crop (if the CT exists), a body-label crop and a sidecar per complete vertebra.
+    """Straighten one case and write a CT crop (if the CT exists), a body-label crop and a sidecar per complete
+    vertebra.
 
     Raises :class:`ImageIOError` / :class:`StraightenError` for a bad case; vertebrae cut by the
     border or with too few voxels are skipped and listed in ``CaseResult.skipped``. Files of a
@@ -109,7 +110,8 @@ def straighten_case(case: CaseFiles, out_dir: str | Path, crop_size: tuple[int, 
     result.notes.extend(model.notes)
     for vertebra in model.vertebrae:
         if not vertebra.usable:
-            result.skipped[split_key(case.case, vertebra.label)] = f"{vertebra.name} {vertebra.status}: {vertebra.reason}"
+            result.skipped[split_key(case.case, vertebra.label)] = (f"{vertebra.name} {vertebra.status}: "
+                                                                    f"{vertebra.reason}")
     grid = grid_for_crops(straight_line(model), crop_size, spacing_mm)
     straight_labels = grid.sample(body_label_map(model), model.affine, order=0, fill=0, dtype=np.uint8)
     # the CT is loaded after the label arrays are freed (peak memory); its grid was checked above
@@ -200,7 +202,8 @@ def straighten_root(root: str | Path, out_dir: str | Path | None = None,
                 bar.update(1)
     else:
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_run_one, case, out, crop_size, spacing_mm, label_scheme): case for case in all_cases}
+            futures = {pool.submit(_run_one, case, out, crop_size, spacing_mm, label_scheme): case
+                       for case in all_cases}
             for future in concurrent.futures.as_completed(futures):
                 case = futures[future]
                 try:

@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <root>/straightened)")
     parser.add_argument("--workers", type=int, default=1, help="cases processed in parallel (processes; default 1)")
     parser.add_argument("--crop_size", type=int, nargs=3, default=list(DEFAULT_CROP_SIZE), metavar=("D0", "D1", "D2"),
-                        help="crop shape in voxels: superior-inferior, anterior-posterior, right-left (default 256 256 64)")
-    parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM, help="isotropic crop voxel size in mm (default 1.0)")
+                        help="crop shape in voxels: superior-inferior, anterior-posterior, right-left "
+                             "(default 256 256 64)")
+    parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM,
+                        help="isotropic crop voxel size in mm (default 1.0)")
     parser.add_argument("--cases", nargs="*", default=None, help="only these case folder names (default: all)")
     parser.add_argument("--label_scheme", choices=LABEL_SCHEMES, default="verse",
                         help="mask ids: VerSe, or TotalSegmentator v2 'total' (vertebrae_L5=27 ... vertebrae_C1=50)")
@@ -63,7 +65,8 @@ def format_report(results: list[CaseResult]) -> str:
             lines.extend(f"       skipped {key}: {why}" for key, why in result.skipped.items())
             lines.extend(f"       note: {note}" for note in result.notes)
         if result.removed:
-            lines.append(f"       removed {len(result.removed)} obsolete crop(s) of an earlier run: {', '.join(result.removed)}")
+            lines.append(f"       removed {len(result.removed)} obsolete crop(s) of an earlier run: "
+                         f"{', '.join(result.removed)}")
     failed = sum(r.failed for r in results)
     crops = sum(len(r.written) for r in results)
     lines.append(f"{len(results)} case(s), {crops} crop(s) written, {failed} case(s) failed")
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --spacing must be > 0, --crop_size values >= 1 and --workers >= 1", file=sys.stderr)
         return 2
     if not (args.root / "raw").is_dir():
-        print(f"error: {args.root / 'raw'}: raw data folder not found (give --root DIR, the folder holding raw/<case>/)",
+        print(f"error: {args.root / 'raw'}: raw data folder not found "
+              "(give --root DIR, the folder holding raw/<case>/)",
               file=sys.stderr)
         return 1
     out = args.out if args.out is not None else args.root / "straightened"
@@ -85,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for folder in (out / "CT", out / "label"):
             prepare_output_dir(folder, "straightened crop folder (--out)")
-        results = straighten_root(args.root, out, tuple(args.crop_size), args.spacing, args.workers, args.cases, progress,
-                                  args.label_scheme)
+        results = straighten_root(args.root, out, tuple(args.crop_size), args.spacing, args.workers, args.cases,
+                                  progress, args.label_scheme)
     except (ImageIOError, OutputDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

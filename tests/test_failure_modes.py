@@ -529,10 +529,10 @@ def test_grading_predictions_equal_a_pool_fitted_reference_on_a_shifted_val() ->
 
     data = prepare_grading_data(*feature_table(grading_table_with_a_val_from_another_site({3: 8}, 0.5)), 3)
     report = evaluate_grading(data, 3)
-    for fold, (train, _) in zip(report["folds"], grading_folds(data.pool_y, 3, 0)):
-        scaler = StandardScaler().fit(data.pool_x[train])
-        svm = SVC(kernel="linear", class_weight="balanced").fit(scaler.transform(data.pool_x[train]),
-                                                                data.pool_y[train])
+    for fold, (train_index, _) in zip(report["folds"], grading_folds(data.pool_y, 3, 0)):
+        scaler = StandardScaler().fit(data.pool_x[train_index])
+        svm = SVC(kernel="linear", class_weight="balanced").fit(scaler.transform(data.pool_x[train_index]),
+                                                                data.pool_y[train_index])
         expected = confusion_matrix(data.val_y, svm.predict(scaler.transform(data.val_x)), labels=data.classes)
         np.testing.assert_array_equal(fold["confusion_matrix"], expected)
 
@@ -602,5 +602,6 @@ def test_attention_panels_flag_maps_that_miss_the_target() -> None:
     off_target = np.zeros((12, 12))
     off_target[0, :] = 0.9  # all attention on a row above the body and its 2 pixels of slack
     assert "MISSES TARGET" not in attention_title(on_target, target)
-    assert "MISSES TARGET" in attention_title(off_target, target) and "0% on target" in attention_title(off_target, target)
+    assert "MISSES TARGET" in attention_title(off_target, target)
+    assert "0% on target" in attention_title(off_target, target)
     assert attention_title(np.zeros((12, 12)), target) == "attention: none (all zero)"

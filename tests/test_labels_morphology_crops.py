@@ -15,7 +15,9 @@ from data.morphology import largest_component, remove_small_components, row_exte
 
 
 def test_vertebra_names_and_order():
-    assert [vertebra_name(v) for v in (1, 7, 8, 19, 20, 24, 25, 28)] == ["C1", "C7", "T1", "T12", "L1", "L5", "L6", "T13"]
+    assert [vertebra_name(v) for v in (1, 7, 8, 19, 20, 24, 25, 28)] == [
+        "C1", "C7", "T1", "T12", "L1", "L5", "L6", "T13"
+    ]
     assert sorted([20, 28, 19, 25, 24], key=spine_rank) == [19, 28, 20, 24, 25]
     with pytest.raises(ValueError, match="26"):
         vertebra_name(26)

@@ -335,7 +335,8 @@ def test_parse_vertebra_range() -> None:
 
 
 def test_split_does_not_depend_on_case_order() -> None:
-    truths = [{"case": f"c{i}", "vertebrae": [{"label": 20, "grade": i % 4}, {"label": 21, "grade": 0}]} for i in range(8)]
+    truths = [{"case": f"c{i}", "vertebrae": [{"label": 20, "grade": i % 4}, {"label": 21, "grade": 0}]}
+              for i in range(8)]
     assert make_split(truths, seed=3) == make_split(truths[::-1], seed=3)
 
 

@@ -97,7 +97,8 @@ def test_published_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     output = tmp_path / "output"
     for key in grades:
-        ct_fake, label_fake = volume(output / "CT_fake" / f"{key}.nii.gz"), volume(output / "label_fake" / f"{key}.nii.gz")
+        ct_fake = volume(output / "CT_fake" / f"{key}.nii.gz")
+        label_fake = volume(output / "label_fake" / f"{key}.nii.gz")
         assert (ct_fake.dtype, label_fake.dtype, ct_fake.shape) == (np.int16, np.uint8, CROP_SIZE)
         assert (label_fake == int(key.rsplit("_", 1)[1])).sum() > 0
         provenance = json.loads((output / "provenance" / f"{key}.json").read_text())

@@ -1,4 +1,5 @@
-"""Straightening on phantoms with known truth (DESIGN 3.3, 6): heights, centring, verticality, de-pedicle, HU, orientation."""
+"""Straightening on phantoms with known truth (DESIGN 3.3, 6): heights, centring, verticality, de-pedicle, HU,
+orientation."""
 
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ def test_heights_equal_truth_within_1mm(phantom_1mm):
         crop = load_crop(dataroot, f"ph1mm_{vertebra['label']}", need_ct=False)
         heights = regional_heights_mm(crop.label_map, vertebra["label"], 1.0)
         for region in REGIONS:
-            assert heights[region] == pytest.approx(vertebra["height_post_mm"][region], abs=1.0), (vertebra["name"], region)
+            assert heights[region] == pytest.approx(vertebra["height_post_mm"][region], abs=1.0), (
+                vertebra["name"], region)
 
 
 def test_target_centred_and_bodies_vertical(phantom_1mm):
@@ -122,7 +124,8 @@ def test_target_centred_and_bodies_vertical(phantom_1mm):
         crop = load_crop(dataroot, f"ph1mm_{vertebra['label']}", need_ct=False)
         target = np.argwhere(crop.label_map == vertebra["label"]).mean(axis=0)
         assert np.all(np.abs(target - np.array(crop.sidecar["centre_voxel"])) <= 1.0), vertebra["name"]
-        columns = np.array([np.argwhere(crop.label_map == lab).mean(axis=0)[1:] for lab in mostly_inside_bodies(crop.label_map, vertebra["label"])])
+        columns = np.array([np.argwhere(crop.label_map == lab).mean(axis=0)[1:]
+                            for lab in mostly_inside_bodies(crop.label_map, vertebra["label"])])
         assert len(columns) >= 2
         assert np.all(np.abs(columns - columns.mean(axis=0)) <= 2.0), vertebra["name"]
 
@@ -159,7 +162,8 @@ def test_core_hu_and_mapping_back_to_the_scan(phantom_1mm):
 
 @pytest.fixture(scope="module")
 def phantom_orientations(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
-    """The same anisotropic phantom written in RAS, LPS and PIR (spacing 0.8, 0.8, 2.0 mm per R, A, S), straightened at 2 mm."""
+    """The same anisotropic phantom written in RAS, LPS and PIR (spacing 0.8, 0.8, 2.0 mm per R, A, S), straightened
+    at 2 mm."""
     root = tmp_path_factory.mktemp("phantom_orient")
     spacing = {"RAS": (0.8, 0.8, 2.0), "LPS": (0.8, 0.8, 2.0), "PIR": (0.8, 2.0, 0.8)}
     truths = {o: make_phantom_root(root, f"ph{o.lower()}", o, spacing[o], seed=5) for o in spacing}
@@ -182,7 +186,8 @@ def test_same_result_in_every_orientation(phantom_orientations):
             assert dice > 0.97, (orientation, label)
             heights = regional_heights_mm(other.label_map, label, 2.0)
             for region in REGIONS:
-                assert heights[region] == pytest.approx(reference_heights[region], abs=1.0), (orientation, label, region)
+                assert heights[region] == pytest.approx(reference_heights[region], abs=1.0), (
+                    orientation, label, region)
             centroid_shift = np.argwhere(body).mean(axis=0) - np.argwhere(reference_body).mean(axis=0)
             assert np.all(np.abs(centroid_shift) < 0.25), (orientation, label)
             assert other.ct_hu[reference_body].mean() == pytest.approx(reference.ct_hu[reference_body].mean(), rel=0.02)
@@ -192,7 +197,8 @@ def test_same_result_in_every_orientation(phantom_orientations):
             heights = regional_heights_mm(crops["PIR"].label_map, label, 2.0)
             tolerance = max(2.0, vertebra["height_resolution_mm"])  # 2 mm crop voxels, 2 mm slices
             for region in REGIONS:
-                assert heights[region] == pytest.approx(vertebra["height_post_mm"][region], abs=tolerance), (label, region)
+                assert heights[region] == pytest.approx(vertebra["height_post_mm"][region], abs=tolerance), (
+                    label, region)
             target = np.argwhere(crops["PIR"].label_map == label).mean(axis=0)
             assert np.all(np.abs(target - np.array(crops["PIR"].sidecar["centre_voxel"])) <= 1.0)
 

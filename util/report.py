@@ -159,7 +159,8 @@ def summary_text(run: PipelineRun, summary: dict[str, Any], report_path: Path | 
                      f"{cohort['adjacent_fracture']} next to a fracture")
     lines.append("steps:")
     for step in summary["steps"]:
-        lines.append(f"  {step['name']:<26} {step['status']:<8} {step['wall_s']:8.1f} s wall {step['cpu_s']:8.1f} s CPU")
+        lines.append(f"  {step['name']:<26} {step['status']:<8} {step['wall_s']:8.1f} s wall "
+                     f"{step['cpu_s']:8.1f} s CPU")
     lines.append(f"  {'total':<26} {'':<8} {summary['total_wall_s']:8.1f} s wall")
     if summary["accuracy"]:
         lines.append("RHLV against the phantom truth (mean absolute error of the loss ratio; Genant grade of the")
@@ -248,7 +249,8 @@ class Example:
         return f"{self.key} ({vertebra_name(label)}), grade {self.grade}, {self.morphology}, {self.split}"
 
 
-def pick_examples(truth: pd.DataFrame, split: dict[str, dict[str, int]] | None, available: Iterable[str]) -> list[Example]:
+def pick_examples(truth: pd.DataFrame, split: dict[str, dict[str, int]] | None,
+                  available: Iterable[str]) -> list[Example]:
     """One healthy vertebra and the most fractured vertebra of each morphology, preferring vertebrae
     not trained on (val, test), with both neighbours in the scan (not the first or last vertebra of
     the case) and, for the healthy one, without a fractured neighbour."""
@@ -314,7 +316,8 @@ def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Examp
               vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
         ct_axis.contour(crop.label_map[:, :, z] == crop.label, levels=[0.5], colors="yellow", linewidths=0.8)
         cam_axis = figure.add_subplot(2, len(panels), len(panels) + column + 1)
-        _show(cam_axis, crop.ct_hu[:, :, z], spacing, attention_title(cam[:, :, z], crop.label_map[:, :, z] == crop.label),
+        _show(cam_axis, crop.ct_hu[:, :, z], spacing,
+              attention_title(cam[:, :, z], crop.label_map[:, :, z] == crop.label),
               cmap="gray", vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
         cam_axis.imshow(cam[:, :, z], aspect=spacing[0] / spacing[1], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
     figure.tight_layout()
@@ -326,7 +329,8 @@ def synthesis_figure(dataroot: Path, results: Path, examples: Sequence[Example])
     (mid-sagittal slice of the crop)."""
     panels = []
     for example in examples:
-        fake_ct, fake_label = results / "CT_fake" / f"{example.key}.nii.gz", results / "label_fake" / f"{example.key}.nii.gz"
+        fake_ct = results / "CT_fake" / f"{example.key}.nii.gz"
+        fake_label = results / "label_fake" / f"{example.key}.nii.gz"
         if not (fake_ct.is_file() and fake_label.is_file()):
             continue
         try:
@@ -347,7 +351,8 @@ def synthesis_figure(dataroot: Path, results: Path, examples: Sequence[Example])
             axis = figure.add_subplot(len(panels), 4, 4 * row + column + 1)
             heading = f"{example.title}\n{title}" if column == 0 else title
             if column < 2:
-                _show(axis, image, spacing, heading, cmap="gray", vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
+                _show(axis, image, spacing, heading, cmap="gray",
+                      vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
             else:
                 _show(axis, _label_display(image), spacing, heading, cmap=labels_cmap, vmin=0, vmax=9)
             if column in (1, 3):
@@ -492,7 +497,8 @@ def grading_section(grading: dict[str, dict | None], run: PipelineRun) -> str:
     for method, (_, folder) in METHODS.items():
         figure = file_data_uri(getattr(run.paths, folder) / "confusion_matrices.png")
         images.append(f"<h4>{html.escape(method)}</h4>" + _image(figure, f"confusion matrices, {method}"))
-    return (_table(["method", "macro-P", "macro-R", "macro-F1", "accuracy", "CV pool (train+test)", "scored (val)"], rows)
+    return (_table(["method", "macro-P", "macro-R", "macro-F1", "accuracy", "CV pool (train+test)", "scored (val)"],
+                   rows)
             + "<p>Mean over the stratified folds (variance in brackets), each fold scored on the val split "
               "(evaluation/SVM_grading.py). Confusion matrices: rows true grade, columns predicted; one per fold "
               "(its val predictions), and last their sum, which counts every val vertebra once per fold.</p>"
