@@ -127,13 +127,7 @@ class AOTGANModel(BaseModel):
         self.vgg = load_vgg19(getattr(opt, "vgg19_weights", None), self.device)
         if self.vgg is not None:
             self.loss_names[3:3] = ["perceptual", "style"]
-        betas = (getattr(opt, "beta1", 0.5), 0.999)
-        lr = getattr(opt, "lr", 2e-4)
-        for name in self.model_names:
-            optimizer = torch.optim.Adam(getattr(self, "net" + name).parameters(), lr=lr, betas=betas)
-            setattr(self, "optimizer_" + name, optimizer)
-            self.optimizers.append(optimizer)
-            self.optimizer_names.append(name)
+        self.add_adam_optimizers(opt)
 
     # ------------------------------------------------------------------ input / forward
     def set_input(self, batch: dict[str, Any]) -> None:

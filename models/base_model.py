@@ -92,6 +92,17 @@ class BaseModel(ABC):
     def optimize_parameters(self) -> None:
         """One optimisation step on the current input."""
 
+    def add_adam_optimizers(self, opt: argparse.Namespace) -> None:
+        """One Adam optimizer per network of ``model_names`` (``--lr``, betas (``--beta1``, 0.999)), kept as
+        ``optimizer_<name>`` and in ``optimizers`` / ``optimizer_names``."""
+        betas = (getattr(opt, "beta1", 0.5), 0.999)
+        lr = getattr(opt, "lr", 2e-4)
+        for name in self.model_names:
+            optimizer = torch.optim.Adam(getattr(self, "net" + name).parameters(), lr=lr, betas=betas)
+            setattr(self, "optimizer_" + name, optimizer)
+            self.optimizers.append(optimizer)
+            self.optimizer_names.append(name)
+
     def grad_scalers(self) -> dict[str, torch.amp.GradScaler]:
         """Optimizer name -> its own GradScaler (created on first use; disabled unless float16 AMP)."""
         for name in self.optimizer_names:

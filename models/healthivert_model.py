@@ -145,13 +145,7 @@ class HealthiVertModel(BaseModel):
             init_weights(net, getattr(opt, "init_type", "normal"), getattr(opt, "init_gain", 0.02))
             setattr(self, "net" + name, net.to(self.device, memory_format=torch.channels_last))
         self.criterionGAN = GANLoss(gan_mode)
-        betas = (getattr(opt, "beta1", 0.5), 0.999)
-        lr = getattr(opt, "lr", 2e-4)
-        for name in self.model_names:
-            optimizer = torch.optim.Adam(getattr(self, "net" + name).parameters(), lr=lr, betas=betas)
-            setattr(self, "optimizer_" + name, optimizer)
-            self.optimizers.append(optimizer)
-            self.optimizer_names.append(name)
+        self.add_adam_optimizers(opt)
 
     # ------------------------------------------------------------------ input / forward
     def set_input(self, batch: dict[str, Any]) -> None:
