@@ -28,7 +28,7 @@ def run(cwd: Path, script: str, *args: str) -> subprocess.CompletedProcess:
     """``python <repo>/<script> args`` in ``cwd`` on one CPU thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, check=False)
+                          text=True, encoding="utf-8", errors="replace", check=False)
 
 
 def volume(path: Path) -> np.ndarray:
