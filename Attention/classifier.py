@@ -427,15 +427,30 @@ def classifier_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_epochs", type=int, default=10, help="epochs at the initial learning rate")
     parser.add_argument("--n_epochs_decay", type=int, default=10, help="epochs of linear decay to zero")
     parser.add_argument("--batch_size", type=int, default=16, help="slices per batch")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    parser.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
+    add_optimizer_and_device_options(parser)
+    return parser
+
+
+def add_optimizer_and_device_options(parser: argparse.ArgumentParser,
+                                     seed_help: str = "random seed") -> argparse.ArgumentParser:
+    """AdamW (``--lr``, ``--beta1``, ``--weight_decay``), loader workers, device, seed and determinism flags of
+    the attention-side training scripts (the slice classifier and the 3D grader)."""
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     parser.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
     parser.add_argument("--num_threads", type=int, default=0, help="data loader workers")
     parser.add_argument("--gpu_ids", default="auto",
                         help="auto: the first GPU when CUDA is available, else the CPU; 0: that GPU; -1: CPU")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable kernels")
     return parser
+
+
+def adamw_with_linear_decay(model: nn.Module, opt: argparse.Namespace) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW from ``opt`` and its schedule: constant for ``n_epochs``, then linear decay over ``n_epochs_decay``."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999),
+                                  weight_decay=opt.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(opt.n_epochs, opt.n_epochs_decay))
 
 
 def parse_classifier_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -517,9 +532,7 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
     model = build_classifier(opt.arch).to(device)
     class_weights = loss_class_weights(train_set).to(device) if opt.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=class_weights)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999),
-                                  weight_decay=opt.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(opt.n_epochs, opt.n_epochs_decay))
+    optimizer, scheduler = adamw_with_linear_decay(model, opt)
 
     log_path = out_dir / LOG_FILE
     if log_path.exists():

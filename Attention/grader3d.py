@@ -38,7 +38,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from Attention.classifier import _se_bottleneck, linear_decay, plain_options
+from Attention.classifier import (
+    _se_bottleneck,
+    adamw_with_linear_decay,
+    add_optimizer_and_device_options,
+    plain_options,
+)
 from data.crops import crop_paths, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
 from evaluation.grading import POOL_SPLITS, SCORE_SPLIT, grading_folds
@@ -229,9 +234,7 @@ def train_fold(samples: Sequence[GraderSample], opt: argparse.Namespace, device:
                                     replacement=True, generator=generator)
     loader = DataLoader(dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=opt.num_threads,
                         drop_last=per_epoch > opt.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999),
-                                  weight_decay=opt.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(opt.n_epochs, opt.n_epochs_decay))
+    optimizer, scheduler = adamw_with_linear_decay(model, opt)
     log = []
     for epoch in range(1, opt.n_epochs + opt.n_epochs_decay + 1):
         model.train()
@@ -369,14 +372,7 @@ def grader_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_epochs", type=int, default=30, help="epochs at the initial learning rate")
     parser.add_argument("--n_epochs_decay", type=int, default=30, help="epochs of linear decay to zero")
     parser.add_argument("--batch_size", type=int, default=8, help="crops per batch (each in --n_views views)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    parser.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
-    parser.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    parser.add_argument("--num_threads", type=int, default=0, help="data loader workers")
-    parser.add_argument("--gpu_ids", default="auto",
-                        help="auto: the first GPU when CUDA is available, else the CPU; 0: that GPU; -1: CPU")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (fold k trains with seed + k)")
-    parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable kernels")
+    add_optimizer_and_device_options(parser, seed_help="random seed (fold k trains with seed + k)")
     return parser
 
 
