@@ -24,7 +24,7 @@ the set's files and JSONs; nothing is specific to one set. Items:
   compared on the generator inputs only.
 - iterative: ``synthesize_plane`` with the imported generator under ``--protocol reference``, on
   the processed slices: CT within 2 grey levels, labels exact.
-- RHLV and SVM: ``benchmarks/reference_equivalence_evaluation.py`` when present.
+- RHLV and SVM: ``benchmarks/reference_equivalence_evaluation.py``.
 
 Prints one table (item, max abs difference or agreement, tolerance, verdict); exit status 1 when
 an item fails, 2 when the fixtures cannot be read.
@@ -38,7 +38,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
@@ -49,6 +48,8 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.equivalence_table import Row, report  # noqa: E402
+from benchmarks.reference_equivalence_evaluation import check_rhlv, check_svm  # noqa: E402
 from data.aligned_dataset import healthy_labels_by_case  # noqa: E402
 from data.image_io import DEFAULT_WINDOW_HU, window_hu  # noqa: E402
 from data.masking import (  # noqa: E402
@@ -84,7 +85,6 @@ GENERATOR_OUTPUTS = {"coarse_ct": "coarse_ct", "fine_ct": "fine_ct", "coarse_seg
                      "fine_seg": "fine_target_seg", "pred1_h_px": "coarse_height", "pred2_h_px": "fine_height"}
 HOOKED_OUTPUTS = ("coarse_ct_preclamp", "fine_ct_preclamp", "contextual_attention")
 
-Row = dict[str, Any]
 
 
 def row(item: str, difference: float | str, tolerance: str, passed: bool) -> Row:
@@ -408,30 +408,6 @@ def iterative_rows(fixtures: Path, generator: HealthiVertGenerator) -> list[Row]
 # ----------------------------------------------------------------------------- evaluation, table, main
 
 
-def evaluation_rows(fixtures: Path) -> list[Row]:
-    """RHLV and SVM rows of ``benchmarks/reference_equivalence_evaluation.py`` (empty when it is absent)."""
-    try:
-        module = importlib.import_module("benchmarks.reference_equivalence_evaluation")
-    except ImportError:
-        print("RHLV/SVM checks not available (benchmarks/reference_equivalence_evaluation.py is missing)")
-        return []
-    return [*module.check_rhlv(fixtures), *module.check_svm(fixtures)]
-
-
-def format_difference(value: float | str) -> str:
-    if isinstance(value, str):
-        return value
-    return "0" if value == 0 else f"{value:.3g}"
-
-
-def format_table(rows: list[Row]) -> str:
-    """Markdown table: item | max abs difference | tolerance | verdict."""
-    lines = ["| item | max abs difference | tolerance | verdict |", "| --- | ---: | --- | --- |"]
-    lines += [f"| {r['item']} | {format_difference(r['difference'])} | {r['tolerance']} | "
-              f"{'pass' if r['passed'] else 'FAIL'} |" for r in rows]
-    return "\n".join(lines)
-
-
 def check(fixtures: Path) -> list[Row]:
     """Every row for the fixture set in ``fixtures``."""
     torch.manual_seed(0)
@@ -440,7 +416,7 @@ def check(fixtures: Path) -> list[Row]:
     rows += masking_rows(fixtures)
     rows += composition_rows(fixtures, generator)
     rows += iterative_rows(fixtures, generator)
-    rows += evaluation_rows(fixtures)
+    rows += check_rhlv(fixtures) + check_svm(fixtures)
     return rows
 
 
@@ -457,10 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as err:
         print(f"error: {args.fixtures}: cannot read the fixtures ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
-    print(format_table(rows))
-    failed = [r["item"] for r in rows if not r["passed"]]
-    print(f"{len(rows) - len(failed)} of {len(rows)} items pass" + (f"; FAILED: {'; '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return report(rows)
 
 
 if __name__ == "__main__":

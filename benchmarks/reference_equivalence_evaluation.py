@@ -27,6 +27,7 @@ import tempfile  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks.equivalence_table import report  # noqa: E402
 from data.image_io import load_mask  # noqa: E402
 from data.labels import parse_key  # noqa: E402
 from evaluation import RHLV_quantification, SVM_grading  # noqa: E402
@@ -188,26 +189,12 @@ def check_svm(fixtures: Path) -> list[dict]:
     return compare_svm(report, reference)
 
 
-def format_rows(rows: list[dict]) -> str:
-    """Plain-text table of check rows (item, difference, tolerance, verdict)."""
-    def show(value: float | str) -> str:
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
-    cells = [(row["item"], show(row["difference"]), row["tolerance"], "pass" if row["passed"] else "FAIL")
-             for row in rows]
-    header = ("item", "difference", "tolerance", "verdict")
-    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *cells])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fixtures", required=True, help="fixture folder with rhlv/ and svm/")
     args = parser.parse_args(argv)
     rows = check_rhlv(Path(args.fixtures)) + check_svm(Path(args.fixtures))
-    print(format_rows(rows))
-    failed = [row["item"] for row in rows if not row["passed"]]
-    print(f"{len(rows) - len(failed)}/{len(rows)} passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return report(rows)
 
 
 if __name__ == "__main__":
