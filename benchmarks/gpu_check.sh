@@ -100,7 +100,7 @@ TRAIN_COMMON=(--dataroot "$DATA/straightened" --split_json "$DATA/vertebra_data.
 if [[ $SKIP_TESTS -eq 1 ]]; then
   skip tests "--skip_tests"
 elif [[ $DRY_RUN -eq 1 ]]; then
-  step tests "$PYTHON" -m pytest -q -m "not slow" tests/test_gpu_paths.py && record tests ok "$LAST_SECONDS" "GPU tests file only (dry run)" \
+  step tests "$PYTHON" -m pytest -q -m "not slow" tests/scripts/test_gpu_paths.py && record tests ok "$LAST_SECONDS" "GPU tests file only (dry run)" \
     || record tests FAILED "$LAST_SECONDS" "see logs/tests.log"
 else
   step tests "$PYTHON" -m pytest -q -m "not slow" tests && record tests ok "$LAST_SECONDS" "$(tail -n 1 "$OUT/logs/tests.log")" \

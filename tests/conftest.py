@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.paths import REAL_DATA_DIR, REPO_ROOT
 from tests.phantom_fixtures import phantom_cohort_dir  # noqa: F401  (session-scoped phantom cohort)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "real"
 
 
 @pytest.fixture(scope="session")

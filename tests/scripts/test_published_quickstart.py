@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO_ROOT
+
 CROP_SIZE = (96, 64, 16)
 DESIGN_METRICS = {"macro_precision", "macro_recall", "macro_f1", "accuracy"}
 
@@ -27,7 +28,7 @@ DESIGN_METRICS = {"macro_precision", "macro_recall", "macro_f1", "accuracy"}
 def run(cwd: Path, script: str, *args: str) -> subprocess.CompletedProcess:
     """``python <repo>/<script> args`` in ``cwd`` on one CPU thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, encoding="utf-8", errors="replace", check=False)
 
 

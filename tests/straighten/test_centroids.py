@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from test_straighten_real import link_raw_root
 
 from data.image_io import load_mask, voxel_to_world
 from data.phantoms import CaseSpec, generate_case, write_case
 from straighten.centroids import case_centroids
 from straighten.location_json_local import main as location_main
+from tests.straighten.test_straighten_real import link_raw_root
 
 
 def test_reference_format_and_flags_on_upstream_mask(real_data_dir, tmp_path):

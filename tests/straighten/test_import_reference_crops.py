@@ -11,8 +11,9 @@ import pytest
 from data.crops import load_crop
 from data.image_io import load_ct, window_hu
 from straighten import import_reference_crops
+from tests.paths import REFERENCE_DIR
 
-MASKING_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference" / "masking"
+MASKING_DIR = REFERENCE_DIR / "masking"
 SHAPE = (24, 20, 8)
 RAS_AFFINE = np.diag([0.8, 0.8, 2.5, 1.0])  # an original scan's affine, as the published files keep it
 

@@ -14,10 +14,10 @@ from models.composition import compose_height_adaptive
 from models.iterative_synthesis import GeneratorRunner, SynthesisSettings, settings_for, synthesize_plane
 from models.module_switches import ModuleSwitches
 from models.synthetic import synthetic_batch
+from tests.models.test_models import build_model
+from tests.models.test_synthesis import TARGET, RecordingGenerator, ToyGenerator, crop_arrays
+from tests.scripts.test_train import TINY
 from tests.synthetic_crops import WIDE_WINDOW, write_synthetic_cohort
-from tests.test_models import build_model
-from tests.test_synthesis import TARGET, RecordingGenerator, ToyGenerator, crop_arrays
-from tests.test_train import TINY
 from util.checkpoint import load_checkpoint
 
 

@@ -22,9 +22,9 @@ from evaluation.rhlv_reference import (
     rhlv_reference_for_vertebra,
 )
 from evaluation.rhlv_table import rhlv_tables, split_in_file_order
+from tests.paths import REFERENCE_DIR
 from util.fileio import write_json
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
 SHAPE = (64, 40, 32)  # (S->I, A->P, R->L)
 TARGET = 20
 

@@ -8,7 +8,7 @@ import torch
 from models import healthivert_model
 from models.amp import MixedPrecision, resolve_amp_dtype
 from models.synthetic import synthetic_batch
-from tests.test_models import build_model
+from tests.models.test_models import build_model
 
 
 def test_amp_dtype_resolution_and_errors() -> None:

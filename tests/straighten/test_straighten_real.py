@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_straighten_phantom import body_depth_mm, mostly_inside_bodies, regional_heights_mm
 
 from data.crops import list_crop_keys, load_crop
 from data.image_io import load_mask
 from straighten.pipeline import straighten_root
+from tests.straighten.test_straighten_phantom import body_depth_mm, mostly_inside_bodies, regional_heights_mm
 
 REAL_CASES = {
     "sub-verse005": ["verse19/sub-verse005_ct.nii.gz", "verse19/sub-verse005_seg-vert_msk.nii.gz"],

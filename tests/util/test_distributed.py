@@ -18,6 +18,7 @@ import torch
 
 import train
 from options.train_options import TrainOptions
+from tests.paths import REPO_ROOT
 from tests.synthetic_crops import write_synthetic_cohort
 from util import distributed
 from util.checkpoint import (
@@ -31,7 +32,6 @@ from util.checkpoint import (
 from util.distributed import DistributedContext, LaunchEnvironment, gpu_for_this_process
 from util.fileio import read_json, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--gpu_ids", "-1", "--num_threads", "0", "--ngf", "2", "--ndf", "4", "--mask_height", "16",
         "--hu_window", "-1000", "3000", "--no_progress", "--print_freq", "1", "--display_freq", "100",
         "--seed", "3", "--batch_size", "1", "--max_dataset_size", "2", "--n_epochs", "1", "--n_epochs_decay", "0",
@@ -56,10 +56,10 @@ def run_ranks(script: Path, args: list[str], world_size: int = 2, extra_env: dic
     port = str(free_port())
     procs = []
     for rank in range(world_size):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": port, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                "LOCAL_WORLD_SIZE": str(world_size), **(extra_env or {})}
-        procs.append(subprocess.Popen([sys.executable, str(script), *args], cwd=REPO, env=env, text=True,
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], cwd=REPO_ROOT, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     results = []
     for proc in procs:
@@ -197,7 +197,7 @@ def test_wgangp_critics_keep_plain_batchnorm_under_ddp(cohort: tuple[Path, Path]
 @pytest.mark.slow
 def test_validation_split_failing_on_rank0_does_not_hang(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     """Rank 0 fails to build the validation set first; every rank must disable validation and train on."""
-    results = run_ranks(REPO / "train.py", train_args(cohort, tmp_path, "noval", "--val_phase", "nosuch",
+    results = run_ranks(REPO_ROOT / "train.py", train_args(cohort, tmp_path, "noval", "--val_phase", "nosuch",
                                                       "--val_freq", "1"))
     assert [r.returncode for r in results] == [0, 0], results[0].stderr[-2000:] + results[1].stderr[-2000:]
     assert "validation disabled" in results[0].stderr
@@ -211,7 +211,7 @@ def test_bad_train_split_ends_every_rank_with_the_message(cohort: tuple[Path, Pa
     write_json(no_train, {**read_json(cohort[1]), "train": {}})
     args = train_args(cohort, tmp_path, "badsplit")
     args[args.index("--split_json") + 1] = str(no_train)
-    for result in run_ranks(REPO / "train.py", args):
+    for result in run_ranks(REPO_ROOT / "train.py", args):
         assert result.returncode == 1, result.stderr[-2000:]
         assert "train.py: error:" in result.stderr and "split 'train' lists no vertebra" in result.stderr
 
@@ -220,7 +220,7 @@ def test_bad_train_split_ends_every_rank_with_the_message(cohort: tuple[Path, Pa
 @pytest.mark.parametrize("fail_rank, fail_at", [("1", "model"), ("0", "save")])
 def test_forced_failure_on_one_rank_ends_both_with_its_message(cohort: tuple[Path, Path], tmp_path: Path,
                                                                fail_rank: str, fail_at: str) -> None:
-    results = run_ranks(REPO / "tests" / "ddp_fault_worker.py", train_args(cohort, tmp_path, "fault"),
+    results = run_ranks(REPO_ROOT / "tests" / "ddp_fault_worker.py", train_args(cohort, tmp_path, "fault"),
                         extra_env={"FAIL_RANK": fail_rank, "FAIL_AT": fail_at})
     for result in results:
         assert result.returncode == 1, result.stderr[-2000:]
@@ -230,7 +230,7 @@ def test_forced_failure_on_one_rank_ends_both_with_its_message(cohort: tuple[Pat
 @pytest.mark.slow
 def test_failure_inside_a_training_step_ends_both_ranks(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     """Rank 1 fails while rank 0 waits in a DDP all-reduce: both must end (no 30-min Gloo wait)."""
-    results = run_ranks(REPO / "tests" / "ddp_fault_worker.py", train_args(cohort, tmp_path, "stepfault"),
+    results = run_ranks(REPO_ROOT / "tests" / "ddp_fault_worker.py", train_args(cohort, tmp_path, "stepfault"),
                         extra_env={"FAIL_RANK": "1", "FAIL_AT": "step"})
     assert all(r.returncode != 0 for r in results)
     assert "train.py: error: forced failure on rank 1" in results[1].stderr
@@ -239,7 +239,7 @@ def test_failure_inside_a_training_step_ends_both_ranks(cohort: tuple[Path, Path
 @pytest.mark.slow
 def test_two_rank_checkpoint_holds_both_ranks_rng_and_resumes_on_one(cohort: tuple[Path, Path],
                                                                       tmp_path: Path) -> None:
-    results = run_ranks(REPO / "train.py", train_args(cohort, tmp_path, "ranks", "--max_steps", "1"))
+    results = run_ranks(REPO_ROOT / "train.py", train_args(cohort, tmp_path, "ranks", "--max_steps", "1"))
     assert [r.returncode for r in results] == [0, 0], results[0].stderr[-2000:]
     checkpoint = load_checkpoint(tmp_path / "ranks" / "latest.pth")
     states = rank_rng_states(checkpoint)

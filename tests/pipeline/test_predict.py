@@ -269,7 +269,7 @@ def test_grades_come_from_the_saved_grader_or_genant_thresholds(tmp_path: Path) 
     from evaluation.grader import fit_grader, save_grader
     from evaluation.grading import feature_table, prepare_grading_data
     from pipeline.predict import _add_measurements, _grade
-    from tests.test_grading import rhlv_table
+    from tests.evaluation.test_grading import rhlv_table
 
     cohort = rhlv_table({0: 30, 1: 20, 2: 20, 3: 15}, {0: 10, 1: 8, 2: 8, 3: 6})
     grader_path = save_grader(fit_grader(prepare_grading_data(*feature_table(cohort))), tmp_path / "grader.skops")

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import train
+from tests.paths import REPO_ROOT
 from tests.synthetic_crops import CROP_SIZE, SPACING_MM, write_synthetic_cohort
 from util.checkpoint import load_checkpoint
 from util.fileio import write_json
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--gpu_ids", "-1", "--num_threads", "0", "--ngf", "2", "--ndf", "4", "--mask_height", "16",
         "--hu_window", "-1000", "3000", "--no_progress", "--print_freq", "1", "--display_freq", "2",
         "--seed", "3", "--batch_size", "2", "--max_dataset_size", "3", "--n_epochs", "1", "--n_epochs_decay", "1"]
@@ -109,11 +109,11 @@ def test_bad_input_stops_with_one_line(cohort: tuple[Path, Path], tmp_path: Path
 def test_two_process_gloo_ddp_gives_identical_weights(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     dataroot, split = cohort
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(REPO / "tests" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
+               str(REPO_ROOT / "tests" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
                "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY,
                "--max_dataset_size", "4", "--val_freq", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -13,7 +13,7 @@ from evaluation import SVM_grading, grade
 from evaluation.genant import GENANT_THRESHOLDS, genant_grade, suggested_morphology
 from evaluation.grader import fit_grader, grade_features, load_grader, save_grader
 from evaluation.grading import GradingError, feature_table, make_classifier, prepare_grading_data
-from tests.test_grading import rhlv_table
+from tests.evaluation.test_grading import rhlv_table
 
 
 def test_save_load_round_trip_gives_identical_predictions_and_scores(tmp_path: Path) -> None:

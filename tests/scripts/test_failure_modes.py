@@ -31,8 +31,9 @@ from data.crops import crop_affine, list_crop_keys, write_crop
 from data.image_io import save_nifti
 from data.labels import split_key, vertebra_name
 from evaluation import RHLV_quantification, SVM_grading, generation_eval_sagittal
+from tests.models.test_synthesis import crop_arrays, tiny_generator, write_checkpoint
+from tests.paths import REPO_ROOT
 from tests.synthetic_crops import CROP_SIZE, write_synthetic_cohort
-from tests.test_synthesis import crop_arrays, tiny_generator, write_checkpoint
 from util.checkpoint import load_checkpoint
 from util.fileio import (
     OutputDirError,
@@ -43,7 +44,6 @@ from util.fileio import (
     write_json,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--gpu_ids", "-1", "--num_threads", "0", "--ngf", "2", "--ndf", "4", "--mask_height", "16",
         "--hu_window", "-1000", "3000", "--no_progress", "--print_freq", "1", "--display_freq", "2",
         "--seed", "3", "--batch_size", "2", "--max_dataset_size", "3", "--n_epochs", "1", "--n_epochs_decay", "1",
@@ -108,7 +108,7 @@ def synthesis_args(cohort: dict, *extra: str, results: Path | None = None) -> li
 # ------------------------------------------------------------------------------------ 1. stale outputs
 def test_restraightening_leaves_exactly_the_crops_of_the_current_inputs(tmp_path: Path, capsys) -> None:
     from straighten.straighten_mask_3d import main as straighten_main
-    from tests.test_straighten_phantom import make_phantom_root
+    from tests.straighten.test_straighten_phantom import make_phantom_root
 
     make_phantom_root(tmp_path, "case", "RAS", (1.5, 1.5, 1.5), seed=2)
     make_phantom_root(tmp_path, "other", "RAS", (1.5, 1.5, 1.5), seed=3)
@@ -190,7 +190,7 @@ def test_unwritable_results_dir_is_exit_2_before_any_vertebra(synthesis_cohort: 
 
 
 def test_unwritable_outputs_of_the_evaluation_scripts(tmp_path: Path, capsys) -> None:
-    from tests.test_grading import rhlv_table
+    from tests.evaluation.test_grading import rhlv_table
 
     table = tmp_path / "rhlv.csv"
     rhlv_table({0: 10, 1: 6, 2: 6, 3: 6}, {0: 3, 1: 2, 2: 2, 3: 2}).to_csv(table, index=False)
@@ -359,8 +359,8 @@ with atomic_write(sys.argv[1], "wb") as handle:
 
 def test_sigkill_during_a_write_leaves_an_orphan_that_the_next_run_removes(tmp_path: Path, capsys) -> None:
     target = tmp_path / "label_fake" / "case_20.nii.gz"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert writer.stdout.readline().strip() == "writing"
     writer.send_signal(signal.SIGKILL)
     writer.wait()
@@ -438,7 +438,7 @@ def test_readme_and_demo_help_agree_on_the_quick_duration(capsys) -> None:
     with pytest.raises(SystemExit):
         demo.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    readme = " ".join((REPO / "README.md").read_text().split())
+    readme = " ".join((REPO_ROOT / "README.md").read_text().split())
     assert demo.QUICK_DURATION in help_text and demo.QUICK_DURATION in readme
 
 
@@ -463,7 +463,7 @@ def test_the_generator_receives_one_minus_the_attention_map() -> None:
     """HGAM feeds the generator 1 - cam; a non-symmetric map tells 1 - cam from cam."""
     import models
     from models.synthetic import synthetic_batch
-    from tests.test_models import model_options
+    from tests.models.test_models import model_options
 
     opt = model_options("--ngf", "8", "--ndf", "8")
     model = models.create_model(opt)
@@ -482,7 +482,7 @@ def test_the_generator_receives_one_minus_the_attention_map() -> None:
 
 def test_wgangp_resume_restores_the_torch_rng(train_cohort, tmp_path: Path) -> None:
     """The gradient penalty draws from torch's RNG: a resume that does not restore it diverges."""
-    from tests.test_train import assert_same_weights, loss_rows
+    from tests.scripts.test_train import assert_same_weights, loss_rows
 
     flags = ["--gan_mode", "wgangp", "--deterministic"]
     assert run_train(train_cohort, tmp_path, "full", *flags) == 0
@@ -498,7 +498,7 @@ def test_wgangp_resume_restores_the_torch_rng(train_cohort, tmp_path: Path) -> N
 
 def grading_table_with_a_val_from_another_site(val_counts: dict[int, int], val_spread: float) -> pd.DataFrame:
     """A pool (train+test) with overlapping grades and a val split drawn with another spread."""
-    from tests.test_grading import rhlv_table
+    from tests.evaluation.test_grading import rhlv_table
 
     pool = rhlv_table({0: 12, 1: 9, 2: 9, 3: 9}, {}, spread=0.05, seed=0)
     val = rhlv_table({}, val_counts, spread=val_spread, seed=100)
@@ -560,7 +560,7 @@ def test_summed_confusion_matrix_says_it_counts_each_val_vertebra_once_per_fold(
 
     from evaluation.grading import evaluate_grading, feature_table, prepare_grading_data
     from evaluation.plots import grading_confusion_panels, save_confusion_matrices
-    from tests.test_grading import rhlv_table
+    from tests.evaluation.test_grading import rhlv_table
 
     data = prepare_grading_data(*feature_table(rhlv_table({0: 25, 1: 10, 2: 10, 3: 10}, {0: 4, 1: 4, 2: 4, 3: 4})))
     report = evaluate_grading(data)
@@ -575,7 +575,7 @@ def test_summed_confusion_matrix_says_it_counts_each_val_vertebra_once_per_fold(
 
 def test_rhlv_scatter_panels_share_one_y_axis(tmp_path: Path) -> None:
     from evaluation.phantom_truth import compare_to_truth, truth_table
-    from tests.test_demo import _truth_file, _vertebra
+    from tests.scripts.test_demo import _truth_file, _vertebra
     from util.report import scatter_figure
 
     _truth_file(tmp_path, "ph000", [_vertebra(20, 0, "none", (0.0, 0.0, 0.0), False),

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO_ROOT
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_trains_resumes_and_synthesizes(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--skip_tests",
-                             "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
-                            check=False)
+    result = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--skip_tests",
+                             "--out", str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=1800, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[-14:] if len(line.split()) > 2}
     for name in ("cohort", "classifier", "gradcam", "train", "amp_bf16", "ddp", "ddp_wgangp", "synthesis",

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_dataset import dataset_options
 
 from data.aligned_dataset import AlignedDataset
 from data.crops import load_crop
@@ -16,6 +15,7 @@ from data.labels import split_key
 from data.masking import central_slice_range, target_slice_extent
 from data.morphology import remove_small_components, row_extent
 from straighten.pipeline import straighten_root
+from tests.data.test_dataset import dataset_options
 from tests.phantom_fixtures import make_test_phantom
 from util.fileio import write_json
 

@@ -18,10 +18,10 @@ from models.import_reference_weights import main as import_main
 from models.iterative_synthesis import load_generator, reference_float_grey, truncate_to_grey
 from models.networks import HealthiVertGenerator
 from models.synthetic import synthetic_batch
+from tests.paths import REFERENCE_DIR, REPO_ROOT
 from util.protocol import PROTOCOLS, get_protocol
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "reference"
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "generator" / "latest_net_G.pth").is_file(),
+needs_fixtures = pytest.mark.skipif(not (REFERENCE_DIR / "generator" / "latest_net_G.pth").is_file(),
                                     reason="reference fixtures (../shared/data/reference) not available")
 
 
@@ -178,8 +178,8 @@ def test_grey_truncation_drops_a_level_where_the_reference_float32_does() -> Non
 def test_generator_masking_and_composition_match_the_published_code(tmp_path: Path) -> None:
     from benchmarks.reference_equivalence import composition_rows, generator_rows, masking_rows
 
-    rows, generator = generator_rows(FIXTURES, tmp_path)
-    rows += masking_rows(FIXTURES) + composition_rows(FIXTURES, generator)
+    rows, generator = generator_rows(REFERENCE_DIR, tmp_path)
+    rows += masking_rows(REFERENCE_DIR) + composition_rows(REFERENCE_DIR, generator)
     failed = [r for r in rows if not r["passed"]]
     assert not failed, failed
     assert any("sample-0-mask bug" in r["item"] for r in rows)
@@ -190,7 +190,7 @@ def test_generator_masking_and_composition_match_the_published_code(tmp_path: Pa
 def test_reference_equivalence_script_passes_on_the_shared_fixtures(capsys) -> None:
     from benchmarks.reference_equivalence import main
 
-    assert main(["--fixtures", str(FIXTURES)]) == 0
+    assert main(["--fixtures", str(REFERENCE_DIR)]) == 0
     out = capsys.readouterr().out
     assert "iterative: CT_fake grey levels" in out and "FAIL" not in out
 
@@ -212,8 +212,7 @@ def test_preprocessing_defaults_to_the_published_dataset_folder(tmp_path: Path, 
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(repo / script)], cwd=tmp_path, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(REPO_ROOT / script)], cwd=tmp_path, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == ("error: dataset/raw: raw data folder not found (give --root DIR, the folder "
@@ -228,9 +227,9 @@ def test_centroids_run_without_flags_on_the_published_layout(tmp_path: Path, pha
 
     case = min(p for p in (phantom_cohort_dir / "raw").iterdir() if p.is_dir())
     shutil.copytree(case, tmp_path / "dataset" / "raw" / case.name)
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(repo / "straighten/location_json_local.py"), "--quiet"], cwd=tmp_path,
-                          capture_output=True, text=True, check=False)
+
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "straighten/location_json_local.py"), "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     centroids = json.loads((tmp_path / "dataset" / "raw" / case.name / f"{case.name}.json").read_text())
     truth = json.loads((case / f"{case.name}_truth.json").read_text())
@@ -282,7 +281,7 @@ def test_checker_fails_on_a_fixture_set_that_disagrees(tmp_path: Path) -> None:
     from benchmarks.reference_equivalence import generator_rows
 
     fixtures = tmp_path / "fixtures"
-    shutil.copytree(FIXTURES / "generator", fixtures / "generator")
+    shutil.copytree(REFERENCE_DIR / "generator", fixtures / "generator")
     outputs = dict(np.load(fixtures / "generator" / "outputs.npz"))
     outputs["fine_seg"] = outputs["fine_seg"] + np.float32(1e-3)
     np.savez(fixtures / "generator" / "outputs.npz", **outputs)

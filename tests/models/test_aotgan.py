@@ -29,8 +29,9 @@ from models.aotgan_networks import (
 from models.composition import compose_height_adaptive
 from models.iterative_synthesis import GeneratorRunner, load_generator
 from models.synthetic import synthetic_batch
+from tests.paths import REPO_ROOT
+from tests.scripts.test_train import TINY, assert_same_weights, loss_rows
 from tests.synthetic_crops import write_synthetic_cohort
-from tests.test_train import TINY, assert_same_weights, loss_rows
 from util.checkpoint import load_checkpoint
 
 AOT_TINY = ["--model", "aotgan", "--aot_blocks", "2", "--aot_rates", "1", "2", "--ngf", "4"]
@@ -259,14 +260,13 @@ def test_two_process_gloo_ddp_aotgan_gives_identical_weights(cohort: tuple[Path,
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
     dataroot, split = cohort
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(repo / "tests" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
+               str(REPO_ROOT / "tests" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
                "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY, *AOT_TINY,
                "--max_dataset_size", "4", "--val_freq", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
-    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

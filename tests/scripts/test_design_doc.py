@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DESIGN = REPO / "docs" / "design.md"
+from tests.paths import REPO_ROOT
+
+DESIGN = REPO_ROOT / "docs" / "design.md"
 UNMAPPED_FOLDERS = ("tests/", "benchmarks/")
 MAP_ROW = re.compile(r"^\|\s*`([^`]+\.py)`\s*\|", re.MULTILINE)
 
@@ -35,9 +35,9 @@ def unmapped_modules(modules: list[str], text: str) -> list[str]:
 
 
 def tracked_modules() -> list[str]:
-    if shutil.which("git") is None or not (REPO / ".git").exists():
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
         pytest.skip("not a git checkout: the tracked modules are unknown")
-    result = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     return [line for line in result.stdout.splitlines() if line]
 
 
@@ -47,7 +47,8 @@ def test_every_tracked_module_is_in_the_module_map():
 
 
 def test_module_map_names_only_existing_modules():
-    stale = sorted(path for path in mapped_modules(DESIGN.read_text(encoding="utf-8")) if not (REPO / path).is_file())
+    mapped = mapped_modules(DESIGN.read_text(encoding="utf-8"))
+    stale = sorted(path for path in mapped if not (REPO_ROOT / path).is_file())
     assert not stale, f"{DESIGN}: the module map names modules that do not exist: {', '.join(stale)}"
 
 

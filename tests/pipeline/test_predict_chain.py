@@ -23,9 +23,9 @@ from data.crops import crop_affine, load_crop, write_crop
 from data.labels import split_key, vertebra_name
 from data.masking import make_masked_slices
 from models import iterative_synthesis
+from tests.Attention.test_attention import synthetic_crop
 from tests.phantom_fixtures import make_test_phantom
-from tests.test_attention import synthetic_crop
-from tests.test_predict import CROP_SIZE, FRACTURED, _one_error_line, write_checkpoint
+from tests.pipeline.test_predict import CROP_SIZE, FRACTURED, _one_error_line, write_checkpoint
 
 REGIONS = ("anterior", "middle", "posterior")
 H_ORI_TOLERANCE_MM = 1.5
