@@ -28,7 +28,9 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from data.phantoms import CaseSpec, generate_case, parse_vertebra_range, plan_cohort, write_case  # noqa: E402
+from data.phantoms.case import generate_case, write_case  # noqa: E402
+from data.phantoms.cohort import plan_cohort  # noqa: E402
+from data.phantoms.spec import CaseSpec, parse_vertebra_range  # noqa: E402
 
 WHOLE_SPINE_SHAPE = (512, 512, 800)
 WHOLE_SPINE_SPACING_MM = (0.8, 0.8, 1.0)

@@ -67,7 +67,8 @@ def run_once(case_dir: Path, out: Path) -> dict:
 def make_phantom(root: Path, case: str, labels: tuple[int, ...], spacing: tuple[float, float, float],
                  shape: tuple[int, int, int] | None = None) -> Path:
     """Write one phantom case under ``root/raw/<case>/`` and return its folder."""
-    from data.phantoms import CaseSpec, generate_case, write_case
+    from data.phantoms.case import generate_case, write_case
+    from data.phantoms.spec import CaseSpec
 
     (root / "raw").mkdir(parents=True, exist_ok=True)
     write_case(generate_case(CaseSpec(case=case, seed=1, labels=labels, orientation="RAS", spacing_mm=spacing,

@@ -1,10 +1,10 @@
-"""Generate a synthetic spine CT cohort with known fractures and truth (DESIGN section 6).
+"""Generate a synthetic spine CT cohort with known fractures and truth (docs/design.md, Phantom truth).
 
     python data/make_phantoms.py --out DIR --cases N --seed S
 
 writes ``DIR/raw/<case>/<case>.nii.gz`` (int16 HU), ``<case>_msk.nii.gz`` (uint8
 VerSe labels), ``<case>_truth.json`` and ``DIR/vertebra_data.json`` (split with
-Genant grades). See ``data/phantoms.py`` for the anatomy and the truth definitions.
+Genant grades). See the ``data/phantoms/`` package for the anatomy and the truth definitions.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
 
-from data.phantoms import make_cohort, parse_vertebra_range  # noqa: E402
+from data.phantoms.cohort import make_cohort  # noqa: E402
+from data.phantoms.spec import parse_vertebra_range  # noqa: E402
 from util.fileio import prepare_output_dir  # noqa: E402
 
 

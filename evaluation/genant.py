@@ -1,20 +1,31 @@
-"""Genant's semi-quantitative grades from relative height loss (the one copy of the thresholds).
+"""Genant's semi-quantitative grading: region names, grade names, thresholds, suggested morphology.
 
-A vertebra's grade follows its largest regional height loss (anterior, middle or posterior):
-below 20 % grade 0 (normal), 20-25 % grade 1 (mild), 25-40 % grade 2 (moderate), above 40 % grade 3
-(severe). The region that lost most suggests the fracture's morphology: anterior -> wedge,
-middle -> biconcave; a body that lost about as much everywhere (smallest regional loss at least
-``UNIFORM_LOSS_FRACTION`` of the largest), or most at the back, -> crush.
+The one copy of the rule (docs/design.md, Genant thresholds). It imports nothing of the project,
+so the phantom generator (``data.phantoms``), ``evaluation.phantom_truth``, ``pipeline.predict`` and
+the plots all use it without pulling in the rest of ``evaluation``.
+
+A vertebral body has three regions along its antero-posterior extent (``ANATOMICAL_REGIONS``:
+the anterior, middle and posterior thirds). A vertebra's grade follows its largest regional height
+loss ``1 - post / pre``: below 20 % grade 0 (normal), 20-25 % grade 1 (mild), 25-40 % grade 2
+(moderate), above 40 % grade 3 (severe). The region that lost most suggests the fracture's
+morphology: anterior -> wedge, middle -> biconcave; a body that lost about as much everywhere
+(smallest regional loss at least ``UNIFORM_LOSS_FRACTION`` of the largest), or most at the back,
+-> crush.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+ANATOMICAL_REGIONS = ("anterior", "middle", "posterior")
 GENANT_THRESHOLDS = (0.20, 0.25, 0.40)
 GENANT_GRADES = (0, 1, 2, 3)
-MORPHOLOGY_OF_REGION = {"anterior": "wedge", "middle": "biconcave", "posterior": "crush"}
+GRADE_NAMES = {0: "normal", 1: "mild", 2: "moderate", 3: "severe"}
+MORPHOLOGIES = ("none", "wedge", "biconcave", "crush")
+MORPHOLOGY_OF_REGION = dict(zip(ANATOMICAL_REGIONS, ("wedge", "biconcave", "crush")))
 UNIFORM_LOSS_FRACTION = 0.75
+GENANT_RULE = (f"<{GENANT_THRESHOLDS[0]:.2f} -> 0, <{GENANT_THRESHOLDS[1]:.2f} -> 1, "
+               f"<={GENANT_THRESHOLDS[2]:.2f} -> 2, else 3")
 
 
 def genant_grade(loss_ratio: float) -> int:

@@ -24,8 +24,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from data.labels import split_key
-from data.phantoms import REGIONS
-from evaluation.genant import genant_grade
+from evaluation.genant import ANATOMICAL_REGIONS, genant_grade
 from util.fileio import read_json
 
 RHLV_COLUMN_OF_REGION = {"anterior": "Pre RHLV", "middle": "Mid RHLV", "posterior": "Post RHLV"}
@@ -52,7 +51,7 @@ def truth_table(raw_root: str | Path) -> pd.DataFrame:
                 "true_grade": int(vertebra["grade"]),
                 "morphology": vertebra["morphology"],
                 "loss_ratio": float(vertebra["loss_ratio"]),
-                **{f"loss_{region}": float(vertebra["loss_by_region"][region]) for region in REGIONS},
+                **{f"loss_{region}": float(vertebra["loss_by_region"][region]) for region in ANATOMICAL_REGIONS},
                 "adjacent_fracture": bool(vertebra.get("adjacent_fracture", False)),
                 "truncated": bool(vertebra.get("truncated", False)),
             })
@@ -79,7 +78,7 @@ def accuracy_summary(comparison: pd.DataFrame) -> dict[str, Any]:
     """Mean absolute errors (fractions) per region and of the largest region, and the macro-F1 of the
     threshold grades against the true grades (over the grades present in either), for ``comparison`` rows."""
     summary: dict[str, Any] = {"n": int(len(comparison))}
-    for region in (*REGIONS, "max"):
+    for region in (*ANATOMICAL_REGIONS, "max"):
         errors = comparison[f"error_{region}"].to_numpy(dtype=float) if len(comparison) else np.array([])
         summary[f"mae_{region}"] = float(np.nanmean(np.abs(errors))) if errors.size else math.nan
     if len(comparison):

@@ -1,7 +1,7 @@
 """Phantom fixtures shared by the test suite (imported from conftest.py).
 
 * ``phantom_cohort_dir``: a small cohort written once per session with
-  ``data.phantoms.make_cohort`` (4 cases of T10-L5, 1 mm voxels, random
+  ``data.phantoms.cohort.make_cohort`` (4 cases of T10-L5, 1 mm voxels, random
   orientations, every Genant grade, adjacent fractures in ``ph001``):
   ``<dir>/raw/<case>/{<case>.nii.gz,<case>_msk.nii.gz,<case>_truth.json}`` and
   ``<dir>/vertebra_data.json``.
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from data.phantoms import CaseSpec, Fracture, PhantomCase, generate_case, make_cohort, write_case
+from data.phantoms.case import generate_case, write_case
+from data.phantoms.cohort import make_cohort
+from data.phantoms.spec import CaseSpec, Fracture, PhantomCase
 
 PHANTOM_COHORT_CASES = 4
 PHANTOM_COHORT_SEED = 7

@@ -32,8 +32,7 @@ from Attention.localisation import localise
 from data.crops import load_crop, read_split, split_of
 from data.image_io import ImageIOError, load_ct, load_mask
 from data.labels import spine_rank, vertebra_name
-from data.phantoms import REGIONS
-from evaluation.genant import GENANT_THRESHOLDS
+from evaluation.genant import ANATOMICAL_REGIONS, GENANT_THRESHOLDS
 from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS
 from evaluation.phantom_truth import (
     GRADES,
@@ -375,7 +374,7 @@ def scatter_figure(comparisons: dict[str, pd.DataFrame]) -> Figure | None:
     high = max(0.7, float(measured.max())) if measured.size else 0.7
     axes = np.atleast_1d(figure.subplots(1, len(comparisons), sharey=True))
     for index, (axis, (method, table)) in enumerate(zip(axes, comparisons.items())):
-        for region in REGIONS:
+        for region in ANATOMICAL_REGIONS:
             for adjacent, marker in ((False, "o"), (True, "^")):
                 rows = table[table["adjacent_fracture"] == adjacent]
                 axis.scatter(rows[f"loss_{region}"], rows[RHLV_COLUMN_OF_REGION[region]], s=18, marker=marker,

@@ -21,7 +21,7 @@ from data.aligned_dataset import AlignedDataset
 from data.crops import list_crop_keys, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU
 from data.labels import split_key
-from data.phantoms import make_cohort
+from data.phantoms.cohort import make_cohort
 from straighten.pipeline import straighten_root
 
 pytestmark = pytest.mark.slow

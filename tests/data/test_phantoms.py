@@ -12,17 +12,10 @@ import pytest
 from data.crops import read_split
 from data.image_io import find_case_files, load_ct_and_mask, reorient, world_to_voxel
 from data.labels import parse_key
-from data.phantoms import (
-    GENANT_THRESHOLDS,
-    CaseSpec,
-    Fracture,
-    genant_grade,
-    generate_case,
-    make_split,
-    parse_vertebra_range,
-    plan_cohort,
-    write_case,
-)
+from data.phantoms.case import generate_case, write_case
+from data.phantoms.cohort import make_split, plan_cohort
+from data.phantoms.spec import CaseSpec, Fracture, parse_vertebra_range
+from evaluation.genant import GENANT_THRESHOLDS, genant_grade
 from tests.phantom_fixtures import make_test_phantom
 
 REGION_FRACTIONS = {"posterior": 1.0 / 6.0, "middle": 0.5, "anterior": 5.0 / 6.0}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from data.image_io import load_mask, voxel_to_world
-from data.phantoms import CaseSpec, generate_case, write_case
+from data.phantoms.case import generate_case, write_case
+from data.phantoms.spec import CaseSpec
 from straighten.centroids import case_centroids
 from straighten.location_json_local import main as location_main
 from tests.straighten.test_straighten_real import link_raw_root

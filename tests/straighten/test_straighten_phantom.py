@@ -10,7 +10,8 @@ import pytest
 
 from data.crops import list_crop_keys, load_crop
 from data.image_io import load_ct, voxel_to_world, world_to_voxel
-from data.phantoms import CaseSpec, Fracture, generate_case, write_case
+from data.phantoms.case import generate_case, write_case
+from data.phantoms.spec import CaseSpec, Fracture
 from straighten.frames import crop_voxel_to_world
 from straighten.pipeline import straighten_root
 from straighten.straighten_mask_3d import main as straighten_main
