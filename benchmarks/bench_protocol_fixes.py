@@ -38,7 +38,7 @@ from data.image_io import load_mask  # noqa: E402
 from data.labels import parse_key  # noqa: E402
 from evaluation.grading import GradingSettings, evaluate_grading, feature_table, prepare_grading_data  # noqa: E402
 from evaluation.rhlv import (  # noqa: E402
-    REGIONS,
+    RHLV_REGIONS,
     central_slab,
     measure_columns,
     plane_heights,
@@ -76,7 +76,7 @@ def variant_rhlv(original: np.ndarray, synthesized: np.ndarray, label: int, vari
                                       keep_reference_regional=columns.keep_reference_regional & on_original,
                                       keep_reference_whole=columns.keep_reference_whole & on_original)
     reference, measured = published_means(columns, ori, slab)
-    return {r: (reference[r] - measured[r]) / (reference[r] + PUBLISHED_EPSILON) for r in REGIONS}
+    return {r: (reference[r] - measured[r]) / (reference[r] + PUBLISHED_EPSILON) for r in RHLV_REGIONS}
 
 
 def rhlv_effects(fixtures: Path, threshold: float) -> pd.DataFrame:
@@ -92,7 +92,7 @@ def rhlv_effects(fixtures: Path, threshold: float) -> pd.DataFrame:
         for variant in RHLV_VARIANTS:
             rhlv = variant_rhlv(original, synthesized, label, variant, threshold)
             rows.extend({"variant": variant, "case": key, "compression": case["compression"], "region": r,
-                         "rhlv": rhlv[r], "error": rhlv[r] - truth[r]} for r in REGIONS)
+                         "rhlv": rhlv[r], "error": rhlv[r] - truth[r]} for r in RHLV_REGIONS)
     return pd.DataFrame(rows)
 
 
@@ -122,7 +122,7 @@ def wedge_effects(threshold: float) -> pd.DataFrame:
         for variant in RHLV_VARIANTS:
             rhlv = variant_rhlv(original, synthesized, WEDGE_LABEL, variant, threshold)
             rows.extend({"variant": variant, "case": f"wedge {amount:.1f}", "region": r, "rhlv": rhlv[r],
-                         "error": rhlv[r] - truth[r]} for r in REGIONS)
+                         "error": rhlv[r] - truth[r]} for r in RHLV_REGIONS)
     return pd.DataFrame(rows)
 
 

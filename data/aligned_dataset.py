@@ -39,7 +39,6 @@ from data.labels import parse_key
 from data.masking import (
     CENTRAL_FRACTION,
     MIN_COMPONENT_PX,
-    PLANES,
     canvas_width,
     central_slice_range,
     fits_in_band,
@@ -51,6 +50,7 @@ from data.masking import (
     target_row_extents,
     target_slice_extent,
 )
+from data.planes import PLANES
 from util.protocol import get_protocol
 
 CT_CANVAS_FILL = -1.0  # windowed value of canvas columns outside a coronal slice (window floor)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.morphology import remove_small_components, row_extent
+from data.planes import plane_axes
 
-PLANES = ("sagittal", "coronal")
 BAND_FILL_VALUE = -1.0  # the band of the masked CT, windowed units: the reference's uint8 0 (DESIGN 4.1)
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
 MIN_COMPONENT_PX = 50
@@ -288,11 +288,7 @@ def plane_slab(volume: np.ndarray, plane: str) -> np.ndarray:
 
     sagittal: slices ``volume[:, :, z]`` (cols A->P); coronal: slices ``volume[:, y, :]`` (cols R->L).
     """
-    if plane == "sagittal":
-        return np.moveaxis(volume, 2, 0)
-    if plane == "coronal":
-        return np.moveaxis(volume, 1, 0)
-    raise ValueError(f"unknown plane {plane!r}; expected one of {PLANES}")
+    return np.moveaxis(volume, plane_axes(plane).slice_axis, 0)
 
 
 def canvas_width(crop_shape: tuple[int, int, int]) -> int:

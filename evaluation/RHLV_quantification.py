@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from data.crops import read_split  # noqa: E402
+from data.planes import PLANES  # noqa: E402
 from evaluation.plots import DEFAULT_MAP_VMAX  # noqa: E402
-from evaluation.rhlv import PLANES, MeasureOptions  # noqa: E402
+from evaluation.rhlv import MeasureOptions  # noqa: E402
 from evaluation.rhlv_table import (  # noqa: E402
     MapSettings,
     default_workers,

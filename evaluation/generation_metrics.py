@@ -26,8 +26,8 @@ from data.crops import crop_paths, require_listed_crops
 from data.image_io import ImageIOError, check_same_grid, load_ct, load_mask
 from data.labels import parse_key
 from data.masking import CENTRAL_FRACTION, central_slice_range
+from data.planes import plane_axes
 
-SLICE_AXIS = {"sagittal": 2, "coronal": 1}
 IMAGE_METRICS = ("PSNR", "SSIM", "PSNR_target_rows", "SSIM_target_rows")
 OVERLAP_METRICS = ("Dice", "IoU", "RVD")
 GENERATION_COLUMNS = ["Vertebra", "Label", "Dataset", "n_slices", *IMAGE_METRICS, *OVERLAP_METRICS]
@@ -91,12 +91,10 @@ def generation_metrics(original_ct: np.ndarray, synthesized_ct: np.ndarray, orig
     Dice/IoU/RVD. Slices where a metric is undefined (constant original, target rows
     fewer than 7) are left out of that metric's mean.
     """
-    if plane not in SLICE_AXIS:
-        raise ValueError(f"plane {plane!r}: expected one of {tuple(SLICE_AXIS)}")
+    axis = plane_axes(plane).slice_axis
     shapes = {a.shape for a in (original_ct, synthesized_ct, original_label, synthesized_label)}
     if len(shapes) != 1:
         raise GenerationError(f"crop shapes differ: {sorted(shapes)}")
-    axis = SLICE_AXIS[plane]
     original_target = np.asarray(original_label) == label
     scores = overlap_scores(original_target, np.asarray(synthesized_label) == label)
     per_slice: dict[str, list[float]] = {name: [] for name in IMAGE_METRICS}

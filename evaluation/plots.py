@@ -10,6 +10,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from data.planes import plane_axes
 from evaluation.genant import GENANT_THRESHOLDS
 from evaluation.rhlv import RHLVResult
 from util.fileio import atomic_path
@@ -32,12 +33,8 @@ def loss_curve(result: RHLVResult) -> np.ndarray:
     NaN where no column was measured.
     """
     first, last = result.slab
-    if result.plane == "sagittal":
-        block = result.loss_map[:, first: last + 1]
-        along = 1
-    else:
-        block = result.loss_map[first: last + 1, :]
-        along = 0
+    along = plane_axes(result.plane).axial_slice_axis
+    block = np.take(result.loss_map, np.arange(first, last + 1), axis=along)
     measured = np.isfinite(block)
     sums = np.where(measured, block, 0.0).sum(axis=along)
     counts = measured.sum(axis=along)
@@ -71,17 +68,17 @@ def save_height_loss_map(result: RHLVResult, path: str | Path, title: str,
     extent = (c0 * spacing[2], c1 * spacing[2], r1 * spacing[1], r0 * spacing[1])
     image = map_axes.imshow(view, cmap=colours, vmin=0.0, vmax=vmax, extent=extent, interpolation="nearest")
     first, last = result.slab
-    if result.plane == "sagittal":
-        map_axes.axvspan(first * spacing[2], (last + 1) * spacing[2], fill=False, edgecolor="cyan", linestyle="--")
-    else:
-        map_axes.axhspan(first * spacing[1], (last + 1) * spacing[1], fill=False, edgecolor="cyan", linestyle="--")
+    axes = plane_axes(result.plane)
+    span = map_axes.axvspan if axes.slice_axis == 2 else map_axes.axhspan  # the map's x axis is R->L (crop axis 2)
+    slice_mm = spacing[axes.slice_axis]
+    span(first * slice_mm, (last + 1) * slice_mm, fill=False, edgecolor="cyan", linestyle="--")
     map_axes.set_xlabel("right \u2192 left (mm)")
     map_axes.set_ylabel("anterior \u2192 posterior (mm)")
     map_axes.set_title("axial height-loss map (dashed: measured slices)", fontsize=9)
     figure.colorbar(image, ax=map_axes, label="relative height loss")
 
     curve = loss_curve(result)
-    step = spacing[1] if result.plane == "sagittal" else spacing[2]
+    step = spacing[axes.column_axis]
     positions = np.arange(curve.size) * step
     curve_axes.plot(positions, curve, color="black")
     for threshold in GENANT_THRESHOLDS:
@@ -90,8 +87,7 @@ def save_height_loss_map(result: RHLVResult, path: str | Path, title: str,
     if finite.size:
         curve_axes.set_xlim(positions[finite[0]] - step, positions[finite[-1]] + step)
     curve_axes.set_ylim(-0.1, vmax + 0.1)
-    direction = "anterior \u2192 posterior" if result.plane == "sagittal" else "right \u2192 left"
-    curve_axes.set_xlabel(f"{direction} (mm)")
+    curve_axes.set_xlabel(f"{axes.column_direction} (mm)")
     curve_axes.set_ylabel("relative height loss")
     curve_axes.set_title("loss curve over the measured slices (dotted: Genant 20/25/40 %)", fontsize=9)
     scores = ", ".join(f"{region} {result.rhlv[region]:.2f}" for region in ("pre", "mid", "post"))

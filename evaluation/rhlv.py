@@ -44,17 +44,17 @@ import numpy as np
 
 from data.labels import VERTEBRA_NAMES, spine_rank
 from data.morphology import remove_small_components
+from data.planes import PLANES, plane_axes
 from util.protocol import DEFAULT_PROTOCOL, check_protocol
 
-REGIONS = ("all", "pre", "mid", "post")
-THIRDS = REGIONS[1:]
-PLANES = ("sagittal", "coronal")
+RHLV_REGIONS = ("all", "pre", "mid", "post")  # whole body and its anterior, middle, posterior thirds
+THIRDS = RHLV_REGIONS[1:]
 REFERENCES = ("synthesized", "neighbours")
 
 # Table columns (DESIGN 5); the first eight are the reference implementation's.
 RHLV_COLUMNS = [
     "Vertebra", "Label", "Dataset", "All RHLV", "Pre RHLV", "Mid RHLV", "Post RHLV", "Relative Height Label",
-    *[f"H_{which}_{region}_mm" for region in REGIONS for which in ("syn", "ori")],
+    *[f"H_{which}_{region}_mm" for region in RHLV_REGIONS for which in ("syn", "ori")],
 ]
 RHLV_FEATURES = ["Pre RHLV", "Mid RHLV", "Post RHLV"]
 
@@ -147,9 +147,9 @@ class RHLVResult:
 
     def table_values(self) -> dict[str, float]:
         """The measured columns of an RHLV table row (everything but Vertebra, Label, Dataset)."""
-        values = {f"{region.capitalize()} RHLV": self.rhlv[region] for region in REGIONS}
+        values = {f"{region.capitalize()} RHLV": self.rhlv[region] for region in RHLV_REGIONS}
         values["Relative Height Label"] = self.relative_height_label
-        for region in REGIONS:
+        for region in RHLV_REGIONS:
             values[f"H_syn_{region}_mm"] = self.height_syn_mm[region]
             values[f"H_ori_{region}_mm"] = self.height_ori_mm[region]
         return values
@@ -193,16 +193,12 @@ def target_heights(label_map: np.ndarray, label: int, min_component_fraction: fl
 
 def plane_heights(counts: np.ndarray, plane: str) -> np.ndarray:
     """Arrange an axial (A->P, R->L) map as (slices, columns) of ``plane`` (float64)."""
-    if plane == "sagittal":
-        return np.asarray(counts, dtype=np.float64).T
-    if plane == "coronal":
-        return np.asarray(counts, dtype=np.float64)
-    raise ValueError(f"plane {plane!r}: expected one of {PLANES}")
+    return np.moveaxis(np.asarray(counts, dtype=np.float64), plane_axes(plane).axial_slice_axis, 0)
 
 
 def plane_to_axial(values: np.ndarray, plane: str) -> np.ndarray:
     """Inverse of :func:`plane_heights`: (slices, columns) back to (A->P, R->L)."""
-    return values.T if plane == "sagittal" else values
+    return np.moveaxis(values, 0, plane_axes(plane).axial_slice_axis)
 
 
 def central_slab(heights: np.ndarray, length_divisor: int) -> tuple[int, int]:
@@ -265,7 +261,7 @@ def regional_heights(measure: ColumnMeasure, original: np.ndarray,
 
 
 def _relative_loss(reference: dict[str, float], original: dict[str, float]) -> dict[str, float]:
-    return {region: (reference[region] - original[region]) / reference[region] for region in REGIONS}
+    return {region: (reference[region] - original[region]) / reference[region] for region in RHLV_REGIONS}
 
 
 def _relative_height(original: dict[str, float]) -> float:
@@ -389,7 +385,7 @@ def rhlv_neighbours_for_vertebra(original_label_map: np.ndarray, label: int,
         distance_below = spine_rank(below[0]) - spine_rank(label)
         weight_above = distance_below / (distance_above + distance_below)
         reference_mean = {region: weight_above * above[1][region] + (1 - weight_above) * below[1][region]
-                          for region in REGIONS}
+                          for region in RHLV_REGIONS}
         used = (above[0], below[0])
     regional_reference = np.array([reference_mean[region] for region in THIRDS])[own.measure.region]
     loss = np.where(own.measure.keep, 1.0 - own.heights / regional_reference, np.nan)

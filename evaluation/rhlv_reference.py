@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evaluation.rhlv import (
-    REGIONS,
+    RHLV_REGIONS,
     THIRDS,
     RHLVError,
     RHLVResult,
@@ -177,7 +177,7 @@ def rhlv_reference_for_vertebra(original_label_map: np.ndarray, synthesized_labe
     columns = published_columns(synthesized, original, height_threshold, ratio_epsilon=RATIO_EPSILON[plane])
     reference_mean, original_mean = published_means(columns, original, slab)
     rhlv = {region: (reference_mean[region] - original_mean[region]) / (reference_mean[region] + PUBLISHED_EPSILON)
-            for region in REGIONS}
+            for region in RHLV_REGIONS}
     thirds = [original_mean[region] for region in THIRDS]
     kept = columns.keep_reference_regional & columns.keep_original
     loss = np.where(kept, 1.0 - original / np.where(kept, columns.reference_regional, 1.0), np.nan)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +32,7 @@ from evaluation.rhlv import (
 )
 from evaluation.rhlv_reference import rhlv_reference_for_vertebra
 from util.fileio import atomic_path, read_json
+from util.parallel import map_items
 
 NIFTI_SUFFIX = ".nii.gz"
 
@@ -156,13 +157,12 @@ def _measure_checked(job: VertebraJob, reference: str, original: Volume, options
 
 def _run_jobs(jobs: list[VertebraJob], references: tuple[str, ...], options: MeasureOptions,
               maps: MapSettings, workers: int) -> Iterator[dict[str, dict | str]]:
-    if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            yield measure_job(job, references, options, maps)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(measure_job, jobs, [references] * len(jobs), [options] * len(jobs),
-                            [maps] * len(jobs), chunksize=max(1, min(16, len(jobs) // (4 * workers))))
+    """Each job's outcome (``measure_job``), in job order; a crashed worker process fails its vertebrae."""
+    measure = partial(measure_job, references=references, options=options, maps=maps)
+    chunksize = max(1, min(16, len(jobs) // (4 * max(workers, 1))))
+    for result in map_items(measure, jobs, workers, catch=(), chunksize=chunksize):  # measure_job names its errors
+        yield result.value if result.ok else {reference: f"{result.item.key} ({reference}): {result.error}"
+                                              for reference in references}
 
 
 DEFAULT_MEASURE_OPTIONS = MeasureOptions()

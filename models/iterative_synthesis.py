@@ -93,7 +93,6 @@ from data.labels import VERTEBRA_NAMES, spine_rank
 from data.masking import (
     CENTRAL_FRACTION,
     MIN_COMPONENT_PX,
-    PLANES,
     canvas_width,
     central_slice_range,
     extend_band_rows,
@@ -105,6 +104,7 @@ from data.masking import (
     target_masks,
     target_slice_extent,
 )
+from data.planes import PLANES, plane_axes
 from models import find_model_using_name
 from models.amp import resolve_amp_dtype
 from models.composition import compose_height_adaptive
@@ -238,7 +238,7 @@ def neighbour_min_pixels(pixel_area_mm2: float) -> float:
 def plane_pixel_area_mm2(spacing_mm: Sequence[float], plane: str) -> float:
     """Area (mm²) of one pixel of a ``plane`` slice of a crop with (S->I, A->P, R->L) ``spacing_mm``:
     rows are S->I, columns A->P (sagittal) or R->L (coronal)."""
-    return float(spacing_mm[0]) * float(spacing_mm[1 if plane == "sagittal" else 2])
+    return float(spacing_mm[0]) * float(spacing_mm[plane_axes(plane).column_axis])
 
 
 def centring_shifts(label_slices: np.ndarray, label: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 
 import models
 from data import loader as dataset_loader
-from data.masking import PLANES
+from data.planes import PLANES
 from util import published_layout
 from util.distributed import parse_gpu_ids
 from util.fileio import atomic_write, write_json

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from data.image_io import CaseFiles, ImageIOError, check_same_grid, list_cases, 
 from data.labels import split_key
 from straighten.frames import StraightGrid, grid_for_crops, straight_line
 from straighten.spine import SpineModel, StraightenError, Vertebra, body_label_map, build_spine_model
+from util.parallel import map_items
 
 DEFAULT_CROP_SIZE = (256, 256, 64)
 DEFAULT_SPACING_MM = 1.0
@@ -194,24 +195,12 @@ def straighten_root(root: str | Path, out_dir: str | Path | None = None,
             raise ImageIOError(f"{Path(root) / 'raw'}: no case folder named {', '.join(unknown)}")
         all_cases = [c for c in all_cases if c.case in set(cases)]
     bar = progress(len(all_cases)) if progress is not None else None
-    results: dict[str, CaseResult] = {}
-    if workers <= 1:
-        for case in all_cases:
-            results[case.case] = _run_one(case, out, crop_size, spacing_mm, label_scheme)
-            if bar is not None:
-                bar.update(1)
-    else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_run_one, case, out, crop_size, spacing_mm, label_scheme): case
-                       for case in all_cases}
-            for future in concurrent.futures.as_completed(futures):
-                case = futures[future]
-                try:
-                    results[case.case] = future.result()
-                except Exception as err:  # a crashed worker process must not stop the batch
-                    results[case.case] = CaseResult(case.case, error=f"{type(err).__name__}: {err}")
-                if bar is not None:
-                    bar.update(1)
+    run = partial(_run_one, out_dir=out, crop_size=crop_size, spacing_mm=spacing_mm, label_scheme=label_scheme)
+    results = []
+    for outcome in map_items(run, all_cases, workers):  # a crashed worker process fails its cases, not the batch
+        results.append(outcome.value if outcome.ok else CaseResult(outcome.item.case, error=outcome.error))
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
-    return [results[c.case] for c in all_cases]
+    return results

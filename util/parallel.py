@@ -51,18 +51,16 @@ def _call(function: Callable[[Item], Value], item: Item,
 def map_items(function: Callable[[Item], Value], items: Sequence[Item], workers: int = 1, *,
               catch: tuple[type[BaseException], ...] = (Exception,),
               chunksize: int = 1) -> Iterator[ItemResult[Item, Value]]:
-    """``function`` over ``items``, serially (``workers`` <= 1 or a single item) or in ``workers`` processes.
+    """``function`` over ``items``, serially (``workers`` <= 1 or one item) or in up to ``workers`` processes.
 
     Yields one ``ItemResult`` per item, in input order, as soon as it and all items before it are
     done. In a pool, ``function`` and the items must be picklable (a module-level function or a
     ``functools.partial`` of one); ``chunksize`` items go to a worker at a time.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
     if chunksize < 1:
         raise ValueError(f"chunksize must be at least 1, got {chunksize}")
     items = list(items)
-    if workers == 1 or len(items) < 2:
+    if workers <= 1 or len(items) < 2:
         for item in items:
             value, error = _call(function, item, catch)
             yield ItemResult(item, value, error)

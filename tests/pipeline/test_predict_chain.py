@@ -22,12 +22,12 @@ from Attention.classifier import checkpoint_path, parse_classifier_options, trai
 from data.crops import crop_affine, load_crop, write_crop
 from data.labels import split_key, vertebra_name
 from data.masking import make_masked_slices
+from evaluation.genant import ANATOMICAL_REGIONS
 from models import iterative_synthesis
 from tests.Attention.test_attention import synthetic_crop
 from tests.phantom_fixtures import make_test_phantom
 from tests.pipeline.test_predict import CROP_SIZE, FRACTURED, _one_error_line, write_checkpoint
 
-REGIONS = ("anterior", "middle", "posterior")
 H_ORI_TOLERANCE_MM = 1.5
 
 
@@ -113,14 +113,15 @@ def test_synthesized_reference_measures_the_scan_in_mm(chain_case: dict, tmp_pat
     truth = {v["label"]: v for v in chain_case["phantom"].truth["vertebrae"]}
     for row in measured.itertuples():
         drawn = truth[row.verse_id]["height_post_mm"]
-        for region in REGIONS:
+        for region in ANATOMICAL_REGIONS:
             measured_mm = getattr(row, f"H_ori_{region}_mm")
             assert abs(measured_mm - drawn[region]) < H_ORI_TOLERANCE_MM, (row.name, region, measured_mm, drawn[region])
-        for region in (*REGIONS, "whole"):
+        for region in (*ANATOMICAL_REGIONS, "whole"):
             h_syn, h_ori = getattr(row, f"H_syn_{region}_mm"), getattr(row, f"H_ori_{region}_mm")
             rhlv = getattr(row, f"RHLV_{region}")
             assert rhlv == pytest.approx((h_syn - h_ori) / h_syn, abs=2e-4), (row.name, region)
-        assert row.RHLV_max_regional == pytest.approx(max(getattr(row, f"RHLV_{r}") for r in REGIONS), abs=1e-4)
+        largest = max(getattr(row, f"RHLV_{r}") for r in ANATOMICAL_REGIONS)
+        assert row.RHLV_max_regional == pytest.approx(largest, abs=1e-4)
 
     ct = nib.load(str(chain_case["ct"]))
     pseudo = nib.load(str(out / "pseudo_healthy_ct.nii.gz"))

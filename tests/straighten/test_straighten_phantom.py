@@ -12,6 +12,7 @@ from data.crops import list_crop_keys, load_crop
 from data.image_io import load_ct, voxel_to_world, world_to_voxel
 from data.phantoms.case import generate_case, write_case
 from data.phantoms.spec import CaseSpec, Fracture
+from evaluation.genant import ANATOMICAL_REGIONS
 from straighten.frames import crop_voxel_to_world
 from straighten.pipeline import straighten_root
 from straighten.straighten_mask_3d import main as straighten_main
@@ -19,7 +20,6 @@ from straighten.straighten_mask_3d import main as straighten_main
 LABELS = (20, 21, 22, 23)
 FRACTURES = {21: Fracture("wedge", 0.33), 22: Fracture("biconcave", 0.3)}
 CROP_1MM = (96, 96, 64)  # 64 mm wide: the whole body (up to ~52 mm) fits laterally
-REGIONS = ("anterior", "middle", "posterior")
 
 
 def make_phantom_root(root: Path, case: str, orientation: str, spacing_mm: tuple[float, float, float],
@@ -114,7 +114,7 @@ def test_heights_equal_truth_within_1mm(phantom_1mm):
     for vertebra in truth["vertebrae"]:
         crop = load_crop(dataroot, f"ph1mm_{vertebra['label']}", need_ct=False)
         heights = regional_heights_mm(crop.label_map, vertebra["label"], 1.0)
-        for region in REGIONS:
+        for region in ANATOMICAL_REGIONS:
             assert heights[region] == pytest.approx(vertebra["height_post_mm"][region], abs=1.0), (
                 vertebra["name"], region)
 
@@ -186,7 +186,7 @@ def test_same_result_in_every_orientation(phantom_orientations):
             dice = 2.0 * (body & reference_body).sum() / (body.sum() + reference_body.sum())
             assert dice > 0.97, (orientation, label)
             heights = regional_heights_mm(other.label_map, label, 2.0)
-            for region in REGIONS:
+            for region in ANATOMICAL_REGIONS:
                 assert heights[region] == pytest.approx(reference_heights[region], abs=1.0), (
                     orientation, label, region)
             centroid_shift = np.argwhere(body).mean(axis=0) - np.argwhere(reference_body).mean(axis=0)
@@ -197,7 +197,7 @@ def test_same_result_in_every_orientation(phantom_orientations):
                 continue
             heights = regional_heights_mm(crops["PIR"].label_map, label, 2.0)
             tolerance = max(2.0, vertebra["height_resolution_mm"])  # 2 mm crop voxels, 2 mm slices
-            for region in REGIONS:
+            for region in ANATOMICAL_REGIONS:
                 assert heights[region] == pytest.approx(vertebra["height_post_mm"][region], abs=tolerance), (
                     label, region)
             target = np.argwhere(crops["PIR"].label_map == label).mean(axis=0)
