@@ -46,8 +46,6 @@ _ANCHORS = {
 }
 
 
-
-
 @dataclass
 class Vertebra:
     """One vertebra's dimensions (mm), frame, fracture and intensities."""
@@ -149,8 +147,6 @@ def body_extent(v: Vertebra) -> tuple[float, float]:
     return float(top[inside].max()), float(bottom[inside].min())
 
 
-
-
 def draw_vertebrae(spec: CaseSpec, rng: np.random.Generator) -> list[Vertebra]:
     """Per-level dimensions with a per-case size, ±5 % natural variation and the spec's fractures."""
     size = rng.uniform(0.9, 1.1)
@@ -189,6 +185,7 @@ def draw_vertebrae(spec: CaseSpec, rng: np.random.Generator) -> list[Vertebra]:
         lower.disc_above = upper.disc_below
     vertebrae[0].disc_above = nominal_dimensions(spec.labels[0])["disc"] * size
     return vertebrae
+
 
 def posterior_elements(v: Vertebra) -> list[Element]:
     """Pedicles, lamina, spinous process, transverse processes and articular processes of one vertebra."""
@@ -234,6 +231,7 @@ def posterior_box(v: Vertebra) -> tuple[np.ndarray, np.ndarray]:
     """Local bounding box (u, a, l low/high, mm) of all posterior elements."""
     elements = posterior_elements(v)
     return np.min([e.low for e in elements], axis=0), np.max([e.high for e in elements], axis=0)
+
 
 def vertebra_corners(v: Vertebra) -> np.ndarray:
     """RAS corners (16, 3) of the local boxes holding the body and the posterior elements."""

@@ -91,6 +91,7 @@ def segment_distance(block: Block, p0: Sequence[float], p1: Sequence[float], l_s
     t = np.clip((du * d[0] + da * d[1] + dl * d[2]) / float(d @ d), 0.0, 1.0)
     return np.sqrt((du - t * d[0]) ** 2 + (da - t * d[1]) ** 2 + (dl - t * d[2]) ** 2)
 
+
 @dataclass(frozen=True)
 class Element:
     """A posterior element: local bounding box (u, a, l mm) and its approximate signed distance (mm, <= 0 inside)."""
@@ -108,7 +109,9 @@ def capsule(p0: Sequence[float], p1: Sequence[float], radius: float, half_width:
     high = tuple(np.maximum(p0, p1) + pad)
     return Element(low, high, lambda b: segment_distance(b, p0, p1, l_scale=radius / half_l) - radius)
 
+
 WORLD_FRAME = Frame(np.zeros(3), np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]))
+
 
 def output_to_ras(orientation: str) -> np.ndarray:
     """nibabel orientation transform from the output axis codes to RAS."""

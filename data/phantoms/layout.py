@@ -74,6 +74,7 @@ def place_vertebrae(vertebrae: list[Vertebra], line: CentreLine, rng: np.random.
         anterior, left = cos * anterior + sin * left, cos * left - sin * anterior
         v.frame = Frame(origin, np.stack([superior, anterior, left]))
 
+
 def rib_polylines(v: Vertebra, body: Body) -> list[np.ndarray]:
     """RAS polylines (N, 3) of the two ribs of a thoracic vertebra (T1-T12): head, past the transverse process, arc."""
     rank = spine_rank(v.label)

@@ -79,6 +79,7 @@ def parse_vertebra_range(text: str) -> tuple[int, ...]:
     labels = [lab for lab in ordered[start : stop + 1] if lab not in (25, 28) or lab in (by_name[first], by_name[last])]
     return tuple(labels)
 
+
 def _valid_axis_codes(codes: str) -> bool:
     """Whether ``codes`` names one of R/L, A/P and S/I per axis (e.g. ``"PIR"``)."""
     pairs = [{"R", "L"}, {"A", "P"}, {"S", "I"}]
