@@ -31,7 +31,7 @@ from scipy import ndimage
 from data.crops import load_crop
 from data.image_io import CaseFiles, check_same_grid, load_ct, load_mask, read_grid, save_nifti
 from data.labels import LABEL_SCHEMES, TOTALSEG_TO_VERSE, split_key, totalseg_to_verse, vertebra_name
-from evaluation.genant import GENANT_THRESHOLDS, genant_grade, suggested_morphology
+from evaluation.genant import ANATOMICAL_REGIONS, GENANT_THRESHOLDS, genant_grade, suggested_morphology
 from evaluation.grader import SCORE_PREFIX, grade_features, load_grader
 from evaluation.rhlv import REFERENCES, MeasureOptions
 from evaluation.rhlv_table import MapSettings, rhlv_tables
@@ -213,12 +213,12 @@ def _grade(table: pd.DataFrame, rhlv: pd.DataFrame, grader_path: Path | None) ->
             table.loc[measured, f"{SCORE_PREFIX}{grade}"] = graded[f"{SCORE_PREFIX}{grade}"].to_numpy()
         method = f"linear SVM grader {grader_path} (protocol {grader.protocol}, fitted on {grader.n_train} vertebrae)"
     else:
-        largest = table.loc[measured, ["RHLV_anterior", "RHLV_middle", "RHLV_posterior"]].max(axis=1)
+        largest = table.loc[measured, [f"RHLV_{region}" for region in ANATOMICAL_REGIONS]].max(axis=1)
         table.loc[measured, "grade"] = [genant_grade(value) for value in largest]
         method = GENANT_METHOD
     table["morphology"] = ""
     for index in table.index[measured]:
-        loss = {region: table.at[index, f"RHLV_{region}"] for region in ("anterior", "middle", "posterior")}
+        loss = {region: table.at[index, f"RHLV_{region}"] for region in ANATOMICAL_REGIONS}
         table.at[index, "morphology"] = suggested_morphology(loss, int(table.at[index, "grade"]))
     table["grade_method"] = np.where(measured, "svm" if grader_path is not None else "genant_thresholds", "")
     return method

@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 
 from data.crops import load_crop
 from data.image_io import Volume, load_ct, load_mask
+from evaluation.genant import ANATOMICAL_REGIONS, GENANT_GRADES, GRADE_NAMES
 from straighten.frames import StraightLine, grid_for_crops
 from util.fileio import atomic_write
 from util.report import CT_DISPLAY_WINDOW_HU, figure_data_uri, file_data_uri
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from pipeline.predict import PredictSettings
 
 GRADE_COLOURS = ("#2ca02c", "#ffd700", "#ff7f0e", "#d62728")  # grades 0..3
-GRADE_NAMES = ("0 normal", "1 mild", "2 moderate", "3 severe")
+GRADE_LABELS = tuple(f"{grade} {GRADE_NAMES[grade]}" for grade in GENANT_GRADES)
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 1150px; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em 0; }
@@ -67,8 +68,8 @@ def summary_table(table: pd.DataFrame) -> str:
         cells = [f"<td class='text'>{html.escape(row.name)}</td>", f"<td>{row.verse_id}</td>",
                  f"<td class='text'>{status}</td>", f"<td class='text'>{grade}</td>",
                  f"<td class='text'>{html.escape(str(row.morphology or ''))}</td>"]
-        cells += [f"<td>{_number(getattr(row, f'RHLV_{r}'))}</td>" for r in ("anterior", "middle", "posterior")]
-        for region in ("anterior", "middle", "posterior"):
+        cells += [f"<td>{_number(getattr(row, f'RHLV_{r}'))}</td>" for r in ANATOMICAL_REGIONS]
+        for region in ANATOMICAL_REGIONS:
             cells += [f"<td>{_number(getattr(row, f'H_ori_{region}_mm'), 1)}</td>",
                       f"<td>{_number(getattr(row, f'H_syn_{region}_mm'), 1)}</td>"]
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -107,7 +108,7 @@ def overview_figure(sidecar: dict[str, Any], ct: Volume, pseudo_hu: np.ndarray, 
         arc = next((a for lab, a in zip(line.labels, line.arc_mm) if lab == row.verse_id), None)
         if arc is not None:
             axes[0].text(2, grid.row_of(arc), row.name, color="white", fontsize=8, va="center")
-    figure.legend(handles=[Patch(color=c, label=f"grade {n}") for c, n in zip(GRADE_COLOURS, GRADE_NAMES)],
+    figure.legend(handles=[Patch(color=c, label=f"grade {n}") for c, n in zip(GRADE_COLOURS, GRADE_LABELS)],
                   loc="lower center", ncol=4, fontsize=8)
     figure.tight_layout(rect=(0, 0.05, 1, 0.98))
     return figure
@@ -155,7 +156,7 @@ def vertebra_section(row: Any, dataroot: Path, fake_root: Path, maps: Path, refe
     cells = "".join(f"<tr><td class='text'>{region}</td><td>{_number(getattr(row, f'H_ori_{region}_mm'), 1)}</td>"
                     f"<td>{_number(getattr(row, f'H_syn_{region}_mm'), 1)}</td>"
                     f"<td>{_number(getattr(row, f'RHLV_{region}'), 3)}</td></tr>"
-                    for region in ("anterior", "middle", "posterior", "whole"))
+                    for region in (*ANATOMICAL_REGIONS, "whole"))
     parts.append("<table><tr><th>region</th><th>H original (mm)</th><th>H pseudo-healthy (mm)</th><th>RHLV</th></tr>"
                  f"{cells}</table></section>")
     return "".join(parts)
