@@ -25,7 +25,7 @@ from tqdm import tqdm
 from data.crops import crop_paths, require_listed_crops
 from data.image_io import ImageIOError, check_same_grid, load_ct, load_mask
 from data.labels import parse_key
-from data.masking import CENTRAL_FRACTION, central_slice_range
+from data.masking import CENTRAL_FRACTION, central_slice_range, plane_slab
 from data.planes import plane_axes
 
 IMAGE_METRICS = ("PSNR", "SSIM", "PSNR_target_rows", "SSIM_target_rows")
@@ -99,9 +99,9 @@ def generation_metrics(original_ct: np.ndarray, synthesized_ct: np.ndarray, orig
     scores = overlap_scores(original_target, np.asarray(synthesized_label) == label)
     per_slice: dict[str, list[float]] = {name: [] for name in IMAGE_METRICS}
     indices = central_slice_indices(original_target, axis)
-    target_slices = np.moveaxis(original_target, axis, 0)[indices]
-    original_slices = np.moveaxis(np.asarray(original_ct, dtype=np.float64), axis, 0)[indices]
-    synthesized_slices = np.moveaxis(np.asarray(synthesized_ct, dtype=np.float64), axis, 0)[indices]
+    target_slices = plane_slab(original_target, plane)[indices]
+    original_slices = plane_slab(np.asarray(original_ct, dtype=np.float64), plane)[indices]
+    synthesized_slices = plane_slab(np.asarray(synthesized_ct, dtype=np.float64), plane)[indices]
     used = 0
     for target, original, synthesized in zip(target_slices, original_slices, synthesized_slices):
         if np.count_nonzero(target) <= min_slice_voxels:
