@@ -1,5 +1,6 @@
 """Iterative two-stage synthesis of pseudo-healthy vertebrae (inference; docs/design.md, "Iterative synthesis").
 
+- ``run_settings``: the run's flags, read once from the command line (``SynthesisRunSettings``);
 - ``settings``: masking/composition settings of one trained model (band rows, window, thresholds, protocol);
 - ``shifts``: moving slices vertically (neighbour re-centring) and back;
 - ``truncation``: the reference protocol's uint8 grey truncation between steps;

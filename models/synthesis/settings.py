@@ -1,16 +1,15 @@
 """Masking and composition settings of one trained model for the synthesis (docs/design.md, "Iterative synthesis").
 
 The settings come from the checkpoint's training options (``mask_height`` mm, ``hu_window``,
-``min_component_px``, module switches), falling back to the run's options, then the defaults; the
-band height is converted to rows with the crop's row spacing and the neighbour presence threshold
-(200 mm²) to pixels with the slice's pixel area.
+``min_component_px``, module switches), falling back to the run's flags (:class:`SynthesisFlags`), then the
+defaults; the band height is converted to rows with the crop's row spacing and the neighbour presence
+threshold (200 mm²) to pixels with the slice's pixel area.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from data.image_io import DEFAULT_WINDOW_HU
@@ -62,21 +61,36 @@ def plane_pixel_area_mm2(spacing_mm: Sequence[float], plane: str) -> float:
     return float(spacing_mm[0]) * float(spacing_mm[1 if plane == "sagittal" else 2])
 
 
-def settings_for(options: dict[str, Any], row_spacing_mm: float, fallback: argparse.Namespace | None = None,
+@dataclass(frozen=True)
+class SynthesisFlags:
+    """The run's flags that shape every step: ``--protocol`` (name, ``None``: the default), ``--no_iterative``
+    (``iterative`` False), and the masking flags (``--mask_height`` mm, ``--hu_window`` HU,
+    ``min_component_px``) used only where a checkpoint's options lack them (``None``: not given)."""
+
+    protocol: str | None = None
+    iterative: bool = True
+    mask_height_mm: float | None = None
+    hu_window: tuple[float, float] | None = None
+    min_component_px: int | None = None
+
+
+def settings_for(options: dict[str, Any], row_spacing_mm: float, flags: SynthesisFlags = SynthesisFlags(),
                  pixel_area_mm2: float = 1.0) -> SynthesisSettings:
     """Masking settings of a model: its training options (``mask_height`` mm, ``hu_window``,
-    ``min_component_px``), falling back to ``fallback``'s values, then the defaults; the protocol is
-    ``fallback.protocol``; the module switches are the checkpoint's ``no_eem``/``no_shrm``/``no_hgam`` and
-    ``fallback``'s ``--no_iterative``. The neighbour threshold is 200 mm² in pixels of ``pixel_area_mm2``
+    ``min_component_px``), falling back to the run's ``flags``, then the defaults; the protocol is
+    ``flags.protocol``; the module switches are the checkpoint's ``no_eem``/``no_shrm``/``no_hgam`` and
+    the run's ``--no_iterative``. The neighbour threshold is 200 mm² in pixels of ``pixel_area_mm2``
     (``neighbour_min_pixels``), or 200 pixels under ``--protocol reference``."""
-    def option(name: str, default: Any) -> Any:
+    def option(name: str, run_value: Any, default: Any) -> Any:
         if options.get(name) is not None:
             return options[name]
-        return getattr(fallback, name, None) if getattr(fallback, name, None) is not None else default
+        return run_value if run_value is not None else default
 
-    window = option("hu_window", DEFAULT_WINDOW_HU)
-    protocol = get_protocol(getattr(fallback, "protocol", None))
+    window = option("hu_window", flags.hu_window, DEFAULT_WINDOW_HU)
+    protocol = get_protocol(flags.protocol)
     neighbour_px = NEIGHBOUR_MIN_PX if protocol.neighbour_threshold_px else neighbour_min_pixels(pixel_area_mm2)
-    return SynthesisSettings(mask_height_rows(float(option("mask_height", 40.0)), row_spacing_mm),
-                             (float(window[0]), float(window[1])), int(option("min_component_px", MIN_COMPONENT_PX)),
-                             neighbour_px, protocol, ModuleSwitches.from_options(options, fallback))
+    switches = replace(ModuleSwitches.from_options(options), iterative=flags.iterative)
+    return SynthesisSettings(mask_height_rows(float(option("mask_height", flags.mask_height_mm, 40.0)), row_spacing_mm),
+                             (float(window[0]), float(window[1])),
+                             int(option("min_component_px", flags.min_component_px, MIN_COMPONENT_PX)),
+                             neighbour_px, protocol, switches)

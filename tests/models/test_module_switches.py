@@ -15,7 +15,7 @@ from models.composition import compose_height_adaptive
 from models.module_switches import ModuleSwitches
 from models.synthesis.plane import synthesize_plane
 from models.synthesis.runner import GeneratorRunner
-from models.synthesis.settings import SynthesisSettings, settings_for
+from models.synthesis.settings import SynthesisFlags, SynthesisSettings, settings_for
 from models.synthetic import synthetic_batch
 from tests.models.test_models import build_model
 from tests.models.test_synthesis import TARGET, RecordingGenerator, ToyGenerator, crop_arrays
@@ -111,8 +111,8 @@ class CamHeightSpy(ToyGenerator):
 
 
 def test_synthesis_honours_the_checkpoint_switches(monkeypatch) -> None:
-    fallback = argparse.Namespace(protocol=None, no_iterative=True)
-    settings = settings_for({"mask_height": 16.0, "no_hgam": True, "no_shrm": True}, 1.0, fallback)
+    no_iterative = SynthesisFlags(iterative=False)
+    settings = settings_for({"mask_height": 16.0, "no_hgam": True, "no_shrm": True}, 1.0, no_iterative)
     assert settings.switches == ModuleSwitches(eem=True, shrm=False, hgam=False, iterative=False)
     assert settings_for({"mask_height": 16.0}, 1.0).switches == ModuleSwitches()
     heights: list[np.ndarray] = []

@@ -243,6 +243,7 @@ def test_imported_weights_synthesize_through_the_cli_with_either_protocol(tmp_pa
     from data.image_io import load_ct, load_mask
     from data.labels import split_key
     from models.synthesis.plane import synthesize_plane
+    from models.synthesis.run_settings import SynthesisRunSettings
     from models.synthesis.runner import GeneratorRunner
     from models.synthesis.settings import settings_for
     from tests.synthetic_crops import CROP_SIZE, HEIGHTS, make_crop_arrays
@@ -267,7 +268,7 @@ def test_imported_weights_synthesize_through_the_cli_with_either_protocol(tmp_pa
                              load_mask(tmp_path / protocol / "published" / "label_fake" / f"{key}.nii.gz").array)
     opt = script.parse_options(argv)
     loaded = load_generator(tmp_path / "checkpoints" / "published" / "latest.pth")
-    settings = settings_for(loaded.options, 1.0, opt)
+    settings = settings_for(loaded.options, 1.0, SynthesisRunSettings.from_options(opt).flags)
     assert settings.protocol is PROTOCOLS["reference"] and settings.mask_height_px == 40
     expected = synthesize_plane(GeneratorRunner(loaded.generator), ct.astype(np.float32), label_map, None, 20,
                                 "sagittal", settings)

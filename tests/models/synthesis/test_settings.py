@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from data.image_io import DEFAULT_WINDOW_HU
 from data.masking import MIN_COMPONENT_PX
-from models.synthesis.settings import NEIGHBOUR_MIN_PX, neighbour_min_pixels, plane_pixel_area_mm2, settings_for
+from models.synthesis.settings import (
+    NEIGHBOUR_MIN_PX,
+    SynthesisFlags,
+    neighbour_min_pixels,
+    plane_pixel_area_mm2,
+    settings_for,
+)
 from util.protocol import PROTOCOLS
 
 
@@ -24,7 +28,7 @@ def test_neighbour_threshold_is_an_area() -> None:
 
 
 def test_reference_protocol_counts_200_pixels_at_any_spacing() -> None:
-    reference = argparse.Namespace(protocol="reference")
+    reference = SynthesisFlags(protocol="reference")
     assert settings_for({}, 1.0, reference, pixel_area_mm2=0.25).neighbour_min_px == NEIGHBOUR_MIN_PX
     assert settings_for({}, 1.0, reference).protocol is PROTOCOLS["reference"]
 
@@ -36,7 +40,7 @@ def test_band_height_is_the_checkpoints_millimetres_in_rows_of_the_crop() -> Non
 
 
 def test_checkpoint_options_win_over_the_run_flags_which_win_over_the_defaults() -> None:
-    run = argparse.Namespace(mask_height=20.0, hu_window=[-500.0, 500.0], min_component_px=10, protocol=None)
+    run = SynthesisFlags(mask_height_mm=20.0, hu_window=(-500.0, 500.0), min_component_px=10)
     from_checkpoint = settings_for({"mask_height": 30.0, "hu_window": [-1000, 2000], "min_component_px": 5}, 1.0, run)
     assert (from_checkpoint.mask_height_px, from_checkpoint.hu_window, from_checkpoint.min_component_px) == \
         (30, (-1000.0, 2000.0), 5)
