@@ -15,8 +15,9 @@ import models
 from data.masking import extend_band_rows, make_masked_slices
 from models.import_reference_weights import import_reference_weights, reference_key_map
 from models.import_reference_weights import main as import_main
-from models.iterative_synthesis import load_generator, reference_float_grey, truncate_to_grey
 from models.networks import HealthiVertGenerator
+from models.synthesis.checkpoints import load_generator
+from models.synthesis.truncation import reference_float_grey, truncate_to_grey
 from models.synthetic import synthetic_batch
 from tests.paths import REFERENCE_DIR, REPO_ROOT
 from util.protocol import PROTOCOLS, get_protocol
@@ -241,7 +242,10 @@ def test_imported_weights_synthesize_through_the_cli_with_either_protocol(tmp_pa
     from data.crops import crop_affine, write_crop
     from data.image_io import load_ct, load_mask
     from data.labels import split_key
-    from models.iterative_synthesis import GeneratorRunner, settings_for, synthesize_plane
+    from models.synthesis.plane import synthesize_plane
+    from models.synthesis.run_settings import SynthesisRunSettings
+    from models.synthesis.runner import GeneratorRunner
+    from models.synthesis.settings import settings_for
     from tests.synthetic_crops import CROP_SIZE, HEIGHTS, make_crop_arrays
 
     torch.manual_seed(0)
@@ -264,7 +268,7 @@ def test_imported_weights_synthesize_through_the_cli_with_either_protocol(tmp_pa
                              load_mask(tmp_path / protocol / "published" / "label_fake" / f"{key}.nii.gz").array)
     opt = script.parse_options(argv)
     loaded = load_generator(tmp_path / "checkpoints" / "published" / "latest.pth")
-    settings = settings_for(loaded.options, 1.0, opt)
+    settings = settings_for(loaded.options, 1.0, SynthesisRunSettings.from_options(opt).flags)
     assert settings.protocol is PROTOCOLS["reference"] and settings.mask_height_px == 40
     expected = synthesize_plane(GeneratorRunner(loaded.generator), ct.astype(np.float32), label_map, None, 20,
                                 "sagittal", settings)
