@@ -13,8 +13,8 @@ from Attention.networks import build_classifier
 
 
 def _options() -> argparse.Namespace:
-    return argparse.Namespace(arch="small", hu_window=[-1000.0, 2000.0], dataroot=Path("d/straightened"),
-                              n_slices=30)
+    return argparse.Namespace(arch="small", hu_window=[-1000.0, 2000.0], view_mm=40.0,
+                              dataroot=Path("d/straightened"), n_slices=30)
 
 
 def test_round_trip_predicts_the_same(tmp_path):
@@ -27,6 +27,7 @@ def test_round_trip_predicts_the_same(tmp_path):
                     crop_geometry={"crop_size": [64, 48, 40], "crop_spacing_mm": [1.0, 1.0, 1.0]})
     raw = torch.load(path, weights_only=True)
     assert raw["epoch"] == 3 and raw["window_hu"] == [-1000.0, 2000.0] and raw["crop_size"] == [64, 48, 40]
+    assert raw["view_mm"] == 40.0
     assert raw["options"]["dataroot"] == "d/straightened" and "fracture_probability" not in raw["metrics"]
     loaded, checkpoint = load_classifier(path)
     images = torch.randn(2, 1, 32, 32)

@@ -16,6 +16,7 @@ from Attention.slices import (
     random_vertical_flip,
     sagittal_slices,
     sample_weights,
+    view_rows,
 )
 
 
@@ -25,6 +26,13 @@ def test_central_sagittal_slices():
     assert central_sagittal_slices(20, 30) == (0, 20)
     with pytest.raises(ValueError, match="n_slices must be >= 1"):
         central_sagittal_slices(20, 0)
+
+
+def test_view_rows_are_the_central_rows_spanning_view_mm():
+    assert view_rows(64, 2.0, 0.0) == (0, 64)
+    assert view_rows(64, 2.0, 40.0) == (22, 42)
+    assert view_rows(64, 2.0, 500.0) == (0, 64)
+    assert view_rows(64, 2.0, 0.5) == (32, 33)
 
 
 def test_body_slice_indices_counts_target_voxels_per_sagittal_slice():
@@ -43,6 +51,8 @@ def test_sagittal_slices_keep_rows_superior_inferior_and_window():
     images = sagittal_slices(ct, [2, 4], window=(-1000.0, 3000.0))
     assert images.shape == (2, 1, 4, 3) and images.dtype == np.float32
     assert np.all(images[0, 0, 0] == 1.0) and np.all(images[0, 0, 1:] == -1.0) and np.all(images[1] == -1.0)
+    rows = sagittal_slices(ct, [2], window=(-1000.0, 3000.0), rows=(0, 2))
+    assert rows.shape == (1, 1, 2, 3) and np.all(rows[0, 0, 0] == 1.0) and np.all(rows[0, 0, 1] == -1.0)
 
 
 def _vertebrae(counts: list[tuple[bool, int]]) -> list[VertebraSlices]:
