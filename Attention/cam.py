@@ -5,7 +5,9 @@ For each straightened crop (axes S->I, A->P, R->L), the central ``n_slices``
 sagittal slices ``ct[:, :, z]`` are windowed as in training and passed in
 batches through the classifier; Grad-CAM++ (``grad-cam`` package) for the
 fracture class is taken at the last convolutional block, resized to the slice
-and min-max normalised per slice to [0, 1]. All other slices are zero. The map
+and min-max normalised per slice to [0, 1] (``--normalise volume``: divided by the crop's maximum
+instead). All other slices are zero, and so are the rows outside the classifier's view when it was
+trained with ``--view_mm``. The map
 is written as ``<out>/<key>.nii.gz`` (float32, the crop's grid and affine) with
 a PNG montage ``<out>/<key>.png`` of the map over the CT.
 
