@@ -1,10 +1,13 @@
-"""Grad-CAM++ attention maps of the fracture classifier (HGAM, DESIGN 3.4 and 4.5).
+"""Grad-CAM++ attention maps of the fracture classifier (HGAM; docs/design.md "Attention maps",
+docs/design.md "Attention classifier").
 
 For each straightened crop (axes S->I, A->P, R->L), the central ``n_slices``
 sagittal slices ``ct[:, :, z]`` are windowed as in training and passed in
 batches through the classifier; Grad-CAM++ (``grad-cam`` package) for the
 fracture class is taken at the last convolutional block, resized to the slice
-and min-max normalised per slice to [0, 1]. All other slices are zero. The map
+and min-max normalised per slice to [0, 1] (``--normalise volume``: divided by the crop's maximum
+instead). All other slices are zero, and so are the rows outside the classifier's view when it was
+trained with ``--view_mm``. The map
 is written as ``<out>/<key>.nii.gz`` (float32, the crop's grid and affine) with
 a PNG montage ``<out>/<key>.png`` of the map over the CT.
 
@@ -32,15 +35,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from tqdm import tqdm
 
-from Attention.classifier import (
-    FRACTURE_CLASS,
-    cam_target_layer,
-    central_sagittal_slices,
-    checkpoint_path,
-    load_classifier,
-    sagittal_slices,
-)
+from Attention.checkpoint import checkpoint_path, load_classifier
 from Attention.localisation import DEFAULT_SLACK_VOXELS, localise, summarise
+from Attention.networks import FRACTURE_CLASS, cam_target_layer
+from Attention.slices import central_sagittal_slices, sagittal_slices, view_rows
 from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import ImageIOError, load_ct, save_nifti, window_hu
 from data.labels import parse_key
@@ -52,6 +50,7 @@ from util.fileio import atomic_path, atomic_write, prepare_output_dir, read_json
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_N_SLICES = 30
+CAM_NORMALISATIONS = ("slice", "volume")
 MONTAGE_PANELS = 6
 
 
@@ -74,30 +73,65 @@ def minmax_per_slice(maps: np.ndarray) -> np.ndarray:
     return np.clip(scaled, 0.0, 1.0)
 
 
-def fracture_cam(model: nn.Module, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+class UnscaledGradCAMPlusPlus(GradCAMPlusPlus):
+    """The package's Grad-CAM++ without its per-image min-max scaling: ReLU of the weighted activations,
+    resized (bilinear) to the input, so that maps of several images keep their relative strength."""
+
+    def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list[nn.Module],
+                              eigen_smooth: bool) -> list[np.ndarray]:
+        activations = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
+        grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+        size = tuple(input_tensor.shape[-2:])
+        per_layer = []
+        for layer, layer_activations, layer_grads in zip(self.target_layers, activations, grads):
+            cam = np.maximum(self.get_cam_image(input_tensor, layer, targets, layer_activations, layer_grads,
+                                                eigen_smooth), 0)
+            resized = nn.functional.interpolate(torch.from_numpy(np.float32(cam))[:, None], size=size,
+                                                mode="bilinear", align_corners=False)
+            per_layer.append(resized.numpy())
+        return per_layer
+
+    def aggregate_multi_layers(self, cam_per_target_layer: list[np.ndarray]) -> np.ndarray:
+        return np.maximum(np.concatenate(cam_per_target_layer, axis=1), 0).mean(axis=1)
+
+
+def fracture_cam(model: nn.Module, images: torch.Tensor, batch_size: int,
+                 normalise: str = "slice") -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM++ of the fracture class for images (N, 1, H, W), in batches.
 
-    Returns maps (N, H, W) float32 min-max normalised per image, and fracture probabilities (N,).
+    Returns maps (N, H, W) float32 in [0, 1] and fracture probabilities (N,). ``normalise``: ``"slice"``
+    min-max normalises each image (the published code); ``"volume"`` divides all by their common maximum,
+    so a slice with little fracture evidence keeps a weak map instead of a full-scale one.
     """
+    if normalise not in CAM_NORMALISATIONS:
+        raise ValueError(f"unknown CAM normalisation {normalise!r}; choose one of {list(CAM_NORMALISATIONS)}")
     maps, probabilities = [], []
-    with GradCAMPlusPlus(model=model, target_layers=[cam_target_layer(model)]) as cam:
+    method = GradCAMPlusPlus if normalise == "slice" else UnscaledGradCAMPlusPlus
+    with method(model=model, target_layers=[cam_target_layer(model)]) as cam:
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
             targets = [ClassifierOutputTarget(FRACTURE_CLASS)] * len(batch)
             maps.append(cam(input_tensor=batch, targets=targets))
             probabilities.append(torch.softmax(cam.outputs.detach(), dim=1)[:, FRACTURE_CLASS].cpu().numpy())
-    return minmax_per_slice(np.concatenate(maps)), np.concatenate(probabilities)
+    maps = np.concatenate(maps).astype(np.float32)
+    if normalise == "slice":
+        return minmax_per_slice(maps), np.concatenate(probabilities)
+    peak = float(maps.max()) if maps.size else 0.0
+    return (maps / peak if peak > 0 else np.zeros_like(maps)), np.concatenate(probabilities)
 
 
 def cam_volume(model: nn.Module, ct_hu: np.ndarray, window: tuple[float, float],
-               n_slices: int = DEFAULT_N_SLICES, batch_size: int = 16) -> CamResult:
+               n_slices: int = DEFAULT_N_SLICES, batch_size: int = 16, view_mm: float = 0.0,
+               row_spacing_mm: float = 1.0, normalise: str = "slice") -> CamResult:
     """Attention map of one crop (S->I, A->P, R->L, HU) on the crop's grid, zero outside the
-    central ``n_slices`` sagittal slices."""
+    central ``n_slices`` sagittal slices and, with ``view_mm`` > 0 (the classifier's view), outside the
+    central rows spanning ``view_mm`` (rows ``row_spacing_mm`` apart)."""
     start, stop = central_sagittal_slices(ct_hu.shape[2], n_slices)
-    images = torch.from_numpy(sagittal_slices(ct_hu, range(start, stop), window))
-    maps, probabilities = fracture_cam(model, images, batch_size)
+    rows = view_rows(ct_hu.shape[0], row_spacing_mm, view_mm)
+    images = torch.from_numpy(sagittal_slices(ct_hu, range(start, stop), window, rows))
+    maps, probabilities = fracture_cam(model, images, batch_size, normalise)
     volume = np.zeros(ct_hu.shape, dtype=np.float32)
-    volume[:, :, start:stop] = np.moveaxis(maps, 0, 2)
+    volume[rows[0]:rows[1], :, start:stop] = np.moveaxis(maps, 0, 2)
     return CamResult(volume, (start, stop), float(probabilities.mean()))
 
 
@@ -146,6 +180,9 @@ def cam_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_slices", type=int, default=DEFAULT_N_SLICES,
                         help="central sagittal slices that get a map (zero elsewhere)")
     parser.add_argument("--batch_size", type=int, default=16, help="slices per Grad-CAM++ batch")
+    parser.add_argument("--normalise", choices=CAM_NORMALISATIONS, default="slice",
+                        help="slice: min-max per sagittal slice (the published code); volume: by the crop's maximum, "
+                             "so slices without fracture evidence keep weak maps")
     parser.add_argument("--keys", nargs="+", default=None, metavar="KEY",
                         help="only these crops (<case>_<v>); default: every crop under --dataroot")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
@@ -224,14 +261,16 @@ def write_localisation(out: Path, records: dict[str, dict[str, Any]]) -> dict[st
     return summary
 
 
-def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, window: tuple[float, float]) -> float:
+def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, window: tuple[float, float],
+             view_mm: float) -> float:
     """Compute and write the map (and PNG) of one crop into ``out``; returns its fracture probability."""
     paths = crop_paths(opt.dataroot, key)
     missing = [str(p) for p in (paths.ct, paths.label) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{key}: crop file not found: {', '.join(missing)}")
     crop = load_crop(opt.dataroot, key)
-    result = cam_volume(model, crop.ct_hu, window, opt.n_slices, opt.batch_size)
+    result = cam_volume(model, crop.ct_hu, window, opt.n_slices, opt.batch_size, view_mm,
+                        float(crop.spacing_mm[0]), opt.normalise)
     if not opt.no_png:
         save_montage(out / f"{key}.png", crop.ct_hu, result.volume, result.slice_range, crop.spacing_mm, window,
                      f"{key}  p(fracture) = {result.fracture_probability:.2f}")
@@ -250,6 +289,7 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(opt.gpu_ids)
     model, checkpoint = load_classifier(checkpoint_path(opt.checkpoints_dir, opt.name), device)
     window = (float(checkpoint["window_hu"][0]), float(checkpoint["window_hu"][1]))
+    view_mm = float(checkpoint.get("view_mm", 0.0))  # checkpoints written before the view have none
     out = prepare_output_dir(Path(opt.out) if opt.out is not None else default_cam_dir(opt.dataroot),
                              "attention map folder (--out)")
     keys = list(opt.keys) if opt.keys else list_crop_keys(opt.dataroot)
@@ -264,7 +304,7 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
             skipped.append(key)
             continue
         try:
-            probabilities[key] = _map_one(model, opt, key, out, window)
+            probabilities[key] = _map_one(model, opt, key, out, window, view_mm)
             written.append(key)
         except (OSError, ValueError) as err:
             failed[key] = str(err)

@@ -38,12 +38,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from Attention.classifier import (
-    _se_bottleneck,
-    adamw_with_linear_decay,
-    add_optimizer_and_device_options,
-    plain_options,
-)
+from Attention.checkpoint import plain_options
+from Attention.networks import se_bottleneck
+from Attention.training import adamw_with_linear_decay, add_optimizer_and_device_options
 from data.crops import crop_paths, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU, window_hu
 from evaluation.grading import POOL_SPLITS, SCORE_SPLIT, grading_folds
@@ -71,7 +68,7 @@ class SmallSEResNet3D(nn.Module):
         channels = base_width
         for stage, stride in enumerate((1, 2, 2, 2)):
             width = base_width * 2 ** stage
-            layers.append(_se_bottleneck(channels, width, stride, 1, reduction, spatial_dims=3))
+            layers.append(se_bottleneck(channels, width, stride, 1, reduction, spatial_dims=3))
             channels = width
         self.body = nn.Sequential(*layers)
         self.out_features = channels

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import logging  # noqa: E402
 
-from Attention.classifier import format_metrics, parse_classifier_options, train_classifier  # noqa: E402
+from Attention.training import format_metrics, parse_classifier_options, train_classifier  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,8 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from Attention.cam import generate_maps, parse_cam_options  # noqa: E402
-from Attention.classifier import ARCHS, parse_classifier_options, train_classifier  # noqa: E402
+from Attention.networks import ARCHS  # noqa: E402
+from Attention.training import parse_classifier_options, train_classifier  # noqa: E402
 from data.crops import list_crop_keys  # noqa: E402
 from data.phantoms.cohort import make_cohort  # noqa: E402
 from straighten.pipeline import straighten_root  # noqa: E402

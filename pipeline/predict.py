@@ -115,7 +115,7 @@ def model_geometry(path: Path, options: dict[str, Any],
 
 def check_classifier_geometry(settings: PredictSettings, crop_size: tuple[int, int, int], spacing: float) -> str | None:
     """Refuse a classifier trained on crops of another size or spacing (mm); a note when it does not record them."""
-    from Attention.classifier import checkpoint_path, load_classifier
+    from Attention.checkpoint import checkpoint_path, load_classifier
 
     path = checkpoint_path(settings.checkpoints_dir, str(settings.classifier))
     _, checkpoint = load_classifier(path)

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from Attention.classifier import checkpoint_path, evaluate, load_classifier, load_vertebra_slices
+from Attention.checkpoint import checkpoint_path, load_classifier
+from Attention.slices import load_vertebra_slices
+from Attention.training import evaluate
 from data.aligned_dataset import AlignedDataset
 from data.crops import list_crop_keys, load_crop, read_split
 from data.image_io import DEFAULT_WINDOW_HU

@@ -18,7 +18,8 @@ import pytest
 from scipy import ndimage
 
 import predict
-from Attention.classifier import checkpoint_path, parse_classifier_options, train_classifier
+from Attention.checkpoint import checkpoint_path
+from Attention.training import parse_classifier_options, train_classifier
 from data.crops import crop_affine, load_crop, write_crop
 from data.labels import split_key, vertebra_name
 from data.masking import make_masked_slices

@@ -19,7 +19,7 @@ TINY = ["--num_threads", "0", "--ngf", "2", "--ndf", "4", "--mask_height", "16",
 
 
 def test_grad_cam_reports_cuda_oom_per_vertebra_and_goes_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def map_one(_model, _opt, key, _out, _window) -> float:
+    def map_one(_model, _opt, key, _out, _window, _view_mm) -> float:
         if key == "big_20":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return 0.25
