@@ -19,9 +19,10 @@ from matplotlib.patches import Patch
 
 from data.crops import load_crop
 from data.image_io import Volume, load_ct, load_mask
+from pipeline.figures import CT_DISPLAY_WINDOW_HU
+from pipeline.html import figure_data_uri, file_data_uri, format_value
 from straighten.frames import StraightLine, grid_for_crops
-from util.fileio import atomic_write
-from util.report import CT_DISPLAY_WINDOW_HU, figure_data_uri, file_data_uri
+from util.html import html_document, write_html
 
 if TYPE_CHECKING:
     from pipeline.predict import PredictSettings
@@ -41,11 +42,7 @@ img { max-width: 100%; }
 
 
 def _number(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return html.escape(format_value(value, digits, missing="–"))
 
 
 def _grade_swatch(grade: Any) -> str:
@@ -185,8 +182,4 @@ def write_report(path: Path, settings: PredictSettings, table: pd.DataFrame, met
     ]
     if note_items:
         body.append(f"<h2>Notes</h2><ul class='note'>{note_items}</ul>")
-    document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>HealthiVert report</title>"
-                f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
-    with atomic_write(path, encoding="utf-8") as handle:
-        handle.write(document)
-    return path
+    return write_html(path, html_document("HealthiVert report", "".join(body), STYLE))

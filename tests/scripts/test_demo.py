@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from util.report import demo_summary, write_report
 
 import demo
 from evaluation.phantom_truth import (
@@ -21,7 +22,6 @@ from evaluation.phantom_truth import (
     truth_table,
 )
 from util.fileio import write_json
-from util.report import demo_summary, write_report
 
 
 def _truth_file(root: Path, case: str, vertebrae: list[dict]) -> None:
