@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,17 @@ from pipeline.html import figure_data_uri, file_data_uri, format_value
 from straighten.frames import StraightLine, grid_for_crops
 from util.html import html_document, write_html
 
-if TYPE_CHECKING:
-    from pipeline.predict import PredictSettings
+
+class ScanSettings(Protocol):
+    """What the report names of a prediction's settings (``pipeline.predict.PredictSettings`` has them);
+    a protocol, so the report does not import the chain that calls it."""
+
+    ct: Path
+    mask: Path
+    name: str
+    label_scheme: str
+    reference: str
+
 
 GRADE_COLOURS = ("#2ca02c", "#ffd700", "#ff7f0e", "#d62728")  # grades 0..3
 GRADE_NAMES = ("0 normal", "1 mild", "2 moderate", "3 severe")
@@ -158,7 +167,7 @@ def vertebra_section(row: Any, dataroot: Path, fake_root: Path, maps: Path, refe
     return "".join(parts)
 
 
-def write_report(path: Path, settings: PredictSettings, table: pd.DataFrame, method: str, notes: list[str],
+def write_report(path: Path, settings: ScanSettings, table: pd.DataFrame, method: str, notes: list[str],
                  ct: Volume, pseudo_hu: np.ndarray, grades: np.ndarray, dataroot: Path, fake_root: Path,
                  maps: Path) -> Path:
     """Write ``report.html`` (atomic) and return its path."""

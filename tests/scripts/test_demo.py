@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from util.report import demo_summary, write_report
 
 import demo
 from evaluation.phantom_truth import (
@@ -21,6 +20,11 @@ from evaluation.phantom_truth import (
     threshold_confusion,
     truth_table,
 )
+from pipeline.report_data import demo_summary
+from pipeline.run import FULL, QUICK, DemoPaths, PipelineRun, Step, StepResult
+from pipeline.run_report import write_report
+from pipeline.runner import prepare_out_dir
+from pipeline.steps import build_steps
 from util.fileio import write_json
 
 
@@ -76,12 +80,12 @@ def test_config_overrides_and_quick_preset() -> None:
     args = Namespace(quick=True, cases=5, seed=3, gan_epochs=9)
     config = demo.config_from_args(args)
     assert (config.cases, config.seed, config.gan_epochs, config.gan_epochs_decay) == (5, 3, 9, 3)
-    assert config.vertebrae == demo.QUICK.vertebrae
-    assert demo.FULL.generation_min_slice_voxels == 100  # 400 voxels at 1 mm -> 100 at 2 mm
+    assert config.vertebrae == QUICK.vertebrae
+    assert FULL.generation_min_slice_voxels == 100  # 400 voxels at 1 mm -> 100 at 2 mm
 
 
 def test_steps_cover_the_pipeline_in_order(tmp_path: Path, repo_root: Path) -> None:
-    steps = demo.build_steps(demo.QUICK, demo.DemoPaths(tmp_path), "-1")
+    steps = build_steps(QUICK, DemoPaths(tmp_path), "-1")
     assert [s.script for s in steps] == [
         "data/make_phantoms.py", "straighten/location_json_local.py", "straighten/straighten_mask_3d.py",
         "Attention/train_classifier.py", "Attention/grad_CAM_3d_sagittal.py", "train.py",
@@ -95,19 +99,19 @@ def test_out_dir_with_an_earlier_run_needs_overwrite(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        demo.prepare_out_dir(tmp_path, overwrite=False)
-    demo.prepare_out_dir(tmp_path, overwrite=True)
+        prepare_out_dir(tmp_path, overwrite=False)
+    prepare_out_dir(tmp_path, overwrite=True)
     assert not (tmp_path / "raw").exists()
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     produced = tmp_path / "x.txt"
-    failing = demo.Step("boom", "-c", ["import sys; print('bad input'); sys.exit(3)"], "x.txt", (), (produced,))
-    dependent = demo.Step("after", "-c", ["pass"], "nothing", (produced,), ())
-    independent = demo.Step("other", "-c", ["pass"], "nothing", (), ())
+    failing = Step("boom", "-c", ["import sys; print('bad input'); sys.exit(3)"], "x.txt", (), (produced,))
+    dependent = Step("after", "-c", ["pass"], "nothing", (produced,), ())
+    independent = Step("other", "-c", ["pass"], "nothing", (), ())
     monkeypatch.setattr(demo, "build_steps", lambda config, paths, gpu_ids: [failing, dependent, independent])
-    run = demo.run_pipeline(demo.QUICK, tmp_path, echo=False)
+    run = demo.run_pipeline(QUICK, tmp_path, echo=False)
     assert [s.status for s in run.steps] == ["failed", "skipped", "ok"]
     assert "bad input" in Path(run.steps[0].log).read_text()
     assert "x.txt is missing" in run.steps[1].log
@@ -115,8 +119,8 @@ def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_report_is_written_when_artefacts_are_missing(truth_root: Path) -> None:
-    run = demo.PipelineRun(demo.QUICK, demo.DemoPaths(truth_root), "-1",
-                           [demo.StepResult("phantoms", "python data/make_phantoms.py", "raw/", 0, 1, 1, 1.0, 0.5)])
+    run = PipelineRun(QUICK, DemoPaths(truth_root), "-1",
+                      [StepResult("phantoms", "python data/make_phantoms.py", "raw/", 0, 1, 1, 1.0, 0.5)])
     summary = demo_summary(run)
     assert summary["cohort"]["vertebrae"] == 3 and summary["cohort"]["adjacent_fracture"] == 1
     page = write_report(run, summary).read_text()
