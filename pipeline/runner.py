@@ -84,8 +84,10 @@ def run_step(step: Step, log_dir: Path, index: int, verbose: bool = False, threa
 
 def log_tail(path: str | Path, lines: int = 12) -> str:
     """The last ``lines`` lines of a log (progress-bar carriage returns folded)."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    kept = [line.rsplit("\r", 1)[-1] for line in text.splitlines() if line.strip()]
+    # newline="" and split("\n"): universal newlines and splitlines() would break at a progress bar's \r
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        text = handle.read()
+    kept = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n") if line.strip()]
     return "\n".join(kept[-lines:])
 
 

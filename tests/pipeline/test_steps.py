@@ -44,7 +44,7 @@ def test_the_run_name_and_sizes_reach_the_scripts(tmp_path: Path) -> None:
     steps = {s.name: s for s in build_steps(config, paths, "0")}
     assert _flag(steps["training"], "--name") == _flag(steps["synthesis"], "--name") == "trial"
     assert Path(_flag(steps["synthesis"], "--results_dir")) / "trial" == paths.results
-    assert steps["synthesis"].outputs == (paths.results / "label_fake",)
+    assert steps["synthesis"].outputs == (paths.results / "label_fake", paths.results / "CT_fake")
     assert _flag(steps["RHLV"], "--out") == str(paths.rhlv)
     assert _flag(steps["SVM grading (neighbours)"], "--rhlv") == str(paths.rhlv_neighbours)
     assert _flag(steps["training"], "--ngf") == "12" and _flag(steps["SVM grading"], "--n_splits") == "4"
