@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from Attention.localisation import localise
 from data.crops import load_crop
@@ -21,12 +20,7 @@ from pipeline.figures import (
 )
 from pipeline.report_data import pick_examples
 from pipeline.run import PipelineRun
-from tests.pipeline.small_run import LOSS_TERMS, write_small_run
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    return write_small_run(tmp_path_factory.mktemp("run"))
+from tests.pipeline.small_run import LOSS_TERMS
 
 
 def _examples(run: PipelineRun):

@@ -10,12 +10,7 @@ import pytest
 
 from pipeline.report_data import demo_summary, load_report_data, pick_examples, summary_text
 from pipeline.run import PipelineRun
-from tests.pipeline.small_run import CASES, FRACTURES, LABELS, write_small_run
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
-    return write_small_run(tmp_path_factory.mktemp("run"))
+from tests.pipeline.small_run import CASES, FRACTURES, LABELS
 
 
 def _true_losses(run: PipelineRun) -> dict[str, tuple[float, float, float]]:

@@ -69,9 +69,8 @@ def rows_by_first_cells(table: list[list[str]], width: int = 2) -> dict[tuple[st
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineRun, Page]:
-    run = write_small_run(tmp_path_factory.mktemp("run"))
-    return run, parse(write_report(run))
+def report(small_run: PipelineRun) -> tuple[PipelineRun, Page]:
+    return small_run, parse(write_report(small_run))
 
 
 def test_sections_in_order_and_every_figure_embedded(report) -> None:
