@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -136,8 +137,11 @@ def test_cohort_table_lists_each_case_and_its_fractures(report) -> None:
     assert cases[("ph001",)][6] == "L1 wedge 45% (g3)"
 
 
-def test_paths_the_page_names_exist(report) -> None:
+def test_paths_the_page_names_exist(report, repo_root: Path) -> None:
     run, page = report
+    scripts = set(re.findall(r"\b[\w]+/[\w/]+\.py\b", run.paths.report.read_text(encoding="utf-8")))
+    assert {"evaluation/SVM_grading.py", "benchmarks/phantom_accuracy.py"} <= scripts
+    assert all((repo_root / script).is_file() for script in scripts), scripts
     assert str(run.paths.root) in page.codes and Path(page.codes[page.codes.index(str(run.paths.root))]).is_dir()
     summary = demo_summary(run)
     assert all(Path(step["log"]).is_file() for step in summary["steps"])
