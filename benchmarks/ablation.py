@@ -8,7 +8,7 @@ the demo's first steps); then for the full model and each single-module ablation
 ``--no_shrm``, ``--no_hgam`` at training, ``--no_iterative`` at synthesis; ``models.module_switches``)
 the demo's later steps (training with ``--max_steps ITERATIONS``, synthesis, RHLV, SVM grading,
 generation metrics) run in ``DIR/<variant>`` on that cohort with the same seed and budget. Every
-step is the repository script ``demo.py`` runs (``demo.build_steps`` / ``demo.run_step``).
+step is the repository script ``demo.py`` runs (``pipeline.steps.build_steps`` / ``pipeline.runner.run_step``).
 
 Writes ``DIR/ablation.json`` and ``DIR/ablation.md``: one Markdown row per variant with the mean
 absolute error of the anterior / middle / posterior RHLV against the phantom truth over all
@@ -36,11 +36,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import demo  # noqa: E402
 from Attention.localisation import summary_lines  # noqa: E402
 from evaluation.phantom_truth import accuracy_summary, subsets  # noqa: E402
+from pipeline.report_data import load_report_data  # noqa: E402
+from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, Step, StepResult  # noqa: E402
+from pipeline.runner import gpu_ids_for, prepare_out_dir, run_step  # noqa: E402
+from pipeline.steps import build_steps  # noqa: E402
 from util.fileio import atomic_write, prepare_output_dir, read_json, write_json  # noqa: E402
-from util.report import load_report_data  # noqa: E402
 
 SHARED_STEPS = ("phantoms", "centroids", "straightening", "classifier", "attention maps")
 VARIANT_STEPS = ("training", "synthesis", "RHLV", "SVM grading", "generation metrics")
@@ -76,10 +78,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/ablation"), help="output folder")
     parser.add_argument("--cases", type=int, default=None,
-                        help=f"phantom cases, T10-L5 each (default {demo.FULL.cases}; {demo.QUICK.cases} with --quick)")
+                        help=f"phantom cases, T10-L5 each (default {FULL.cases}; {QUICK.cases} with --quick)")
     parser.add_argument("--iterations", type=int, default=400,
                         help="generator training iterations of every variant (train.py --max_steps)")
-    parser.add_argument("--seed", type=int, default=demo.FULL.seed, help="cohort and training seed")
+    parser.add_argument("--seed", type=int, default=FULL.seed, help="cohort and training seed")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each step (0: no limit)")
     parser.add_argument("--quick", action="store_true",
                         help="the demo's --quick sizes (4 cases, one-epoch classifier); --iterations still applies")
@@ -93,44 +95,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_steps(steps: Sequence[demo.Step], log_dir: Path, threads: int | None,
-              first_index: int = 1) -> list[demo.StepResult]:
-    """Run ``steps`` in order with ``demo.run_step``; a step whose inputs are missing is skipped."""
+def run_steps(steps: Sequence[Step], log_dir: Path, threads: int | None,
+              first_index: int = 1) -> list[StepResult]:
+    """Run ``steps`` in order with ``pipeline.runner.run_step``; a step whose inputs are missing is skipped."""
     log_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for index, step in enumerate(steps, start=first_index):
         missing = [path for path in step.inputs if not path.exists()]
         if missing:
-            result = demo.StepResult(step.name, step.display(), step.artefact, log=f"skipped: {missing[0]} is missing")
+            result = StepResult(step.name, step.display(), step.artefact, log=f"skipped: {missing[0]} is missing")
         else:
-            result = demo.run_step(step, log_dir, index, threads=threads)
+            result = run_step(step, log_dir, index, threads=threads)
         print(f"  {step.name:<22} {result.status:<10} {result.wall_s:7.1f} s  log: {result.log}", flush=True)
         results.append(result)
     return results
 
 
-def variant_steps(config: demo.DemoConfig, paths: demo.DemoPaths, gpu_ids: str, variant: Variant,
-                  iterations: int) -> list[demo.Step]:
+def variant_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str, variant: Variant,
+                  iterations: int) -> list[Step]:
     """The demo's training-to-evaluation steps in ``paths``, with the variant's flags and the iteration budget."""
     extra = {"training": [*variant.train_flags, "--max_steps", str(iterations)],
              "synthesis": list(variant.synthesis_flags)}
     return [replace(step, args=[*step.args, *extra.get(step.name, [])])
-            for step in demo.build_steps(config, paths, gpu_ids) if step.name in VARIANT_STEPS]
+            for step in build_steps(config, paths, gpu_ids) if step.name in VARIANT_STEPS]
 
 
-def link_cohort(cohort: demo.DemoPaths, variant_root: Path) -> demo.DemoPaths:
+def link_cohort(cohort: DemoPaths, variant_root: Path) -> DemoPaths:
     """``variant_root`` with links to the cohort's raw data, crops, maps and split (read, never written)."""
     variant_root.mkdir(parents=True, exist_ok=True)
     for name in SHARED_ENTRIES:
         link = variant_root / name
         if not link.exists():
             link.symlink_to(cohort.root / name, target_is_directory=(cohort.root / name).is_dir())
-    return demo.DemoPaths(variant_root)
+    return DemoPaths(variant_root)
 
 
-def variant_metrics(config: demo.DemoConfig, paths: demo.DemoPaths) -> dict[str, Any]:
+def variant_metrics(config: DemoConfig, paths: DemoPaths) -> dict[str, Any]:
     """The table's numbers of one variant's run (NaN where a step produced nothing)."""
-    data = load_report_data(demo.PipelineRun(config, paths, "-1"))
+    data = load_report_data(PipelineRun(config, paths, "-1"))
     metrics: dict[str, Any] = {}
     comparison = data.comparisons.get(METHOD)
     if comparison is not None:
@@ -183,18 +185,18 @@ def write_outputs(out: Path, rows: Mapping[str, Mapping[str, Any]], info: Mappin
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out.resolve()
-    base = demo.QUICK if args.quick else demo.FULL
+    base = QUICK if args.quick else FULL
     # every epoch has at least one iteration, so --max_steps ends the training; constant learning rate
     config = replace(base, cases=args.cases or base.cases, seed=args.seed, gan_epochs=args.iterations,
                      gan_epochs_decay=0)
-    gpu_ids = demo.gpu_ids_for(args.device)
+    gpu_ids = gpu_ids_for(args.device)
     if args.tabulate_only:
         if not (out / RESULT_FILE).is_file():
             print(f"error: {out / RESULT_FILE}: no earlier ablation run to tabulate", file=sys.stderr)
             return 2
         info = {k: v for k, v in read_json(out / RESULT_FILE).items() if k not in ("variants", "table_markdown")}
-        config = demo.DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
-        rows = {v.name: variant_metrics(config, demo.DemoPaths(out / v.slug)) for v in VARIANTS}
+        config = DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+        rows = {v.name: variant_metrics(config, DemoPaths(out / v.slug)) for v in VARIANTS}
         print(write_outputs(out, rows, info))
         return 0
     try:
@@ -204,15 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileExistsError(f"{earlier[0]}: holds an earlier ablation run; use --overwrite or another --out")
         for root in earlier:  # a variant folder holds links to the cohort (not followed) and its own outputs
             shutil.rmtree(root)
-        demo.prepare_out_dir(out / "cohort", args.overwrite)
+        prepare_out_dir(out / "cohort", args.overwrite)
     except (FileExistsError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     threads = args.threads or None
     started = time.perf_counter()
-    cohort = demo.DemoPaths(out / "cohort")
+    cohort = DemoPaths(out / "cohort")
     print(f"cohort -> {cohort.root}")
-    shared = [s for s in demo.build_steps(config, cohort, gpu_ids) if s.name in SHARED_STEPS]
+    shared = [s for s in build_steps(config, cohort, gpu_ids) if s.name in SHARED_STEPS]
     results = {"cohort": run_steps(shared, cohort.logs, threads)}
     localisation_file = cohort.heatmap / "localisation.json"  # written by the attention-map step
     localisation = read_json(localisation_file)["summary"] if localisation_file.is_file() else None

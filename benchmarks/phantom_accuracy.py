@@ -33,10 +33,13 @@ import pandas as pd  # noqa: E402
 
 import demo  # noqa: E402
 from evaluation.phantom_truth import accuracy_summary, restrict_to_common, subsets  # noqa: E402
+from pipeline.report_data import demo_summary, load_report_data  # noqa: E402
+from pipeline.run import FULL, DemoConfig, DemoPaths, PipelineRun, StepResult  # noqa: E402
+from pipeline.run_report import write_report  # noqa: E402
+from pipeline.runner import gpu_ids_for  # noqa: E402
 from util.fileio import read_json, write_json  # noqa: E402
-from util.report import demo_summary, load_report_data, write_report  # noqa: E402
 
-BENCHMARK = replace(demo.FULL, cases=12, classifier_epochs=6, classifier_epochs_decay=6, classifier_slices=20,
+BENCHMARK = replace(FULL, cases=12, classifier_epochs=6, classifier_epochs_decay=6, classifier_slices=20,
                     cam_slices=20, gan_epochs=200, gan_epochs_decay=66)
 RESULT_FILE = "phantom_accuracy.json"
 
@@ -57,10 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def training_budget(run: demo.PipelineRun) -> str:
+def training_budget(run: PipelineRun) -> str:
     """Iterations, batch, epochs and the training step's wall/CPU time, from the run's loss log and steps."""
     config = run.config
-    log = run.paths.checkpoints / demo.GAN_NAME / "loss_log.csv"
+    log = run.paths.loss_log
     iterations = int(pd.read_csv(log)["total_iters"].iloc[-1]) if log.is_file() else "?"
     training = next((s for s in run.steps if s.name == "training"), None)
     seconds = f", {training.wall_s / 60:.1f} min wall / {training.cpu_s / 60:.1f} min CPU" if training else ""
@@ -89,12 +92,12 @@ def tables(comparisons: dict[str, pd.DataFrame], summary: dict[str, Any]) -> tup
     return markdown_table(comparisons, svm_f1), markdown_table(restrict_to_common(comparisons), {})
 
 
-def step_from_summary(step: dict[str, Any]) -> demo.StepResult:
+def step_from_summary(step: dict[str, Any]) -> StepResult:
     """A step result back from its ``demo_summary`` entry (status, seconds, command, log)."""
     status = step["status"]
     returncode = None if status == "skipped" else (0 if status == "ok" else 1)
     present = 0 if status in ("failed", "skipped") else 1
-    return demo.StepResult(step["name"], step["command"], "", returncode, present, 1, step["wall_s"], step["cpu_s"],
+    return StepResult(step["name"], step["command"], "", returncode, present, 1, step["wall_s"], step["cpu_s"],
                            step["log"])
 
 
@@ -106,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {result_path}: no earlier benchmark run to tabulate", file=sys.stderr)
             return 2
         info = read_json(result_path)
-        config = demo.DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
-        run = demo.PipelineRun(config, demo.DemoPaths(args.out.resolve()), info.get("gpu_ids", "-1"))
+        config = DemoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["config"].items()})
+        run = PipelineRun(config, DemoPaths(args.out.resolve()), info.get("gpu_ids", "-1"))
         run.steps = [step_from_summary(step) for step in info["steps"]]
     else:
         config = replace(BENCHMARK, cases=args.cases, seed=args.seed, gan_epochs=args.gan_epochs,
                          gan_epochs_decay=args.gan_epochs // 3, compare=args.compare)
         started = time.perf_counter()
         try:
-            run = demo.run_pipeline(config, args.out, demo.gpu_ids_for(args.device), args.overwrite)
+            run = demo.run_pipeline(config, args.out, gpu_ids_for(args.device), args.overwrite)
         except (FileExistsError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -1,1 +1,2 @@
-"""End-to-end application of a trained model to a new scan (``predict.py``): the chain and its report."""
+"""Whole-pipeline applications: the one-scan chain of ``predict.py`` with its report, and the demo run of
+``demo.py`` (its model, step list, step runner, report data, figures and report)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,12 +21,22 @@ from data.crops import load_crop
 from data.image_io import Volume, load_ct, load_mask
 from data.synthesis_layout import OutputLayout
 from evaluation.genant import ANATOMICAL_REGIONS, GENANT_GRADES, GRADE_NAMES
+from pipeline.figures import CT_DISPLAY_WINDOW_HU
+from pipeline.html import figure_data_uri, file_data_uri, format_value
 from straighten.frames import StraightLine, grid_for_crops
-from util.fileio import atomic_write
-from util.report import CT_DISPLAY_WINDOW_HU, figure_data_uri, file_data_uri
+from util.html import html_document, write_html
 
-if TYPE_CHECKING:
-    from pipeline.predict import PredictSettings
+
+class ScanSettings(Protocol):
+    """What the report names of a prediction's settings (``pipeline.predict.PredictSettings`` has them);
+    a protocol, so the report does not import the chain that calls it."""
+
+    ct: Path
+    mask: Path
+    name: str
+    label_scheme: str
+    reference: str
+
 
 GRADE_COLOURS = ("#2ca02c", "#ffd700", "#ff7f0e", "#d62728")  # grades 0..3
 GRADE_LABELS = tuple(f"{grade} {GRADE_NAMES[grade]}" for grade in GENANT_GRADES)
@@ -43,11 +53,7 @@ img { max-width: 100%; }
 
 
 def _number(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "–"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return html.escape(format_value(value, digits, missing="–"))
 
 
 def _grade_swatch(grade: Any) -> str:
@@ -163,7 +169,7 @@ def vertebra_section(row: Any, dataroot: Path, fake_root: Path, maps: Path, refe
     return "".join(parts)
 
 
-def write_report(path: Path, settings: PredictSettings, table: pd.DataFrame, method: str, notes: list[str],
+def write_report(path: Path, settings: ScanSettings, table: pd.DataFrame, method: str, notes: list[str],
                  ct: Volume, pseudo_hu: np.ndarray, grades: np.ndarray, dataroot: Path, fake_root: Path,
                  maps: Path) -> Path:
     """Write ``report.html`` (atomic) and return its path."""
@@ -187,8 +193,4 @@ def write_report(path: Path, settings: PredictSettings, table: pd.DataFrame, met
     ]
     if note_items:
         body.append(f"<h2>Notes</h2><ul class='note'>{note_items}</ul>")
-    document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>HealthiVert report</title>"
-                f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
-    with atomic_write(path, encoding="utf-8") as handle:
-        handle.write(document)
-    return path
+    return write_html(path, html_document("HealthiVert report", "".join(body), STYLE))

@@ -1,4 +1,5 @@
-"""A minimal static HTML page of image rows (pix2pix ``util/html.py`` without the dominate dependency)."""
+"""Static HTML pages: the one page writer (``html_document``, ``write_html``) and a minimal page of image
+rows (pix2pix ``util/html.py`` without the dominate dependency)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,24 @@ import html
 from pathlib import Path
 
 from util.fileio import atomic_write
+
+
+def html_document(title: str, body: str, style: str = "", refresh: int = 0) -> str:
+    """A whole UTF-8 page: ``title`` (escaped), an optional ``<style>`` block, ``body`` as given (HTML);
+    ``refresh`` > 0 reloads the page in the browser every that many seconds."""
+    meta = f"<meta http-equiv='refresh' content='{refresh}'>" if refresh > 0 else ""
+    css = f"<style>{style}</style>" if style else ""
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>{meta}<title>{html.escape(title)}</title>{css}"
+            f"</head><body>{body}</body></html>")
+
+
+def write_html(path: str | Path, document: str) -> Path:
+    """Write ``document`` to ``path`` as UTF-8, atomically (creating its folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, encoding="utf-8") as handle:
+        handle.write(document)
+    return path
 
 
 class HTML:
@@ -44,14 +63,8 @@ class HTML:
 
     def render(self) -> str:
         """The page as a string."""
-        meta = f'<meta http-equiv="refresh" content="{self.refresh}">' if self.refresh > 0 else ""
-        body = "\n".join(self.parts)
-        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">{meta}<title>{html.escape(self.title)}</title>"
-                f"</head>\n<body>\n{body}\n</body></html>\n")
+        return html_document(self.title, "\n" + "\n".join(self.parts) + "\n", refresh=self.refresh) + "\n"
 
     def save(self) -> Path:
         """Write ``index.html`` atomically; returns its path."""
-        path = self.web_dir / "index.html"
-        with atomic_write(path, encoding="utf-8") as handle:
-            handle.write(self.render())
-        return path
+        return write_html(self.web_dir / "index.html", self.render())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from Attention.localisation import aggregate, localise, summarise, target_body
-from util.report import attention_on_target, attention_title
+from pipeline.figures import attention_on_target, attention_title
 
 SHAPE = (32, 24, 8)
 

@@ -84,10 +84,12 @@ def test_demo_compare_adds_the_baselines_on_the_same_folds(tmp_path: Path, repo_
     from dataclasses import replace
 
     import demo
+    from pipeline.run import QUICK, DemoPaths
+    from pipeline.steps import build_steps
 
-    config = replace(demo.QUICK, compare=True)
-    steps = demo.build_steps(config, demo.DemoPaths(tmp_path), "-1")
-    baseline = steps[len(demo.build_steps(demo.QUICK, demo.DemoPaths(tmp_path), "-1")):]
+    config = replace(QUICK, compare=True)
+    steps = build_steps(config, DemoPaths(tmp_path), "-1")
+    baseline = steps[len(build_steps(QUICK, DemoPaths(tmp_path), "-1")):]
     assert [s.script for s in baseline] == [
         "train.py", "eval_3d_sagittal_twostage.py", "evaluation/RHLV_quantification.py", "evaluation/SVM_grading.py",
         "Attention/train_grader3d.py", "evaluation/compare_methods.py"]
@@ -106,15 +108,16 @@ def test_demo_compare_adds_the_baselines_on_the_same_folds(tmp_path: Path, repo_
 def test_report_shows_the_comparison_table(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    import demo
-    from util.report import demo_summary, write_report
+    from pipeline.report_data import demo_summary
+    from pipeline.run import QUICK, DemoPaths, PipelineRun
+    from pipeline.run_report import write_report
 
     specs = [f"{key}={write_grading(tmp_path / key, folds)}" for key, folds in FOLDS.items()]
-    paths = demo.DemoPaths(tmp_path)
+    paths = DemoPaths(tmp_path)
     assert compare_methods.main(["--out", str(paths.comparison), "--runs", *specs]) == 0
-    run = demo.PipelineRun(replace(demo.QUICK, compare=True), paths, "-1")
+    run = PipelineRun(replace(QUICK, compare=True), paths, "-1")
     summary = demo_summary(run)
     assert summary["comparison"]["HealthiVert-GAN"]["macro_precision_mean"] == pytest.approx(0.7)
-    page = write_report(run, summary).read_text()
+    page = write_report(run, summary).read_text(encoding="utf-8")
     assert "Method comparison (the paper&#x27;s table)" in page
     assert "0.700 ± 0.100" in page and "0.723" in page and "not results of this run" in page

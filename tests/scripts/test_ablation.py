@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 import ablation  # noqa: E402
 
-import demo  # noqa: E402
+from pipeline.run import QUICK, DemoPaths  # noqa: E402
 
 
 def test_flags_and_defaults() -> None:
@@ -26,10 +26,10 @@ def test_flags_and_defaults() -> None:
 
 
 def test_each_variant_adds_only_its_own_flag(tmp_path: Path) -> None:
-    paths = demo.DemoPaths(tmp_path)
+    paths = DemoPaths(tmp_path)
     seen = {}
     for variant in ablation.VARIANTS:
-        steps = {s.name: s for s in ablation.variant_steps(demo.QUICK, paths, "-1", variant, 12)}
+        steps = {s.name: s for s in ablation.variant_steps(QUICK, paths, "-1", variant, 12)}
         assert list(steps) == list(ablation.VARIANT_STEPS)
         train_args, synthesis_args = steps["training"].args, steps["synthesis"].args
         assert train_args[-2:] == ["--max_steps", "12"]

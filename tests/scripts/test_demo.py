@@ -1,4 +1,5 @@
-"""demo.py (the whole pipeline on a phantom cohort), its report and the phantom-truth comparison."""
+"""demo.py (the whole pipeline on a phantom cohort): its flags, step orchestration, the phantom-truth
+comparison, and the one end-to-end quick run (the report itself: tests/pipeline/test_run_report.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 import sys
 from argparse import Namespace
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +22,10 @@ from evaluation.phantom_truth import (
     threshold_confusion,
     truth_table,
 )
+from pipeline.run import FULL, QUICK, DemoPaths, Step
+from pipeline.steps import build_steps
+from tests.pipeline.test_run_report import parse
 from util.fileio import write_json
-from util.report import demo_summary, write_report
 
 
 def _truth_file(root: Path, case: str, vertebrae: list[dict]) -> None:
@@ -76,66 +80,53 @@ def test_config_overrides_and_quick_preset() -> None:
     args = Namespace(quick=True, cases=5, seed=3, gan_epochs=9)
     config = demo.config_from_args(args)
     assert (config.cases, config.seed, config.gan_epochs, config.gan_epochs_decay) == (5, 3, 9, 3)
-    assert config.vertebrae == demo.QUICK.vertebrae
-    assert demo.FULL.generation_min_slice_voxels == 100  # 400 voxels at 1 mm -> 100 at 2 mm
-
-
-def test_steps_cover_the_pipeline_in_order(tmp_path: Path, repo_root: Path) -> None:
-    steps = demo.build_steps(demo.QUICK, demo.DemoPaths(tmp_path), "-1")
-    assert [s.script for s in steps] == [
-        "data/make_phantoms.py", "straighten/location_json_local.py", "straighten/straighten_mask_3d.py",
-        "Attention/train_classifier.py", "Attention/grad_CAM_3d_sagittal.py", "train.py",
-        "eval_3d_sagittal_twostage.py", "evaluation/RHLV_quantification.py", "evaluation/SVM_grading.py",
-        "evaluation/SVM_grading.py", "evaluation/generation_eval_sagittal.py"]
-    assert all((repo_root / s.script).is_file() for s in steps)
-    assert all("--gpu_ids" in s.args for s in steps if s.script in ("train.py", "eval_3d_sagittal_twostage.py"))
-
-
-def test_out_dir_with_an_earlier_run_needs_overwrite(tmp_path: Path) -> None:
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        demo.prepare_out_dir(tmp_path, overwrite=False)
-    demo.prepare_out_dir(tmp_path, overwrite=True)
-    assert not (tmp_path / "raw").exists()
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert config.vertebrae == QUICK.vertebrae
+    assert FULL.generation_min_slice_voxels == 100  # 400 voxels at 1 mm -> 100 at 2 mm
 
 
 def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     produced = tmp_path / "x.txt"
-    failing = demo.Step("boom", "-c", ["import sys; print('bad input'); sys.exit(3)"], "x.txt", (), (produced,))
-    dependent = demo.Step("after", "-c", ["pass"], "nothing", (produced,), ())
-    independent = demo.Step("other", "-c", ["pass"], "nothing", (), ())
+    failing = Step("boom", "-c", ["import sys; print('bad input'); sys.exit(3)"], "x.txt", (), (produced,))
+    dependent = Step("after", "-c", ["pass"], "nothing", (produced,), ())
+    independent = Step("other", "-c", ["pass"], "nothing", (), ())
     monkeypatch.setattr(demo, "build_steps", lambda config, paths, gpu_ids: [failing, dependent, independent])
-    run = demo.run_pipeline(demo.QUICK, tmp_path, echo=False)
+    run = demo.run_pipeline(QUICK, tmp_path, echo=False)
     assert [s.status for s in run.steps] == ["failed", "skipped", "ok"]
     assert "bad input" in Path(run.steps[0].log).read_text()
     assert "x.txt is missing" in run.steps[1].log
     assert not run.ok
 
 
-def test_report_is_written_when_artefacts_are_missing(truth_root: Path) -> None:
-    run = demo.PipelineRun(demo.QUICK, demo.DemoPaths(truth_root), "-1",
-                           [demo.StepResult("phantoms", "python data/make_phantoms.py", "raw/", 0, 1, 1, 1.0, 0.5)])
-    summary = demo_summary(run)
-    assert summary["cohort"]["vertebrae"] == 3 and summary["cohort"]["adjacent_fracture"] == 1
-    page = write_report(run, summary).read_text()
-    assert "ph000" in page and "not available" in page and page.rstrip().endswith("</html>")
-
-
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path: Path, repo_root: Path) -> None:
+    """The one end-to-end run: every step script through ``python demo.py --quick``; the summary and the
+    report hold the numbers of the run's own RHLV tables against its phantom truth."""
     out = tmp_path / "demo"
     completed = subprocess.run([sys.executable, "demo.py", "--quick", "--out", str(out), "--device", "cpu"],
-                               cwd=repo_root, capture_output=True, text=True, timeout=1800)
+                               cwd=repo_root, capture_output=True, text=True, encoding="utf-8", timeout=1800)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     assert "HealthiVert demo summary" in completed.stdout
-    summary = json.loads((out / "demo_summary.json").read_text())
-    assert [s["status"] for s in summary["steps"]] and all(s["status"] in ("ok", "partial") for s in summary["steps"])
-    assert set(summary["accuracy"]) == {"HealthiVert-GAN", "neighbour baseline"}
-    assert summary["accuracy"]["HealthiVert-GAN"]["all"]["n"] > 0
-    page = (out / "report" / "index.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4
-    for heading in ("Cohort", "Original vs pseudo-healthy", "RHLV against the true height loss", "Timings"):
-        assert heading in page
-    assert any((out / "results" / "healthivert" / "label_fake").glob("*.nii.gz"))
+    paths = DemoPaths(out.resolve())
+    summary = json.loads(paths.summary_json.read_text(encoding="utf-8"))
+    assert [s["name"] for s in summary["steps"]] == [s.name for s in build_steps(QUICK, paths, "-1")]
+    assert all(s["status"] in ("ok", "partial") and Path(s["log"]).is_file() for s in summary["steps"])
+    assert summary["config"] == json.loads(json.dumps(asdict(QUICK)))
+    truth = truth_table(paths.raw)
+    assert summary["cohort"]["cases"] == QUICK.cases == truth["case"].nunique()
+    for method in paths.methods:  # the summary's accuracy is that of the run's own CSV against its truth
+        expected = accuracy_summary(compare_to_truth(pd.read_csv(method.rhlv), truth))
+        measured = summary["accuracy"][method.method]["all"]
+        assert measured["n"] == expected["n"] > 0
+        assert measured["mae_anterior"] == pytest.approx(expected["mae_anterior"])
+    crops = {p.name for p in (paths.dataroot / "label").glob("*.nii.gz")}
+    synthesized = {p.name for p in (paths.results / "label_fake").glob("*.nii.gz")}
+    assert synthesized and synthesized <= crops
+    page = parse(paths.report)
+    for title in ("Straightened crops and attention maps", "Original vs pseudo-healthy",
+                  "RHLV against the true height loss", "Training losses"):
+        assert page.sections[title]["missing"] == 0 and len(page.sections[title]["images"]) == 1, title
+    accuracy = {tuple(row[:2]): row for row in page.sections["RHLV against the true height loss"]["tables"][0][1:]}
+    every = summary["accuracy"]["HealthiVert-GAN"]["all"]
+    assert int(accuracy[("HealthiVert-GAN", "all")][2]) == every["n"]
+    assert float(accuracy[("HealthiVert-GAN", "all")][3]) == pytest.approx(every["mae_anterior"], abs=5e-4)
+    assert [row[0] for row in page.sections["Timings"]["tables"][0][1:-1]] == [s["name"] for s in summary["steps"]]

@@ -443,16 +443,17 @@ def test_readme_and_demo_help_agree_on_the_quick_duration(capsys) -> None:
 
 
 def test_demo_prints_a_heartbeat_with_the_steps_progress(tmp_path: Path, monkeypatch) -> None:
-    import demo
+    from pipeline import runner
+    from pipeline.run import Step
 
-    monkeypatch.setattr(demo, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.5)
     script = ("import sys, time\n"
               "for i in range(1, 5):\n"
               "    sys.stderr.write(f'\\repoch {i}/4: {25 * i}%'); sys.stderr.flush(); time.sleep(0.6)\n")
     (tmp_path / "slow_step.py").write_text(script)
-    step = demo.Step("slow", str(tmp_path / "slow_step.py"), [], "nothing", (), ())
+    step = Step("slow", str(tmp_path / "slow_step.py"), [], "nothing", (), ())
     beats: list[str] = []
-    result = demo.run_step(step, tmp_path, 1, heartbeat=beats.append)
+    result = runner.run_step(step, tmp_path, 1, heartbeat=beats.append)
     assert result.returncode == 0 and len(beats) >= 2
     assert all("epoch" in beat and "%" in beat for beat in beats)
     assert beats[-1] != beats[0]  # it follows the step's progress
@@ -539,13 +540,13 @@ def test_grading_predictions_equal_a_pool_fitted_reference_on_a_shifted_val() ->
 
 # ------------------------------------------------------------------------------------ 7. report honesty
 def test_report_headline_names_partial_and_failed_steps(tmp_path: Path) -> None:
-    import demo
-    from util.report import run_status_html
+    from pipeline.run import QUICK, DemoPaths, PipelineRun, StepResult
+    from pipeline.run_report import run_status_html
 
-    def step(name: str, returncode: int | None, present: int) -> demo.StepResult:
-        return demo.StepResult(name, f"python {name}.py", "x", returncode, present, 1)
+    def step(name: str, returncode: int | None, present: int) -> StepResult:
+        return StepResult(name, f"python {name}.py", "x", returncode, present, 1)
 
-    run = demo.PipelineRun(demo.QUICK, demo.DemoPaths(tmp_path), "-1", [step("phantoms", 0, 1), step("RHLV", 1, 1)])
+    run = PipelineRun(QUICK, DemoPaths(tmp_path), "-1", [step("phantoms", 0, 1), step("RHLV", 1, 1)])
     headline = run_status_html(run)
     assert run.ok and "class='warn'" in headline and "RHLV" in headline and "partly" in headline
     assert "completely" not in headline
@@ -575,8 +576,8 @@ def test_summed_confusion_matrix_says_it_counts_each_val_vertebra_once_per_fold(
 
 def test_rhlv_scatter_panels_share_one_y_axis(tmp_path: Path) -> None:
     from evaluation.phantom_truth import compare_to_truth, truth_table
+    from pipeline.figures import scatter_figure
     from tests.scripts.test_demo import _truth_file, _vertebra
-    from util.report import scatter_figure
 
     _truth_file(tmp_path, "ph000", [_vertebra(20, 0, "none", (0.0, 0.0, 0.0), False),
                                     _vertebra(21, 3, "wedge", (0.45, 0.2, 0.0), True)])
@@ -594,7 +595,7 @@ def test_rhlv_scatter_panels_share_one_y_axis(tmp_path: Path) -> None:
 
 
 def test_attention_panels_flag_maps_that_miss_the_target() -> None:
-    from util.report import attention_title
+    from pipeline.figures import attention_title
 
     target = np.zeros((12, 12), dtype=bool)
     target[4:8, 4:8] = True
