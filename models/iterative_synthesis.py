@@ -77,7 +77,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
-from data.aligned_dataset import CT_CANVAS_FILL, default_split_json, mask_height_rows
+from data.aligned_dataset import CT_CANVAS_FILL, default_split_json
 from data.crops import Crop, crop_paths, file_signature, list_crop_keys, load_crop, read_split, require_listed_crops
 from data.image_io import (
     DEFAULT_WINDOW_HU,
@@ -99,6 +99,7 @@ from data.masking import (
     extend_band_rows,
     gather_rows,
     make_masked_slices,
+    mask_height_rows,
     paste_columns,
     plane_slab,
     slice_offset_ratio,

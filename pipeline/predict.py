@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from data.crops import load_crop
+from data.crops import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, load_crop
 from data.image_io import CaseFiles, check_same_grid, load_ct, load_mask, read_grid, save_nifti
 from data.labels import LABEL_SCHEMES, TOTALSEG_TO_VERSE, split_key, totalseg_to_verse, vertebra_name
 from evaluation.genant import GENANT_THRESHOLDS, genant_grade, suggested_morphology
@@ -38,7 +38,7 @@ from evaluation.rhlv_table import MapSettings, rhlv_tables
 from models.iterative_synthesis import checkpoint_file, load_generator
 from straighten.backproject import sample_crop, scan_footprint
 from straighten.centroids import case_centroids
-from straighten.pipeline import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, straighten_case
+from straighten.pipeline import straighten_case
 from util.fileio import atomic_path, write_json
 
 REGION_NAMES = {"pre": "anterior", "mid": "middle", "post": "posterior", "all": "whole"}
