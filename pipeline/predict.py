@@ -40,6 +40,7 @@ from straighten.backproject import sample_crop, scan_footprint
 from straighten.centroids import case_centroids
 from straighten.pipeline import straighten_case
 from util.fileio import atomic_path, write_json
+from util.settings import FromOptions
 
 REGION_NAMES = {"pre": "anterior", "mid": "middle", "post": "posterior", "all": "whole"}
 PASTE_MARGIN_VOXELS = 2  # the pseudo-healthy CT replaces the target's (original or synthesized) voxels plus this
@@ -53,9 +54,10 @@ class PredictError(ValueError):
     """Input predict cannot use; the message names the file and the problem (one line)."""
 
 
-@dataclass
-class PredictSettings:
-    """What to predict on and with which model (paths as given on the command line)."""
+@dataclass(frozen=True)
+class PredictSettings(FromOptions):
+    """What to predict on and with which model (paths as given on the command line); the defaults of
+    predict.py's flags. ``None`` for plane, crop size and spacing: the model's."""
 
     ct: Path
     mask: Path
@@ -70,7 +72,7 @@ class PredictSettings:
     gpu_ids: str = "-1"
     plane: str | None = None
     crop_size: tuple[int, int, int] | None = None
-    spacing_mm: float | None = None
+    spacing_mm: float | None = field(default=None, metadata={"option": "spacing"})
     reference: str = "synthesized"
     case: str | None = None
     keep_work: bool = False
