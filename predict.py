@@ -33,23 +33,27 @@ from evaluation.rhlv import REFERENCES
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.predict import PredictSettings
+
+    defaults = PredictSettings
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ct", required=True, type=Path, help="CT: NIfTI file or DICOM series folder (HU)")
     parser.add_argument("--mask", type=Path, default=None, help="vertebra label mask on the CT's grid (NIfTI)")
-    parser.add_argument("--label_scheme", choices=LABEL_SCHEMES, default="verse",
+    parser.add_argument("--label_scheme", choices=LABEL_SCHEMES, default=defaults.label_scheme,
                         help="ids of --mask: VerSe (1-25, 28) or TotalSegmentator v2 'total' (27-50)")
     parser.add_argument("--body_mask", type=Path, default=None,
                         help="TotalSegmentator 'vertebrae_body' mask (1 = body): keep only body voxels of --mask")
     parser.add_argument("--segment", action="store_true",
                         help="no --mask: segment the vertebrae with TotalSegmentator (if installed with weights)")
     parser.add_argument("--name", required=True, help="generator checkpoint name (<checkpoints_dir>/<name>/)")
-    parser.add_argument("--checkpoints_dir", type=Path, default=Path("checkpoints"), help="where models are stored")
-    parser.add_argument("--epoch", default="latest", help="checkpoint to load (<epoch>.pth)")
+    parser.add_argument("--checkpoints_dir", type=Path, default=defaults.checkpoints_dir,
+                        help="where models are stored")
+    parser.add_argument("--epoch", default=defaults.epoch, help="checkpoint to load (<epoch>.pth)")
     parser.add_argument("--classifier", default=None,
                         help="fracture classifier name for attention maps (default: none, zero attention)")
     parser.add_argument("--grader", type=Path, default=None,
                         help="grader of SVM_grading.py --save_grader (default: Genant's 20/25/40 %% thresholds)")
-    parser.add_argument("--reference", choices=REFERENCES, default="synthesized",
+    parser.add_argument("--reference", choices=REFERENCES, default=defaults.reference,
                         help="heights against the synthesized vertebra or the nearest healthy neighbours (baseline)")
     parser.add_argument("--plane", choices=("sagittal", "coronal"), default=None,
                         help="synthesis plane (default: the model's)")
@@ -58,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spacing", type=float, default=None, help="crop voxel size in mm (default: the model's)")
     parser.add_argument("--case", default=None, help="case id used in vertebra keys (default: from the CT name)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--gpu_ids", default="-1", help="GPU ids, e.g. 0; -1 for CPU")
+    parser.add_argument("--gpu_ids", default=defaults.gpu_ids, help="GPU ids, e.g. 0; -1 for CPU")
     parser.add_argument("--keep_work", action="store_true", help="keep the intermediate crops and maps in --out")
     parser.add_argument("--no_report", action="store_true", help="skip report.html")
     return parser
@@ -76,11 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.segment:
                 raise ValueError("no --mask given: pass a vertebra mask, or --segment to run TotalSegmentator")
             mask, scheme = segment_vertebrae(args.ct, args.out / "totalseg_vertebrae.nii.gz", args.gpu_ids), "totalseg"
-        settings = PredictSettings(
-            ct=args.ct, mask=mask, name=args.name, out=args.out, label_scheme=scheme, body_mask=args.body_mask,
-            grader=args.grader, classifier=args.classifier, checkpoints_dir=args.checkpoints_dir, epoch=args.epoch,
-            gpu_ids=args.gpu_ids, plane=args.plane, crop_size=tuple(args.crop_size) if args.crop_size else None,
-            spacing_mm=args.spacing, reference=args.reference, case=args.case, keep_work=args.keep_work,
+        settings = PredictSettings.from_options(
+            args, mask=mask, label_scheme=scheme, crop_size=tuple(args.crop_size) if args.crop_size else None,
             report=not args.no_report)
         result = predict_scan(settings)
     except SegmentationUnavailable as err:

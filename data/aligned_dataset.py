@@ -34,26 +34,26 @@ import torch
 from torch.utils.data import Dataset
 
 from data.crops import CachedCrop, CropCache, crop_paths, default_split_json, read_split, require_listed_crops
-from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, window_hu
+from data.image_io import ImageIOError, window_hu
 from data.labels import parse_key
 from data.masking import (
     CENTRAL_FRACTION,
     CT_CANVAS_FILL,
-    MIN_COMPONENT_PX,
+    MaskingSettings,
+    add_masking_options,
     canvas_width,
-    central_slice_range,
     fits_in_band,
     make_masked_slice,
-    mask_height_rows,
     paste_columns,
     slice_centre,
     slice_offset_ratio,
     slice_sampling_weights,
     target_row_extents,
-    target_slice_extent,
+    target_slices,
 )
 from data.planes import PLANES
-from util.protocol import get_protocol
+from util.cli import add_option
+from util.protocol import Protocol
 
 
 @dataclass
@@ -96,13 +96,8 @@ class AlignedDataset(Dataset):
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
         """Dataset flags (pix2pix convention); flags another setter already defined are kept."""
-        _add_option(parser, "--hu_window", type=float, nargs=2, default=list(DEFAULT_WINDOW_HU),
-                            metavar=("LOW", "HIGH"), help="CT window in HU mapped to [-1, 1]")
-        _add_option(parser, "--mask_height", type=float, default=40.0,
-                            help="height of the masked band in mm (converted to rows with the crops' row spacing)")
-        _add_option(parser, "--min_component_px", type=int, default=MIN_COMPONENT_PX,
-                            help="target components smaller than this (pixels per slice) are ignored")
-        _add_option(parser, "--max_healthy_grade", type=int, default=1, choices=[0, 1, 2, 3],
+        add_masking_options(parser)
+        add_option(parser, "--max_healthy_grade", type=int, default=1, choices=[0, 1, 2, 3],
                             help="vertebrae with a Genant grade up to this count as healthy (trained on / neighbours)")
         return parser
 
@@ -121,8 +116,9 @@ class AlignedDataset(Dataset):
         if opt.plane not in PLANES:
             raise ValueError(f"--plane {opt.plane!r}: expected one of {PLANES}")
         self.plane = opt.plane
-        self.window = tuple(float(v) for v in opt.hu_window)
-        self.min_component_px = int(opt.min_component_px)
+        self.masking = MaskingSettings.from_options(opt)
+        self.window = self.masking.hu_window
+        self.min_component_px = self.masking.min_component_px
         self.seed = int(getattr(opt, "seed", 0))
         split_path = Path(opt.split_json) if getattr(opt, "split_json", None) else default_split_json(opt.dataroot)
         split = read_split(split_path)
@@ -136,7 +132,7 @@ class AlignedDataset(Dataset):
                              f"(Genant grade <= {opt.max_healthy_grade}; see --max_healthy_grade)")
         max_size = getattr(opt, "max_dataset_size", math.inf)
         keys = keys[: int(max_size)] if max_size != math.inf else keys
-        self.protocol = get_protocol(getattr(opt, "protocol", None))
+        self.protocol = Protocol.from_options(opt)
         self.neighbours = healthy_labels_by_case(split, opt.max_healthy_grade,
                                                  [self.phase] if self.protocol.neighbours_same_split else None)
         self.cache = CropCache(opt.dataroot, getattr(opt, "cache_dir", None), getattr(opt, "cam_dir", None))
@@ -167,22 +163,22 @@ class AlignedDataset(Dataset):
                 entries.append(entry)
         if unusable:
             warnings.warn(f"{len(unusable)} {self.phase} vertebra(e) have no slice whose target fits the "
-                          f"{self.opt.mask_height:g} mm band and are skipped: {', '.join(unusable[:10])}"
+                          f"{self.masking.mask_height_mm:g} mm band and are skipped: {', '.join(unusable[:10])}"
                           f"{' ...' if len(unusable) > 10 else ''}", stacklevel=3)
         if not entries:
             raise ValueError(f"{self.opt.dataroot}: no usable {self.phase} vertebra (every target is absent or "
-                             f"taller than the {self.opt.mask_height:g} mm band; raise --mask_height)")
+                             f"taller than the {self.masking.mask_height_mm:g} mm band; raise --mask_height)")
         return entries
 
     def _set_geometry(self, crop: CachedCrop) -> None:
         self.crop_shape = tuple(int(n) for n in crop.crop_shape)
         self.spacing_mm = np.asarray(crop.spacing_mm, dtype=np.float64)
         self.row_spacing_mm = float(self.spacing_mm[0])
-        self.mask_height_px = mask_height_rows(self.opt.mask_height, self.row_spacing_mm)
+        self.mask_height_px = self.masking.mask_height_px(self.row_spacing_mm)
         self.image_shape = (self.crop_shape[0], canvas_width(self.crop_shape))
         if self.mask_height_px > self.crop_shape[0]:
-            raise ValueError(f"--mask_height {self.opt.mask_height:g} mm = {self.mask_height_px} rows exceeds the "
-                             f"crop height of {self.crop_shape[0]} rows")
+            raise ValueError(f"--mask_height {self.masking.mask_height_mm:g} mm = {self.mask_height_px} rows exceeds "
+                             f"the crop height of {self.crop_shape[0]} rows")
 
     def _check_geometry(self, crop: CachedCrop, reference: CachedCrop) -> None:
         path = crop_paths(self.opt.dataroot, crop.key).label
@@ -200,12 +196,12 @@ class AlignedDataset(Dataset):
     def _entry(self, key: str, crop: CachedCrop) -> VertebraEntry | None:
         """Slice range and usable slices of one vertebra (``None`` when no slice can be masked)."""
         case, label = parse_key(key)
-        extent = target_slice_extent(crop.label_map, label, self.min_component_px)
-        if extent is None:
+        selected = target_slices(crop.label_map, label, self.masking.min_island_voxels)
+        if selected is None:
             raise ImageIOError(f"{crop_paths(self.opt.dataroot, key).label}: target label {label} is not in the crop")
-        first, last = extent
-        start, stop = central_slice_range(first, last, CENTRAL_FRACTION)
-        top, bottom = target_row_extents(crop.label_map[start:stop + 1], label, self.min_component_px)
+        first, last = selected.first, selected.last
+        top, bottom = target_row_extents(crop.label_map[selected.start:selected.stop + 1], label,
+                                         self.min_component_px)
         usable = fits_in_band(top, bottom, self.mask_height_px, self.crop_shape[0])
         indices, weights = slice_sampling_weights(first, last, CENTRAL_FRACTION)
         if not usable.any():
@@ -269,12 +265,6 @@ class AlignedDataset(Dataset):
             "key": entry.key,
             "slice_index": z,
         }
-
-
-def _add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
-    """``parser.add_argument`` unless ``flag`` exists (the model may define ``--mask_height`` too)."""
-    if flag not in parser._option_string_actions:
-        parser.add_argument(flag, **kwargs)
 
 
 def _image(array: np.ndarray) -> torch.Tensor:

@@ -20,6 +20,9 @@ from data.labels import parse_key
 from data.masking import plane_slab
 from util.fileio import atomic_path, read_json, write_json
 
+DEFAULT_CROP_SIZE = (256, 256, 64)  # crop shape (S->I, A->P, R->L), straighten_mask_3d.py --crop_size
+DEFAULT_SPACING_MM = 1.0  # isotropic crop voxel size, straighten_mask_3d.py --spacing
+
 CROP_AXES = "IPL"
 SPLITS = ("train", "val", "test")
 

@@ -1,4 +1,4 @@
-"""Masked-slice construction (DESIGN 4.1): the one implementation used by training and inference.
+"""Masked-slice construction (docs/design.md, Masked slice): the one implementation used by training and inference.
 
 A 2-D slice has rows along the height axis (superior -> inferior) and columns along the other
 in-plane axis. For the target vertebra's rows [x1, x2] (inclusive, after removing connected
@@ -15,18 +15,105 @@ plane of the generator.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from data.image_io import DEFAULT_WINDOW_HU
 from data.morphology import remove_small_components, row_extent
 from data.planes import plane_axes
+from util.cli import add_option
+from util.settings import FromOptions
 
-BAND_FILL_VALUE = -1.0  # the band of the masked CT, windowed units: the reference's uint8 0 (DESIGN 4.1)
+BAND_FILL_VALUE = -1.0  # band of the masked CT, windowed units: the reference's uint8 0 (docs/design.md, Masked slice)
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
-MIN_COMPONENT_PX = 50
+MIN_COMPONENT_PX = 50  # pixels of one 2-D slice
+MIN_ISLAND_VOXELS = 50  # voxels of a 3-D slab: smaller target islands do not widen the slice range
 CT_CANVAS_FILL = -1.0  # windowed value of canvas columns outside a coronal slice (window floor)
+
+
+@dataclass(frozen=True)
+class MaskingSettings(FromOptions):
+    """How a slice is masked (docs/design.md, Masked slice); the defaults of ``--mask_height``,
+    ``--min_component_px`` and ``--hu_window``.
+
+    mask_height_mm: band height M in mm (``--mask_height``); :meth:`mask_height_px` converts it to rows.
+    min_component_px: per-slice target components smaller than this many pixels are ignored.
+    min_island_voxels: 3-D target islands smaller than this many voxels do not count for the slice range.
+    hu_window: CT window (HU) mapped to [-1, 1].
+    """
+
+    mask_height_mm: float = field(default=40.0, metadata={"option": "mask_height"})
+    min_component_px: int = MIN_COMPONENT_PX
+    min_island_voxels: int = MIN_ISLAND_VOXELS
+    hu_window: tuple[float, float] = DEFAULT_WINDOW_HU
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mask_height_mm", float(self.mask_height_mm))
+        object.__setattr__(self, "min_component_px", int(self.min_component_px))
+        object.__setattr__(self, "min_island_voxels", int(self.min_island_voxels))
+        object.__setattr__(self, "hu_window", (float(self.hu_window[0]), float(self.hu_window[1])))
+        if not self.mask_height_mm > 0:
+            raise ValueError(f"--mask_height {self.mask_height_mm}: expected a positive height in mm")
+
+    def mask_height_px(self, row_spacing_mm: float) -> int:
+        """Band height in rows at ``row_spacing_mm`` (mm per row, axis 0)."""
+        return mask_height_rows(self.mask_height_mm, row_spacing_mm)
+
+
+def mask_height_rows(mask_height_mm: float, row_spacing_mm: float) -> int:
+    """Band height in rows for ``mask_height_mm`` at ``row_spacing_mm`` (rounded, at least 1)."""
+    if not row_spacing_mm > 0:
+        raise ValueError(f"row spacing {row_spacing_mm} mm: expected a positive spacing")
+    return max(1, int(round(mask_height_mm / row_spacing_mm)))
+
+
+def add_mask_height_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--mask_height`` (mm), the one definition shared by the model and dataset flags."""
+    add_option(parser, "--mask_height", type=float, default=MaskingSettings.mask_height_mm,
+               help="height of the masked band in mm (converted to rows with the crops' row spacing; the height "
+                    "heads predict within the band's rows)")
+    return parser
+
+
+def add_masking_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of :class:`MaskingSettings` (those already defined are kept)."""
+    add_option(parser, "--hu_window", type=float, nargs=2, default=list(MaskingSettings.hu_window),
+               metavar=("LOW", "HIGH"), help="CT window in HU mapped to [-1, 1]")
+    add_mask_height_option(parser)
+    add_option(parser, "--min_component_px", type=int, default=MaskingSettings.min_component_px,
+               help="target components smaller than this (pixels per slice) are ignored")
+    return parser
+
+
+@dataclass(frozen=True)
+class TargetSlices:
+    """Slices of a target along a slicing axis (inclusive indices): its extent [first, last] and the
+    central range [start, stop] that training samples, synthesis replaces and the generation metrics score."""
+
+    first: int
+    last: int
+    start: int
+    stop: int
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The central slices start..stop as an int array."""
+        return np.arange(self.start, self.stop + 1)
+
+
+def target_slices(label_slices: np.ndarray, target_label: int, min_island_voxels: int = MIN_ISLAND_VOXELS,
+                  fraction: float = CENTRAL_FRACTION) -> TargetSlices | None:
+    """The one slice selection: extent of ``target_label`` in an (N, H, W) stack after dropping 3-D islands
+    under ``min_island_voxels`` voxels, and its central ``fraction``; ``None`` when the target is absent."""
+    extent = target_slice_extent(label_slices, target_label, min_island_voxels)
+    if extent is None:
+        return None
+    first, last = extent
+    start, stop = central_slice_range(first, last, fraction)
+    return TargetSlices(first, last, start, stop)
 
 
 @dataclass
@@ -82,11 +169,6 @@ class MaskedSliceBatch:
         return MaskedSlice(self.masked_ct[n], self.band_mask[n], self.neighbour_label[n], self.cam[n],
                            self.target_label_mask[n], int(self.target_top[n]), int(self.target_bottom[n]),
                            int(self.band_top[n]), int(self.band_centre[n]), int(self.height_px[n]))
-
-
-def mask_height_rows(mask_height_mm: float, row_spacing_mm: float) -> int:
-    """Band height in rows for ``mask_height_mm`` at ``row_spacing_mm`` (rounded, at least 1)."""
-    return max(1, int(round(mask_height_mm / row_spacing_mm)))
 
 
 def band_top_row(target_top: np.ndarray | int, target_bottom: np.ndarray | int, mask_height_px: int,
@@ -251,10 +333,10 @@ def make_masked_slice(ct_slice: np.ndarray, label_slice: np.ndarray, target_labe
 
 
 def target_slice_extent(label_slices: np.ndarray, target_label: int,
-                        min_component_px: int = MIN_COMPONENT_PX) -> tuple[int, int] | None:
+                        min_island_voxels: int = MIN_ISLAND_VOXELS) -> tuple[int, int] | None:
     """First and last slice (inclusive) of an (N, H, W) stack holding the target, ignoring 3-D islands
-    smaller than ``min_component_px`` voxels; ``None`` when the target is absent."""
-    mask = remove_small_components(np.asarray(label_slices) == target_label, min_component_px)
+    smaller than ``min_island_voxels`` voxels; ``None`` when the target is absent."""
+    mask = remove_small_components(np.asarray(label_slices) == target_label, min_island_voxels)
     return row_extent(mask)
 
 

@@ -37,10 +37,10 @@ DEFAULT_LABEL_DIR = "./dataset/straightened/label"
 DEFAULT_FAKE_DIR = "./output/label_fake"
 DEFAULT_SPLIT_JSON = " or ".join(str(p) for p in published_layout.SPLIT_JSON_CANDIDATES)
 DEFAULT_OUT = "evaluation/RHLV_quantification/rhlv.csv"
-REFERENCE_MIN_COMPONENT_FRACTION = 0.0  # the published code counts every voxel of the label id
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = MeasureOptions()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--label_dir", default=DEFAULT_LABEL_DIR,
                         help="original label crops <key>.nii.gz (straightened/label)")
@@ -56,18 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", choices=("synthesized", "neighbours", "both"), default="synthesized",
                         help="pseudo-healthy reference: the synthesized labels, the non-learned neighbour "
                              "interpolation baseline, or both")
-    parser.add_argument("--plane", choices=PLANES, default="sagittal",
+    parser.add_argument("--plane", choices=PLANES, default=defaults.plane,
                         help="sagittal: thirds anterior/middle/posterior; coronal: thirds right/middle/left "
                              "(reported in the Pre/Mid/Post columns)")
-    parser.add_argument("--height_threshold", type=float, default=0.7,
+    parser.add_argument("--height_threshold", type=float, default=defaults.height_threshold,
                         help="measure columns at least this fraction of the reference's centre column (the "
                              "published main() passes 0.7; its function default is 0.64)")
-    parser.add_argument("--length_divisor", type=int, default=5,
+    parser.add_argument("--length_divisor", type=int, default=defaults.length_divisor,
                         help="measure slices within +/- extent // divisor of the centre slice")
     parser.add_argument("--min_component_fraction", type=float, default=None,
-                        help="drop target islands smaller than this fraction of its voxels (default 0.05; "
+                        help=f"drop target islands smaller than this fraction of its voxels (default "
+                             f"{defaults.min_component_fraction:g}; "
                              "--protocol reference keeps every voxel)")
-    parser.add_argument("--healthy_min_relative_height", type=float, default=0.7,
+    parser.add_argument("--healthy_min_relative_height", type=float, default=defaults.healthy_min_relative_height,
                         help="baseline: a neighbour is healthy-looking when min/max of its regional heights, "
                              "and its height relative to the target's tallest region, reach this (healthy "
                              "lumbar bodies with concave endplates measure 0.72-0.92)")
@@ -79,16 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_protocol_argument(parser, "half-open slice range, int() thirds, each body thresholded against its own "
                                   "centre column, no island removal; synthesized reference only")
     return parser
-
-
-def measure_options(args: argparse.Namespace) -> MeasureOptions:
-    """The RHLV settings of a run, built once from the flags (protocol-dependent defaults resolved)."""
-    fraction = args.min_component_fraction
-    if fraction is None:
-        reference = args.protocol == "reference"
-        fraction = REFERENCE_MIN_COMPONENT_FRACTION if reference else MeasureOptions.min_component_fraction
-    return MeasureOptions(args.plane, args.height_threshold, args.length_divisor, fraction,
-                          args.healthy_min_relative_height, args.protocol)
 
 
 def _split_json(args: argparse.Namespace) -> Path | None:
@@ -119,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {folder}: folder not found; give {flag} DIR", file=sys.stderr)
             return 2
     try:
-        options = measure_options(args)
+        options = MeasureOptions.from_options(args)
         split_path = _split_json(args)
         split = read_split(split_path) if split_path else None
         if split is not None and options.protocol == "reference":

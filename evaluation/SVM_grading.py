@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rhlv_coronal", default=None,
                         help="coronal RHLV table: grade on 6 features (sagittal + coronal Pre/Mid/Post)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder")
-    parser.add_argument("--n_splits", type=int, default=5, help="stratified folds of the train+test pool")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fold shuffling (healthivert protocol)")
+    parser.add_argument("--n_splits", type=int, default=GradingSettings.n_splits,
+                        help="stratified folds of the train+test pool")
+    parser.add_argument("--seed", type=int, default=GradingSettings.seed,
+                        help="seed of the fold shuffling (healthivert protocol)")
     add_protocol_argument(parser, "folds in table order, one scaler fitted on the whole train+test pool")
     parser.add_argument("--save_grader", default=None,
                         help="also fit the classifier on the whole train+test pool and save it here (skops file) "
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             sagittal = read_table(args.rhlv)
             coronal = read_table(args.rhlv_coronal) if args.rhlv_coronal else None
             table, features = feature_table(sagittal, coronal, (str(args.rhlv), str(args.rhlv_coronal)))
-            settings = GradingSettings.for_protocol(args.protocol, args.n_splits, args.seed)
+            settings = GradingSettings.from_options(args)
             data = prepare_grading_data(table, features, settings.n_splits)
             report = evaluate_grading(data, settings=settings)
         except (ValueError, OSError) as err:

@@ -19,7 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 
 from data.crops import SPLITS, read_split  # noqa: E402
-from evaluation.generation_metrics import IMAGE_METRICS, OVERLAP_METRICS, generation_table, summarize  # noqa: E402
+from evaluation.generation_metrics import (  # noqa: E402
+    IMAGE_METRICS,
+    OVERLAP_METRICS,
+    GenerationSettings,
+    generation_table,
+    summarize,
+)
 from util import published_layout  # noqa: E402
 from util.cli import DefaultsHelpFormatter  # noqa: E402
 from util.fileio import atomic_path, prepare_output_dir, write_json  # noqa: E402
@@ -41,10 +47,12 @@ def build_parser(plane: str) -> argparse.ArgumentParser:
                         help=f"split JSON with grades (DESIGN 3.5); default: the first of {DEFAULT_SPLIT_JSON} "
                              "that exists")
     parser.add_argument("--out", default=DEFAULT_OUT.format(plane=plane), help="per-vertebra CSV")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=["val"], help="splits to evaluate")
-    parser.add_argument("--grades", nargs="+", type=int, choices=(0, 1, 2, 3), default=[0],
+    defaults = GenerationSettings(plane=plane)
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(defaults.splits),
+                        help="splits to evaluate")
+    parser.add_argument("--grades", nargs="+", type=int, choices=(0, 1, 2, 3), default=list(defaults.grades),
                         help="Genant grades to evaluate (healthy vertebrae should be reproduced)")
-    parser.add_argument("--min_slice_voxels", type=int, default=400,
+    parser.add_argument("--min_slice_voxels", type=int, default=defaults.min_slice_voxels,
                         help="use slices with more than this many target voxels")
     return parser
 
@@ -61,8 +69,8 @@ def main(argv: list[str] | None = None, plane: str = "sagittal") -> int:
     try:
         split = read_split(args.split_json)
         prepare_output_dir(Path(args.out).parent, "generation metrics folder (--out)")
-        table, failures = generation_table(args.dataroot, args.fake_dir, split, plane, tuple(args.splits),
-                                           tuple(args.grades), args.min_slice_voxels, listed_in=args.split_json)
+        settings = GenerationSettings.from_options(args, plane=plane)
+        table, failures = generation_table(args.dataroot, args.fake_dir, split, settings, listed_in=args.split_json)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

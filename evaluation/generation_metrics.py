@@ -1,9 +1,10 @@
-"""Generation quality of synthesized vertebrae (DESIGN 5).
+"""Generation quality of synthesized vertebrae (docs/design.md, Generation metrics).
 
 On healthy (grade 0) val vertebrae, where the synthesized vertebra should equal the
 original: PSNR and SSIM (scikit-image, data range of the original image compared)
 of the whole slice and of the target's rows, over the slices of the central 4/5 of
-the target's extent that hold more than 400 target voxels; Dice, IoU and relative
+the target's extent (``data.masking.target_slices``, the selection training and synthesis
+use) that hold more than ``min_slice_voxels`` target voxels; Dice, IoU and relative
 volume difference |V_syn - V_ori| / V_ori of the target label over the whole crop.
 
 Inputs: ``<dataroot>/{CT,label}/<key>.nii.gz`` (DESIGN 3.3) and
@@ -25,9 +26,10 @@ from tqdm import tqdm
 from data.crops import crop_paths, require_listed_crops
 from data.image_io import ImageIOError, check_same_grid, load_ct, load_mask
 from data.labels import parse_key
-from data.masking import CENTRAL_FRACTION, central_slice_range, plane_slab
-from data.planes import plane_axes
+from data.masking import MIN_ISLAND_VOXELS, plane_slab, target_slices
+from data.planes import PLANES
 from data.synthesis_layout import OutputLayout
+from util.settings import FromOptions
 
 IMAGE_METRICS = ("PSNR", "SSIM", "PSNR_target_rows", "SSIM_target_rows")
 OVERLAP_METRICS = ("Dice", "IoU", "RVD")
@@ -39,13 +41,23 @@ class GenerationError(ValueError):
     """A vertebra whose generation metrics cannot be computed; the message names the file."""
 
 
-def central_slice_indices(target: np.ndarray, axis: int, fraction: float = CENTRAL_FRACTION) -> np.ndarray:
-    """Slice indices along ``axis`` in the central ``fraction`` of the target's extent (empty if absent)."""
-    present = np.flatnonzero(target.any(axis=tuple(a for a in range(target.ndim) if a != axis)))
-    if present.size == 0:
-        return present
-    start, stop = central_slice_range(int(present[0]), int(present[-1]), fraction)
-    return np.arange(start, stop + 1)
+@dataclass(frozen=True)
+class GenerationSettings(FromOptions):
+    """What the generation metrics score: ``plane`` slices of the vertebrae of ``splits`` with Genant
+    ``grades``; slices with more than ``min_slice_voxels`` target voxels; ``min_island_voxels``: 3-D target
+    islands that do not count for the slice range (as in training and synthesis)."""
+
+    plane: str = "sagittal"
+    splits: tuple[str, ...] = ("val",)
+    grades: tuple[int, ...] = (0,)
+    min_slice_voxels: int = 400
+    min_island_voxels: int = MIN_ISLAND_VOXELS
+
+    def __post_init__(self) -> None:
+        if self.plane not in PLANES:
+            raise ValueError(f"plane {self.plane!r}: expected one of {PLANES}")
+        object.__setattr__(self, "splits", tuple(str(name) for name in self.splits))
+        object.__setattr__(self, "grades", tuple(int(grade) for grade in self.grades))
 
 
 def image_scores(original: np.ndarray, synthesized: np.ndarray) -> tuple[float, float]:
@@ -83,28 +95,38 @@ def _mean_finite(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def scored_slices(original_label: np.ndarray, label: int, plane: str = GenerationSettings.plane,
+                  min_island_voxels: int = GenerationSettings.min_island_voxels) -> np.ndarray:
+    """Indices along the plane's slicing axis of the slices scored for ``label`` (the central range of
+    ``data.masking.target_slices``; empty when the target is absent)."""
+    selected = target_slices(plane_slab(np.asarray(original_label), plane), label, min_island_voxels)
+    return np.arange(0) if selected is None else selected.indices
+
+
 def generation_metrics(original_ct: np.ndarray, synthesized_ct: np.ndarray, original_label: np.ndarray,
-                       synthesized_label: np.ndarray, label: int, plane: str = "sagittal",
-                       min_slice_voxels: int = 400) -> dict[str, float]:
+                       synthesized_label: np.ndarray, label: int, plane: str = GenerationSettings.plane,
+                       min_slice_voxels: int = GenerationSettings.min_slice_voxels,
+                       min_island_voxels: int = GenerationSettings.min_island_voxels) -> dict[str, float]:
     """Metrics of one vertebra (crop arrays (S->I, A->P, R->L), CT in HU).
 
     Returns ``n_slices`` and the means over qualifying slices of each image metric, plus
     Dice/IoU/RVD. Slices where a metric is undefined (constant original, target rows
     fewer than 7) are left out of that metric's mean.
     """
-    axis = plane_axes(plane).slice_axis
+    if plane not in PLANES:
+        raise ValueError(f"plane {plane!r}: expected one of {PLANES}")
     shapes = {a.shape for a in (original_ct, synthesized_ct, original_label, synthesized_label)}
     if len(shapes) != 1:
         raise GenerationError(f"crop shapes differ: {sorted(shapes)}")
     original_target = np.asarray(original_label) == label
     scores = overlap_scores(original_target, np.asarray(synthesized_label) == label)
     per_slice: dict[str, list[float]] = {name: [] for name in IMAGE_METRICS}
-    indices = central_slice_indices(original_target, axis)
-    target_slices = plane_slab(original_target, plane)[indices]
+    indices = scored_slices(original_label, label, plane, min_island_voxels)
+    target_stack = plane_slab(original_target, plane)[indices]
     original_slices = plane_slab(np.asarray(original_ct, dtype=np.float64), plane)[indices]
     synthesized_slices = plane_slab(np.asarray(synthesized_ct, dtype=np.float64), plane)[indices]
     used = 0
-    for target, original, synthesized in zip(target_slices, original_slices, synthesized_slices):
+    for target, original, synthesized in zip(target_stack, original_slices, synthesized_slices):
         if np.count_nonzero(target) <= min_slice_voxels:
             continue
         used += 1
@@ -136,8 +158,8 @@ def generation_paths(dataroot: str | Path, fake_dir: str | Path, key: str) -> Ge
     return GenerationPaths(original.ct, original.label, fake.ct(key), fake.label(key))
 
 
-def metrics_for_key(dataroot: str | Path, fake_dir: str | Path, key: str, plane: str = "sagittal",
-                    min_slice_voxels: int = 400) -> dict[str, float]:
+def metrics_for_key(dataroot: str | Path, fake_dir: str | Path, key: str,
+                    settings: GenerationSettings = GenerationSettings()) -> dict[str, float]:
     """Read the four crops of ``key`` (checked to share one grid) and compute its metrics."""
     paths = generation_paths(dataroot, fake_dir, key)
     for path in (paths.original_ct, paths.original_label, paths.synthesized_ct, paths.synthesized_label):
@@ -149,20 +171,20 @@ def metrics_for_key(dataroot: str | Path, fake_dir: str | Path, key: str, plane:
         check_same_grid(volumes[0], other)
     try:
         return generation_metrics(volumes[0].array, volumes[2].array, volumes[1].array, volumes[3].array,
-                                  parse_key(key)[1], plane, min_slice_voxels)
+                                  parse_key(key)[1], settings.plane, settings.min_slice_voxels,
+                                  settings.min_island_voxels)
     except GenerationError as err:
         raise GenerationError(f"{paths.synthesized_ct} vs {paths.original_ct}: {err}") from None
 
 
-def selected_keys(split: dict[str, dict[str, int]], splits: tuple[str, ...] = ("val",),
-                  grades: tuple[int, ...] = (0,)) -> list[tuple[str, str, int]]:
+def selected_keys(split: dict[str, dict[str, int]], splits: tuple[str, ...] = GenerationSettings.splits,
+                  grades: tuple[int, ...] = GenerationSettings.grades) -> list[tuple[str, str, int]]:
     """``(key, split, grade)`` of the vertebrae to evaluate (default: grade 0 of val, DESIGN 5)."""
     return [(key, name, grade) for name in splits for key, grade in split.get(name, {}).items() if grade in grades]
 
 
 def generation_table(dataroot: str | Path, fake_dir: str | Path, split: dict[str, dict[str, int]],
-                     plane: str = "sagittal", splits: tuple[str, ...] = ("val",), grades: tuple[int, ...] = (0,),
-                     min_slice_voxels: int = 400, progress: bool = True,
+                     settings: GenerationSettings = GenerationSettings(), progress: bool = True,
                      listed_in: str | Path = "the split") -> tuple[pd.DataFrame, list[str]]:
     """Per-vertebra metrics table and the failure messages (one per vertebra that failed).
 
@@ -170,11 +192,11 @@ def generation_table(dataroot: str | Path, fake_dir: str | Path, split: dict[str
     (``data.crops.require_listed_crops``); a missing or unusable synthesized crop is a failure.
     """
     rows, failures = [], []
-    selected = selected_keys(split, splits, grades)
+    selected = selected_keys(split, settings.splits, settings.grades)
     require_listed_crops(dataroot, [key for key, _, _ in selected], listed_in)
     for key, name, grade in tqdm(selected, desc="generation metrics", unit="vertebra", disable=not progress):
         try:
-            metrics = metrics_for_key(dataroot, fake_dir, key, plane, min_slice_voxels)
+            metrics = metrics_for_key(dataroot, fake_dir, key, settings)
         except (GenerationError, ImageIOError, OSError, ValueError) as err:
             failures.append(f"{key}: {err}")
             continue

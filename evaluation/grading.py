@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from sklearn.svm import SVC
 
 from evaluation.rhlv import RHLV_FEATURES
 from util.protocol import DEFAULT_PROTOCOL, check_protocol
+from util.settings import FromOptions, option_values
 
 POOL_SPLITS = ("train", "test")
 SCORE_SPLIT = "val"
@@ -48,8 +50,8 @@ class GradingWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class GradingSettings:
-    """How folds are made and features scaled; built once from the flags (:meth:`for_protocol`)."""
+class GradingSettings(FromOptions):
+    """How folds are made and features scaled; built once from the flags (:meth:`from_options`)."""
 
     n_splits: int = 5
     seed: int = 0  # seed of the fold shuffling
@@ -57,10 +59,21 @@ class GradingSettings:
     scaler_per_fold: bool = True  # False: one scaler fitted on the whole pool, as the published code
 
     @classmethod
-    def for_protocol(cls, protocol: str = DEFAULT_PROTOCOL, n_splits: int = 5, seed: int = 0) -> GradingSettings:
-        """healthivert: shuffled folds, per-fold scaler; reference: the published code's choices."""
+    def for_protocol(cls, protocol: str = DEFAULT_PROTOCOL, n_splits: int | None = None,
+                     seed: int | None = None) -> GradingSettings:
+        """healthivert: shuffled folds, per-fold scaler; reference: the published code's choices
+        (``None``: the field's default)."""
         fixed = check_protocol(protocol) == "healthivert"
-        return cls(n_splits, seed, shuffle_folds=fixed, scaler_per_fold=fixed)
+        return cls(cls.n_splits if n_splits is None else n_splits, cls.seed if seed is None else seed,
+                   shuffle_folds=fixed, scaler_per_fold=fixed)
+
+    @classmethod
+    def from_options(cls, options: Any, **overrides: Any) -> GradingSettings:
+        """From ``--protocol``, ``--n_splits`` and ``--seed`` (a Namespace or dict; absent: the defaults)."""
+        values = option_values(options)
+        return cls.for_protocol(values.get("protocol") or DEFAULT_PROTOCOL,
+                                overrides.get("n_splits", values.get("n_splits")),
+                                overrides.get("seed", values.get("seed")))
 
     @property
     def protocol(self) -> str:
@@ -113,7 +126,8 @@ def feature_table(rhlv: pd.DataFrame, rhlv_coronal: pd.DataFrame | None = None,
     return merged, features + [column + CORONAL_SUFFIX for column in RHLV_FEATURES]
 
 
-def prepare_grading_data(table: pd.DataFrame, features: Sequence[str], n_splits: int = 5) -> GradingData:
+def prepare_grading_data(table: pd.DataFrame, features: Sequence[str],
+                         n_splits: int = GradingSettings.n_splits) -> GradingData:
     """Split a feature table into the CV pool and the val split, with clear errors and warnings.
 
     Errors: a missing column, no train/test or no val rows, grades other than 0-3, fewer
@@ -158,7 +172,7 @@ def prepare_grading_data(table: pd.DataFrame, features: Sequence[str], n_splits:
                        keys[in_val])
 
 
-def grading_folds(pool_y: np.ndarray, n_splits: int = 5, seed: int = 0,
+def grading_folds(pool_y: np.ndarray, n_splits: int = GradingSettings.n_splits, seed: int = GradingSettings.seed,
                   shuffle: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds of the pool: (training rows, held-out rows) as positional indices.
 
@@ -198,7 +212,8 @@ def score_predictions(true: np.ndarray, predicted: np.ndarray, classes: Sequence
     }
 
 
-def evaluate_grading(data: GradingData, n_splits: int = 5, seed: int = 0, protocol: str = DEFAULT_PROTOCOL,
+def evaluate_grading(data: GradingData, n_splits: int = GradingSettings.n_splits, seed: int = GradingSettings.seed,
+                     protocol: str = DEFAULT_PROTOCOL,
                      settings: GradingSettings | None = None) -> dict:
     """Run the fold protocol; returns the ``grading.json`` content (DESIGN 5 keys plus details).
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,7 @@ from data.labels import VERTEBRA_NAMES, spine_rank
 from data.morphology import remove_small_components
 from data.planes import PLANES, plane_axes
 from util.protocol import DEFAULT_PROTOCOL, check_protocol
+from util.settings import FromOptions, option_values
 
 RHLV_REGIONS = ("all", "pre", "mid", "post")  # whole body and its anterior, middle, posterior thirds
 THIRDS = RHLV_REGIONS[1:]
@@ -63,12 +65,18 @@ class RHLVError(ValueError):
     """A vertebra whose RHLV cannot be measured; the message says why."""
 
 
-@dataclass(frozen=True)
-class MeasureOptions:
-    """Parameters of the RHLV measurement (defaults: DESIGN 5).
+REFERENCE_MIN_COMPONENT_FRACTION = 0.0  # the published code counts every voxel of the label id
 
-    ``protocol`` ``reference`` measures by the published code's rule
-    (:mod:`evaluation.rhlv_reference`, synthesized reference only, no island removal).
+
+@dataclass(frozen=True)
+class MeasureOptions(FromOptions):
+    """The RHLV measurement settings, the one place of their defaults (docs/design.md, RHLV).
+
+    height_threshold: measured columns reach this fraction of the reference's centre column (tau);
+    length_divisor: slices within +/- extent // divisor of the centre slice; min_component_fraction:
+    target islands under this fraction of its voxels are dropped; healthy_min_relative_height: the
+    neighbour baseline's healthy-looking rule. ``protocol`` ``reference`` measures by the published
+    code's rule (:mod:`evaluation.rhlv_reference`, synthesized reference only, no island removal).
     """
 
     plane: str = "sagittal"
@@ -88,6 +96,16 @@ class MeasureOptions:
             raise ValueError(f"length_divisor {self.length_divisor}: expected an integer >= 1")
         if not 0.0 <= self.min_component_fraction < 1.0:
             raise ValueError(f"min_component_fraction {self.min_component_fraction}: expected a fraction in [0, 1)")
+
+    @classmethod
+    def from_options(cls, options: Any, **overrides: Any) -> MeasureOptions:
+        """The settings of a run from its flags; ``--min_component_fraction`` left out (``None``) means 0.05,
+        or 0 (every voxel counts) under ``--protocol reference``."""
+        values = dict(option_values(options))
+        if values.get("min_component_fraction") is None and "min_component_fraction" not in overrides:
+            if values.get("protocol") == "reference":
+                overrides["min_component_fraction"] = REFERENCE_MIN_COMPONENT_FRACTION
+        return super().from_options(values, **overrides)
 
 
 @dataclass(frozen=True)
@@ -162,7 +180,8 @@ def _spacing3(spacing_mm: float | Sequence[float]) -> tuple[float, float, float]
     return tuple(float(s) for s in spacing)
 
 
-def target_heights(label_map: np.ndarray, label: int, min_component_fraction: float = 0.05) -> TargetHeights | None:
+def target_heights(label_map: np.ndarray, label: int,
+                   min_component_fraction: float = MeasureOptions.min_component_fraction) -> TargetHeights | None:
     """Column counts of ``label_map == label`` over (A->P, R->L); ``None`` when the label is absent.
 
     Connected components (full connectivity) smaller than ``min_component_fraction`` of
@@ -282,8 +301,9 @@ def _require_target(label_map: np.ndarray, label: int, what: str, options: Measu
 
 def rhlv_for_vertebra(original_label_map: np.ndarray, synthesized_label_map: np.ndarray, label: int,
                       spacing_mm: float | Sequence[float] = 1.0, plane: str = "sagittal",
-                      height_threshold: float = 0.7, length_divisor: int = 5,
-                      min_component_fraction: float = 0.05) -> RHLVResult:
+                      height_threshold: float = MeasureOptions.height_threshold,
+                      length_divisor: int = MeasureOptions.length_divisor,
+                      min_component_fraction: float = MeasureOptions.min_component_fraction) -> RHLVResult:
     """RHLV of vertebra ``label`` from its original and synthesized (pseudo-healthy) label crops.
 
     Both maps are (S->I, A->P, R->L) crops on the same grid; ``spacing_mm`` is the voxel
@@ -358,9 +378,11 @@ def _nearest_healthy_neighbour(label_map: np.ndarray, label: int, direction: int
 
 def rhlv_neighbours_for_vertebra(original_label_map: np.ndarray, label: int,
                                  spacing_mm: float | Sequence[float] = 1.0, plane: str = "sagittal",
-                                 height_threshold: float = 0.7, length_divisor: int = 5,
-                                 min_component_fraction: float = 0.05,
-                                 healthy_min_relative_height: float = 0.7) -> RHLVResult:
+                                 height_threshold: float = MeasureOptions.height_threshold,
+                                 length_divisor: int = MeasureOptions.length_divisor,
+                                 min_component_fraction: float = MeasureOptions.min_component_fraction,
+                                 healthy_min_relative_height: float = MeasureOptions.healthy_min_relative_height
+                                 ) -> RHLVResult:
     """Non-learned baseline: pseudo-healthy regional heights interpolated from the neighbours.
 
     The nearest complete, healthy-looking vertebrae above and below in the same crop are

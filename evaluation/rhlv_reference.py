@@ -32,6 +32,7 @@ import numpy as np
 from evaluation.rhlv import (
     RHLV_REGIONS,
     THIRDS,
+    MeasureOptions,
     RHLVError,
     RHLVResult,
     plane_heights,
@@ -156,7 +157,8 @@ def published_means(columns: PublishedColumns, original: np.ndarray,
 
 def rhlv_reference_for_vertebra(original_label_map: np.ndarray, synthesized_label_map: np.ndarray, label: int,
                                 spacing_mm: float | Sequence[float] = 1.0, plane: str = "sagittal",
-                                height_threshold: float = 0.7, length_divisor: int = 5) -> RHLVResult:
+                                height_threshold: float = MeasureOptions.height_threshold,
+                                length_divisor: int = MeasureOptions.length_divisor) -> RHLVResult:
     """RHLV of vertebra ``label`` by the published rule; maps are (S->I, A->P, R->L) crops on one grid.
 
     ``RHLVResult.slab`` is the first and last slice (inclusive) of the half-open range.

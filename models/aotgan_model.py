@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.masking import MaskingSettings, add_mask_height_option
 from models.amp import add_amp_options
 from models.aotgan_networks import (
     AOTGenerator,
@@ -45,10 +47,12 @@ from models.aotgan_networks import (
 )
 from models.base_model import BaseModel
 from models.composition import compose_height_adaptive
-from models.healthivert_model import HealthiVertModel, add_option
+from models.healthivert_model import HealthiVertModel, HealthiVertSettings, add_init_options
 from models.losses import dice_coefficient
 from models.networks import init_weights
+from util.cli import add_option
 from util.fileio import read_torch_file
+from util.settings import FromOptions
 
 
 def load_vgg19(path: str | None, device: torch.device) -> VGG19Features | None:
@@ -67,37 +71,65 @@ def load_vgg19(path: str | None, device: torch.device) -> VGG19Features | None:
         raise ValueError(f"{path}: not a torchvision VGG19 state dict ({str(err).splitlines()[0]})") from None
 
 
+@dataclass(frozen=True)
+class AOTGANSettings(FromOptions):
+    """Networks and loss weights of the AOT-GAN baseline (defaults: the AOT-GAN paper's sizes and weights).
+
+    ngf: generator width of the first layer; aot_blocks / aot_rates: AOT blocks and their branch dilations;
+    ndf, init_type, init_gain: as the HealthiVert model's; lambda_*: loss weights; vgg19_weights: a local
+    VGG19 state dict (``None``: no perceptual and style terms); sm_sigma: blur (pixels) of the soft
+    SM-PatchGAN targets; mask_height_mm: the band height (= the generated height).
+    """
+
+    ngf: int = 64
+    aot_blocks: int = 8
+    aot_rates: tuple[int, ...] = (1, 2, 4, 8)
+    mask_height_mm: float = field(default=MaskingSettings.mask_height_mm, metadata={"option": "mask_height"})
+    ndf: int = HealthiVertSettings.ndf
+    init_type: str = HealthiVertSettings.init_type
+    init_gain: float = HealthiVertSettings.init_gain
+    lambda_L1: float = 1.0
+    lambda_adv: float = 0.01
+    lambda_dice_fine: float = HealthiVertSettings.lambda_dice_fine
+    lambda_perceptual: float = 0.1
+    lambda_style: float = 250.0
+    vgg19_weights: str | None = None
+    sm_sigma: float = 10.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aot_rates", tuple(int(rate) for rate in self.aot_rates))
+
+
 class AOTGANModel(BaseModel):
     """AOT-GAN generator with a target-segmentation head and an SM-PatchGAN discriminator."""
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool = True) -> argparse.ArgumentParser:
         """Model flags (defaults: the AOT-GAN paper's sizes and weights); existing flags are kept."""
-        add_option(parser, "--ngf", type=int, default=64, help="generator width of the first layer (bottleneck 4x)")
-        add_option(parser, "--aot_blocks", type=int, default=8, help="number of AOT blocks")
-        add_option(parser, "--aot_rates", type=int, nargs="+", default=[1, 2, 4, 8],
+        defaults = AOTGANSettings()
+        add_option(parser, "--ngf", type=int, default=defaults.ngf,
+                   help="generator width of the first layer (bottleneck 4x)")
+        add_option(parser, "--aot_blocks", type=int, default=defaults.aot_blocks, help="number of AOT blocks")
+        add_option(parser, "--aot_rates", type=int, nargs="+", default=list(defaults.aot_rates),
                    help="dilation rates of the parallel branches of each AOT block")
-        add_option(parser, "--mask_height", type=float, default=40.0,
-                   help="height of the masked band in mm (= the generated height: AOT-GAN has no SHRM)")
+        add_mask_height_option(parser)
         add_amp_options(parser)
         if is_train:
-            add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
-            add_option(parser, "--init_type", type=str, default="normal",
-                       choices=["normal", "xavier", "kaiming", "orthogonal"], help="weight initialisation")
-            add_option(parser, "--init_gain", type=float, default=0.02, help="scale of the initialisation")
-            add_option(parser, "--lambda_L1", type=float, default=1.0,
+            add_init_options(parser, "weight")
+            add_option(parser, "--lambda_L1", type=float, default=defaults.lambda_L1,
                        help="weight of the mean L1 of the generator output against the real slice")
-            add_option(parser, "--lambda_adv", type=float, default=0.01, help="weight of the SM-PatchGAN term")
-            add_option(parser, "--lambda_dice_fine", type=float, default=15.0,
+            add_option(parser, "--lambda_adv", type=float, default=defaults.lambda_adv,
+                       help="weight of the SM-PatchGAN term")
+            add_option(parser, "--lambda_dice_fine", type=float, default=defaults.lambda_dice_fine,
                        help="weight of the Dice loss of the target segmentation head")
-            add_option(parser, "--lambda_perceptual", type=float, default=0.1,
+            add_option(parser, "--lambda_perceptual", type=float, default=defaults.lambda_perceptual,
                        help="weight of the VGG19 perceptual loss (with --vgg19_weights)")
-            add_option(parser, "--lambda_style", type=float, default=250.0,
+            add_option(parser, "--lambda_style", type=float, default=defaults.lambda_style,
                        help="weight of the VGG19 style loss (with --vgg19_weights)")
-            add_option(parser, "--vgg19_weights", type=str, default=None,
+            add_option(parser, "--vgg19_weights", type=str, default=defaults.vgg19_weights,
                        help="local torchvision VGG19 state dict for the perceptual and style losses "
                             "(never downloaded; without it both losses are off)")
-            add_option(parser, "--sm_sigma", type=float, default=10.0,
+            add_option(parser, "--sm_sigma", type=float, default=defaults.sm_sigma,
                        help="Gaussian sigma (pixels) of the soft SM-PatchGAN mask targets "
                             "(10: the paper's 71x71 kernel)")
         return parser
@@ -105,29 +137,29 @@ class AOTGANModel(BaseModel):
     @staticmethod
     def inference_generator(options: dict[str, Any]) -> nn.Module:
         """The generator of a checkpoint saved with ``options``, with the synthesis call signature."""
-        return AOTSynthesisGenerator(int(options.get("ngf", 64)), int(options.get("aot_blocks", 8)),
-                                     tuple(options.get("aot_rates", (1, 2, 4, 8))))
+        settings = AOTGANSettings.from_options(options)
+        return AOTSynthesisGenerator(settings.ngf, settings.aot_blocks, settings.aot_rates)
 
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
+        self.settings = settings = AOTGANSettings.from_options(opt)
         self.model_names = ["G", "D"] if self.isTrain else ["G"]
         self.loss_names = ["G_L1", "G_adv", "G_Dice", "G", "D_real", "D_fake"]
         self.visual_names = ["masked_ct", "real_ct", "fake_ct", "generated_ct", "fine_target_seg", "target_label",
                              "band_mask", "generated_mask"]
-        self.netG = AOTGenerator(getattr(opt, "ngf", 64), getattr(opt, "aot_blocks", 8),
-                                 tuple(getattr(opt, "aot_rates", (1, 2, 4, 8))))
-        init_weights(self.netG, getattr(opt, "init_type", "normal"), getattr(opt, "init_gain", 0.02))
+        self.netG = AOTGenerator(settings.ngf, settings.aot_blocks, settings.aot_rates)
+        init_weights(self.netG, settings.init_type, settings.init_gain)
         self.netG.to(self.device)
         self.vgg: VGG19Features | None = None
         if not self.isTrain:
             return
-        self.netD = SMPatchDiscriminator(1, getattr(opt, "ndf", 64))
-        init_weights(self.netD, getattr(opt, "init_type", "normal"), getattr(opt, "init_gain", 0.02))
+        self.netD = SMPatchDiscriminator(1, settings.ndf)
+        init_weights(self.netD, settings.init_type, settings.init_gain)
         self.netD.to(self.device)
-        self.vgg = load_vgg19(getattr(opt, "vgg19_weights", None), self.device)
+        self.vgg = load_vgg19(settings.vgg19_weights, self.device)
         if self.vgg is not None:
             self.loss_names[3:3] = ["perceptual", "style"]
-        self.add_adam_optimizers(opt)
+        self.add_adam_optimizers()
 
     # ------------------------------------------------------------------ input / forward
     def set_input(self, batch: dict[str, Any]) -> None:
@@ -158,7 +190,7 @@ class AOTGANModel(BaseModel):
     # ------------------------------------------------------------------ losses
     def discriminator_loss(self) -> torch.Tensor:
         """Least squares of D towards 1 on real slices and 1 - blur(m) on composed ones."""
-        fake_target, real_target = sm_patchgan_targets(self.generated_mask, getattr(self.opt, "sm_sigma", 10.0))
+        fake_target, real_target = sm_patchgan_targets(self.generated_mask, self.settings.sm_sigma)
         size = tuple(self.real_ct.shape[-2:])
         with self.precision.autocast():
             fake_scores = patch_scores_at(self.netD(self.fake_ct.detach()), size)
@@ -169,22 +201,21 @@ class AOTGANModel(BaseModel):
 
     def generator_loss_terms(self) -> dict[str, torch.Tensor]:
         """Every weighted term of the generator loss (call after ``forward``)."""
-        opt = self.opt
+        weights = self.settings
         size = tuple(self.real_ct.shape[-2:])
         with self.precision.autocast():
             scores = patch_scores_at(self.netD(self.fake_ct), size).float()
         mask = self.generated_mask
         adversarial = ((scores - 1.0) ** 2 * mask).mean() / mask.mean().clamp_min(1e-8)
         terms = {
-            "G_L1": getattr(opt, "lambda_L1", 1.0) * F.l1_loss(self.generated_ct, self.real_ct),
-            "G_adv": getattr(opt, "lambda_adv", 0.01) * adversarial,
-            "G_Dice": getattr(opt, "lambda_dice_fine", 15.0) * (1 - dice_coefficient(self.fine_target_seg,
-                                                                                    self.target_label)),
+            "G_L1": weights.lambda_L1 * F.l1_loss(self.generated_ct, self.real_ct),
+            "G_adv": weights.lambda_adv * adversarial,
+            "G_Dice": weights.lambda_dice_fine * (1 - dice_coefficient(self.fine_target_seg, self.target_label)),
         }
         if self.vgg is not None:
             perceptual, style = perceptual_and_style_losses(self.vgg, self.fake_ct, self.real_ct)
-            terms["perceptual"] = getattr(opt, "lambda_perceptual", 0.1) * perceptual
-            terms["style"] = getattr(opt, "lambda_style", 250.0) * style
+            terms["perceptual"] = weights.lambda_perceptual * perceptual
+            terms["style"] = weights.lambda_style * style
         return terms
 
     def generator_loss(self) -> torch.Tensor:

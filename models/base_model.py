@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +21,92 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from models.amp import MixedPrecision, load_scaler_states, scaled_step, scaler_states
+from util.cli import add_option
 from util.distributed import resolve_device
 from util.fileio import atomic_torch_save
+from util.settings import FromOptions
+
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
 
 
-def get_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace) -> Any:
-    """Learning-rate scheduler of ``opt.lr_policy``: linear (constant for n_epochs, then linear to 0
+@dataclass(frozen=True)
+class ScheduleSettings(FromOptions):
+    """Adam and learning-rate schedule of a training run (pix2pix names; one scheduler step per epoch).
+
+    lr: initial learning rate; beta1: Adam beta1 (beta2 is 0.999); lr_policy: one of ``LR_POLICIES``;
+    lr_decay_iters: epochs between decays (step); n_epochs: epochs at the initial rate; n_epochs_decay:
+    epochs of linear decay to zero; epoch_count: number of the first epoch.
+    """
+
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lr_policy: str = "linear"
+    lr_decay_iters: int = 50
+    n_epochs: int = 200
+    n_epochs_decay: int = 800
+    epoch_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lr_policy not in LR_POLICIES:
+            raise ValueError(f"unknown lr_policy {self.lr_policy!r} ({' | '.join(LR_POLICIES)})")
+
+
+def add_schedule_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of :class:`ScheduleSettings`, defined once for train.py and the models' own parsers."""
+    defaults = ScheduleSettings()
+    add_option(parser, "--n_epochs", type=int, default=defaults.n_epochs, help="epochs at the initial learning rate")
+    add_option(parser, "--n_epochs_decay", type=int, default=defaults.n_epochs_decay,
+               help="epochs of linear decay to zero")
+    add_option(parser, "--epoch_count", type=int, default=defaults.epoch_count,
+               help="number of the first epoch (ignored by --continue_train, which resumes the checkpoint's)")
+    add_option(parser, "--lr", type=float, default=defaults.lr, help="initial Adam learning rate")
+    add_option(parser, "--beta1", type=float, default=defaults.beta1, help="Adam beta1")
+    add_option(parser, "--lr_policy", default=defaults.lr_policy, choices=list(LR_POLICIES),
+               help="learning-rate policy (one step per epoch)")
+    add_option(parser, "--lr_decay_iters", type=int, default=defaults.lr_decay_iters,
+               help="step policy: epochs between decays")
+    return parser
+
+
+@dataclass(frozen=True)
+class ModelRunSettings(FromOptions):
+    """Where a model runs and which checkpoint it loads.
+
+    is_train: training (optimizers, schedulers) or inference; gpu_ids: ``--gpu_ids`` (``util.distributed``);
+    checkpoints_dir / name: the run folder; continue_train: resume from ``epoch`` (or ``iter_<load_iter>``
+    when ``load_iter`` > 0); verbose: print network sizes.
+    """
+
+    is_train: bool = field(metadata={"option": "isTrain"})
+    gpu_ids: Any
+    checkpoints_dir: str
+    name: str
+    continue_train: bool = False
+    load_iter: int = 0
+    epoch: str = "latest"
+    verbose: bool = False
+
+    @property
+    def save_dir(self) -> Path:
+        return Path(self.checkpoints_dir) / self.name
+
+
+def get_scheduler(optimizer: torch.optim.Optimizer, settings: ScheduleSettings) -> Any:
+    """Learning-rate scheduler of ``settings.lr_policy``: linear (constant for n_epochs, then linear to 0
     over n_epochs_decay), step, plateau or cosine. One scheduler step per epoch."""
-    policy = getattr(opt, "lr_policy", "linear")
-    n_epochs = getattr(opt, "n_epochs", 200)
-    n_epochs_decay = getattr(opt, "n_epochs_decay", 800)
-    if policy == "linear":
-        epoch_count = getattr(opt, "epoch_count", 1)
+    n_epochs, n_epochs_decay = settings.n_epochs, settings.n_epochs_decay
+    if settings.lr_policy == "linear":
+        epoch_count = settings.epoch_count
 
         def lambda_rule(epoch: int) -> float:
             return 1.0 - max(0, epoch + epoch_count - n_epochs) / float(n_epochs_decay + 1)
 
         return lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda_rule)
-    if policy == "step":
-        return lr_scheduler.StepLR(optimizer, step_size=getattr(opt, "lr_decay_iters", 50), gamma=0.1)
-    if policy == "plateau":
+    if settings.lr_policy == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=settings.lr_decay_iters, gamma=0.1)
+    if settings.lr_policy == "plateau":
         return lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.2, threshold=0.01, patience=5)
-    if policy == "cosine":
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=n_epochs, eta_min=0)
-    raise ValueError(f"unknown lr_policy {policy!r} (linear | step | plateau | cosine)")
+    return lr_scheduler.CosineAnnealingLR(optimizer, T_max=n_epochs, eta_min=0)
 
 
 def unwrap(net: nn.Module) -> nn.Module:
@@ -56,9 +119,11 @@ class BaseModel(ABC):
 
     def __init__(self, opt: argparse.Namespace) -> None:
         self.opt = opt
-        self.isTrain = bool(getattr(opt, "isTrain", True))
-        self.device = resolve_device(getattr(opt, "gpu_ids", "-1"))
-        self.save_dir = Path(getattr(opt, "checkpoints_dir", "./checkpoints")) / getattr(opt, "name", "experiment")
+        self.run = ModelRunSettings.from_options(opt)
+        self.schedule = ScheduleSettings.from_options(opt)
+        self.isTrain = bool(self.run.is_train)
+        self.device = resolve_device(self.run.gpu_ids)
+        self.save_dir = self.run.save_dir
         self.loss_names: list[str] = []
         self.model_names: list[str] = []
         self.visual_names: list[str] = []
@@ -92,11 +157,11 @@ class BaseModel(ABC):
     def optimize_parameters(self) -> None:
         """One optimisation step on the current input."""
 
-    def add_adam_optimizers(self, opt: argparse.Namespace) -> None:
+    def add_adam_optimizers(self) -> None:
         """One Adam optimizer per network of ``model_names`` (``--lr``, betas (``--beta1``, 0.999)), kept as
         ``optimizer_<name>`` and in ``optimizers`` / ``optimizer_names``."""
-        betas = (getattr(opt, "beta1", 0.5), 0.999)
-        lr = getattr(opt, "lr", 2e-4)
+        betas = (self.schedule.beta1, 0.999)
+        lr = self.schedule.lr
         for name in self.model_names:
             optimizer = torch.optim.Adam(getattr(self, "net" + name).parameters(), lr=lr, betas=betas)
             setattr(self, "optimizer_" + name, optimizer)
@@ -125,14 +190,15 @@ class BaseModel(ABC):
         ``load=None`` follows pix2pix: load ``opt.epoch`` when testing or with ``--continue_train``.
         Pass ``load=False`` when the caller restores everything itself via ``load_state_dict``.
         """
+        run = ModelRunSettings.from_options(opt)
         if self.isTrain:
-            self.schedulers = [get_scheduler(optimizer, opt) for optimizer in self.optimizers]
+            self.schedulers = [get_scheduler(optimizer, ScheduleSettings.from_options(opt))
+                               for optimizer in self.optimizers]
         if load is None:
-            load = (not self.isTrain) or bool(getattr(opt, "continue_train", False))
+            load = (not self.isTrain) or run.continue_train
         if load:
-            load_iter = getattr(opt, "load_iter", 0)
-            self.load_networks(f"iter_{load_iter}" if load_iter > 0 else getattr(opt, "epoch", "latest"))
-        if getattr(opt, "verbose", False):
+            self.load_networks(f"iter_{run.load_iter}" if run.load_iter > 0 else run.epoch)
+        if run.verbose:
             self.print_networks()
 
     def train(self) -> None:

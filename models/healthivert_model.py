@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import argparse
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from data.crops import DEFAULT_SPACING_MM
+from data.masking import MaskingSettings, add_mask_height_option, mask_height_rows
 from models.amp import add_amp_options
-from models.base_model import BaseModel
+from models.base_model import BaseModel, add_schedule_options
 from models.composition import compose_height_adaptive
 from models.contextual_attention import flow_to_rgb
 from models.losses import (
@@ -44,17 +47,63 @@ from models.losses import (
 )
 from models.module_switches import ModuleSwitches, add_model_switches
 from models.networks import GeneratorOutput, HealthiVertGenerator, NLayerDiscriminator, init_weights
-from util.protocol import get_protocol
+from util.cli import add_option
+from util.protocol import Protocol
+from util.settings import FromOptions
 
 IMAGE_KEYS = ("masked_ct", "real_ct", "band_mask", "offset_plane", "cam", "neighbour_label", "target_label")
 ROW_KEYS = ("target_top", "target_bottom", "band_centre")
 DISCRIMINATORS = ("D_1", "D_2", "D_3")
 
 
-def add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
-    """``parser.add_argument(flag, ...)`` unless another option group already defined ``flag``."""
-    if flag not in parser._option_string_actions:
-        parser.add_argument(flag, **kwargs)
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+
+
+@dataclass(frozen=True)
+class HealthiVertSettings(FromOptions):
+    """Networks and loss weights of the HealthiVert-GAN training model (defaults: the reference at batch 1).
+
+    ngf / ndf: generator and discriminator widths; n_layers_D: PatchGAN depth; norm, init_type, init_gain:
+    discriminator normalisation and initialisation; gan_mode: GAN objective; lambda_*: loss weights (module
+    docstring); local_width: columns (pixels) seen by D3; mask_height_mm: band height (``--mask_height``);
+    crop_spacing_mm: the crops' voxel size (S->I, A->P, R->L), saved in checkpoints by train.py; unknown
+    (``None``) before training has read the crops.
+    """
+
+    ngf: int = 16
+    mask_height_mm: float = field(default=MaskingSettings.mask_height_mm, metadata={"option": "mask_height"})
+    crop_spacing_mm: tuple[float, ...] | None = None
+    ndf: int = 64
+    n_layers_D: int = 3
+    norm: str = "batch"
+    init_type: str = "normal"
+    init_gain: float = 0.02
+    gan_mode: str = "vanilla"
+    lambda_GAN: float = 1.0 / 6.0
+    lambda_L1: float = 200.0
+    lambda_dice_coarse: float = 10.0
+    lambda_dice_fine: float = 15.0
+    lambda_edge: float = 800.0
+    lambda_height: float = 40.0
+    lambda_gp: float = 10.0
+    local_width: int = 70
+
+    def mask_height_px(self) -> int:
+        """Band height in rows: ``mask_height_mm`` over the crops' row spacing (axis 0), or over the
+        straightening default (``DEFAULT_SPACING_MM``) while the crops are unknown. Training and
+        synthesis pass each batch's band rows to the generator; this is the default for a call that does not."""
+        row_spacing = DEFAULT_SPACING_MM if self.crop_spacing_mm is None else float(self.crop_spacing_mm[0])
+        return mask_height_rows(self.mask_height_mm, row_spacing)
+
+
+def add_init_options(parser: argparse.ArgumentParser, what: str) -> argparse.ArgumentParser:
+    """``--ndf``, ``--init_type`` and ``--init_gain``, shared by the models (``what``: the initialised networks)."""
+    defaults = HealthiVertSettings()
+    add_option(parser, "--ndf", type=int, default=defaults.ndf, help="discriminator width of the first conv layer")
+    add_option(parser, "--init_type", type=str, default=defaults.init_type, choices=list(INIT_TYPES),
+               help=f"{what} initialisation")
+    add_option(parser, "--init_gain", type=float, default=defaults.init_gain, help="scale of the initialisation")
+    return parser
 
 
 def band_rows(band_mask: torch.Tensor) -> torch.Tensor:
@@ -77,53 +126,50 @@ class HealthiVertModel(BaseModel):
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool = True) -> argparse.ArgumentParser:
         """Model flags (defaults = reference at batch 1); flags already defined elsewhere are kept."""
-        add_option(parser, "--ngf", type=int, default=16, help="generator base width (16: ~0.99 M parameters)")
-        add_option(parser, "--mask_height", type=float, default=40.0,
-                   help="height of the masked band in mm; the height heads predict within the band's pixel rows")
+        defaults = HealthiVertSettings()
+        add_option(parser, "--ngf", type=int, default=defaults.ngf,
+                   help="generator base width (16: ~0.99 M parameters)")
+        add_mask_height_option(parser)
         add_amp_options(parser)
         if is_train:  # at synthesis the switches come from the checkpoint's options (settings_for)
             add_model_switches(parser)
-            add_option(parser, "--ndf", type=int, default=64, help="discriminator width of the first conv layer")
-            add_option(parser, "--n_layers_D", type=int, default=3, help="PatchGAN depth (3 = 70x70 patches)")
-            add_option(parser, "--norm", type=str, default="batch", choices=["batch", "instance", "none"],
+            add_init_options(parser, "discriminator")
+            add_option(parser, "--n_layers_D", type=int, default=defaults.n_layers_D,
+                       help="PatchGAN depth (3 = 70x70 patches)")
+            add_option(parser, "--norm", type=str, default=defaults.norm, choices=["batch", "instance", "none"],
                        help="discriminator normalisation")
-            add_option(parser, "--init_type", type=str, default="normal",
-                       choices=["normal", "xavier", "kaiming", "orthogonal"], help="discriminator initialisation")
-            add_option(parser, "--init_gain", type=float, default=0.02, help="scale of the initialisation")
-            add_option(parser, "--gan_mode", type=str, default="vanilla", choices=list(GAN_MODES),
+            add_option(parser, "--gan_mode", type=str, default=defaults.gan_mode, choices=list(GAN_MODES),
                        help="GAN objective")
-            add_option(parser, "--lambda_GAN", type=float, default=1.0 / 6.0,
+            add_option(parser, "--lambda_GAN", type=float, default=defaults.lambda_GAN,
                        help="weight of the sum of the three generator GAN terms")
-            add_option(parser, "--lambda_L1", type=float, default=200.0,
+            add_option(parser, "--lambda_L1", type=float, default=defaults.lambda_L1,
                        help="weight of the band-normalised L1 of coarse and fine composed CT")
-            add_option(parser, "--lambda_dice_coarse", type=float, default=10.0,
+            add_option(parser, "--lambda_dice_coarse", type=float, default=defaults.lambda_dice_coarse,
                        help="weight of the Dice loss of the coarse neighbour segmentation")
-            add_option(parser, "--lambda_dice_fine", type=float, default=15.0,
+            add_option(parser, "--lambda_dice_fine", type=float, default=defaults.lambda_dice_fine,
                        help="weight of the Dice loss of the fine target segmentation")
-            add_option(parser, "--lambda_edge", type=float, default=800.0, help="weight of the Sobel edge loss (EEM)")
-            add_option(parser, "--lambda_height", type=float, default=40.0,
+            add_option(parser, "--lambda_edge", type=float, default=defaults.lambda_edge,
+                       help="weight of the Sobel edge loss (EEM)")
+            add_option(parser, "--lambda_height", type=float, default=defaults.lambda_height,
                        help="weight of each relative height error (h1 and h2, SHRM)")
-            add_option(parser, "--lambda_gp", type=float, default=10.0, help="gradient-penalty weight (wgangp)")
-            add_option(parser, "--local_width", type=int, default=70,
+            add_option(parser, "--lambda_gp", type=float, default=defaults.lambda_gp,
+                       help="gradient-penalty weight (wgangp)")
+            add_option(parser, "--local_width", type=int, default=defaults.local_width,
                        help="width in pixels of the central columns seen by the local discriminator D3")
-            add_option(parser, "--lr", type=float, default=2e-4, help="Adam learning rate")
-            add_option(parser, "--beta1", type=float, default=0.5, help="Adam beta1")
-            add_option(parser, "--lr_policy", type=str, default="linear",
-                       choices=["linear", "step", "plateau", "cosine"], help="learning-rate policy")
-            add_option(parser, "--lr_decay_iters", type=int, default=50, help="step policy: epochs between decays")
-            add_option(parser, "--n_epochs", type=int, default=200, help="epochs at the initial learning rate")
-            add_option(parser, "--n_epochs_decay", type=int, default=800, help="epochs of linear decay to zero")
-            add_option(parser, "--epoch_count", type=int, default=1, help="starting epoch number")
+            add_schedule_options(parser)
         return parser
 
     @staticmethod
     def inference_generator(options: dict[str, Any]) -> torch.nn.Module:
-        """The generator of a checkpoint saved with ``options`` (``--ngf``, ``--mask_height``)."""
-        return HealthiVertGenerator(int(options.get("ngf", 16)), float(options.get("mask_height", 40.0)))
+        """The generator of a checkpoint saved with ``options`` (``--ngf``; the band rows from ``--mask_height``
+        and the saved crop spacing)."""
+        settings = HealthiVertSettings.from_options(options)
+        return HealthiVertGenerator(settings.ngf, mask_height_px=settings.mask_height_px())
 
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
-        self.protocol = get_protocol(getattr(opt, "protocol", None))
+        self.settings = settings = HealthiVertSettings.from_options(opt)
+        self.protocol = Protocol.from_options(opt)
         self.switches = ModuleSwitches.from_options(opt)
         self.model_names = ["G", *DISCRIMINATORS] if self.isTrain else ["G"]
         self.loss_names = ["G_GAN", "G_L1", "coarse_Dice", "G_Dice", "edge", "h", "G",
@@ -131,21 +177,19 @@ class HealthiVertModel(BaseModel):
         self.visual_names = ["masked_ct", "real_ct", "fake_ct", "fake_ct_coarse", "fine_ct", "coarse_neighbour_seg",
                              "neighbour_label", "fine_target_seg", "target_label", "band_mask", "cam",
                              "real_edges", "fake_edges", "fake_local", "attention_flow"]
-        self.netG = HealthiVertGenerator(getattr(opt, "ngf", 16), mask_height_px=getattr(opt, "mask_height", 40.0))
+        self.netG = HealthiVertGenerator(settings.ngf, mask_height_px=settings.mask_height_px())
         self.netG.to(self.device, memory_format=torch.channels_last)
         self.sobel = SobelEdges().to(self.device)
         if not self.isTrain:
             return
-        gan_mode = getattr(opt, "gan_mode", "vanilla")
-        if gan_mode == "wgangp":
+        if settings.gan_mode == "wgangp":
             self.loss_names += ["D_gp_1", "D_gp_2", "D_gp_3"]
         for name in DISCRIMINATORS:
-            net = NLayerDiscriminator(1, getattr(opt, "ndf", 64), getattr(opt, "n_layers_D", 3),
-                                      getattr(opt, "norm", "batch"))
-            init_weights(net, getattr(opt, "init_type", "normal"), getattr(opt, "init_gain", 0.02))
+            net = NLayerDiscriminator(1, settings.ndf, settings.n_layers_D, settings.norm)
+            init_weights(net, settings.init_type, settings.init_gain)
             setattr(self, "net" + name, net.to(self.device, memory_format=torch.channels_last))
-        self.criterionGAN = GANLoss(gan_mode)
-        self.add_adam_optimizers(opt)
+        self.criterionGAN = GANLoss(settings.gan_mode)
+        self.add_adam_optimizers()
 
     # ------------------------------------------------------------------ input / forward
     def set_input(self, batch: dict[str, Any]) -> None:
@@ -184,7 +228,7 @@ class HealthiVertModel(BaseModel):
             (self.mask_height_px, self.mask_height_px)
         self.fake_ct = self.compose(self.real_ct, out.fine_ct, fine_height)
         self.fake_ct_coarse = self.compose(self.real_ct, out.coarse_ct, coarse_height)
-        local = self.band_mask * central_columns_mask(self.band_mask, getattr(self.opt, "local_width", 70))
+        local = self.band_mask * central_columns_mask(self.band_mask, self.settings.local_width)
         self.fake_local = self.fake_ct * local
         self.real_local = self.real_ct * local
 
@@ -206,19 +250,19 @@ class HealthiVertModel(BaseModel):
         setattr(self, f"loss_D_real_{index}", loss_real.detach())
         loss = 0.5 * (loss_fake + loss_real)
         if self.criterionGAN.gan_mode == "wgangp":
-            penalty = gradient_penalty(net, real, fake, getattr(self.opt, "lambda_gp", 10.0))
+            penalty = gradient_penalty(net, real, fake, self.settings.lambda_gp)
             setattr(self, f"loss_D_gp_{index}", penalty.detach())
             loss = loss + penalty
         return loss
 
     def generator_loss_terms(self) -> dict[str, torch.Tensor]:
         """Every weighted term of the generator loss (call after ``forward``)."""
-        opt = self.opt
+        weights = self.settings
         out = self.output
         fakes = {name: pair[0] for name, pair in self.discriminator_pairs().items()}
         with self.precision.autocast():
             gan = {name: self.criterionGAN(getattr(self, "net" + name)(fake), True) for name, fake in fakes.items()}
-        lambda_gan = getattr(opt, "lambda_GAN", 1.0 / 6.0)
+        lambda_gan = weights.lambda_GAN
         self.real_edges = self.sobel(self.target_label)
         self.fake_edges = self.sobel(out.fine_target_seg.float())
         l1_scale = 1.0 / self.real_ct.shape[0] if self.protocol.l1_divided_by_batch else 1.0
@@ -226,20 +270,20 @@ class HealthiVertModel(BaseModel):
             "G_GAN_ct": lambda_gan * gan["D_1"].float(),
             "G_GAN_seg": lambda_gan * gan["D_2"].float(),
             "G_GAN_local": lambda_gan * gan["D_3"].float(),
-            "G_L1": getattr(opt, "lambda_L1", 200.0) * l1_scale * band_l1(
+            "G_L1": weights.lambda_L1 * l1_scale * band_l1(
                 [self.fake_ct, self.fake_ct_coarse], self.real_ct, self.band_mask),
-            "coarse_Dice": getattr(opt, "lambda_dice_coarse", 10.0) * (
+            "coarse_Dice": weights.lambda_dice_coarse * (
                 1 - dice_coefficient(out.coarse_neighbour_seg, self.neighbour_label)),
-            "G_Dice": getattr(opt, "lambda_dice_fine", 15.0) * (
+            "G_Dice": weights.lambda_dice_fine * (
                 1 - dice_coefficient(out.fine_target_seg, self.target_label)),
         }
         zero = torch.zeros((), device=self.real_ct.device)  # a switched-off module's term: no value, no gradient
-        terms["edge"] = getattr(opt, "lambda_edge", 800.0) * F.mse_loss(self.fake_edges, self.real_edges) \
+        terms["edge"] = weights.lambda_edge * F.mse_loss(self.fake_edges, self.real_edges) \
             if self.switches.eem else zero
         if self.switches.shrm:
             height_error = relative_height_error(out.coarse_height, self.height_px) + \
                 relative_height_error(out.fine_height, self.height_px)
-            terms["h"] = getattr(opt, "lambda_height", 40.0) * height_error.mean()
+            terms["h"] = weights.lambda_height * height_error.mean()
         else:
             terms["h"] = zero
         return terms

@@ -19,16 +19,11 @@ from typing import Any
 import models
 from data import loader as dataset_loader
 from data.planes import PLANES
+from models.base_model import ModelRunSettings
 from util import published_layout
 from util.distributed import parse_gpu_ids
 from util.fileio import atomic_write, write_json
 from util.protocol import add_protocol_argument
-
-
-def add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
-    """``parser.add_argument(flag, ...)`` unless ``flag`` is already defined (first definition wins)."""
-    if flag not in parser._option_string_actions:
-        parser.add_argument(flag, **kwargs)
 
 
 def add_protocol_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -71,7 +66,8 @@ class BaseOptions:
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         """Base flags (data, experiment, device, reproducibility)."""
         parser.add_argument("--dataroot", required=True,
-                            help="folder of straightened crops (holds CT/ and label/, DESIGN 3.3)")
+                            help="folder of straightened crops (holds CT/ and label/; docs/design.md, "
+                                 "Straightened crops)")
         parser.add_argument("--split_json", default=None,
                             help="split JSON {train,val,test: {<case>_<v>: grade}}; "
                                  "if omitted, <dataroot>/../vertebra_data.json")
@@ -104,10 +100,10 @@ class BaseOptions:
         parser.add_argument("--cache_dir", default=None,
                             help="decoded-crop cache folder, rebuilt when a crop changes; "
                                  "if omitted, <dataroot>/.cache/crops")
-        parser.add_argument("--epoch", default="latest",
+        parser.add_argument("--epoch", default=ModelRunSettings.epoch,
                             help="checkpoint to load: 'latest' or an epoch number "
                                  "(<checkpoints_dir>/<name>/<epoch>.pth)")
-        parser.add_argument("--load_iter", type=int, default=0,
+        parser.add_argument("--load_iter", type=int, default=ModelRunSettings.load_iter,
                             help="if > 0, load the checkpoint saved at this iteration (iter_<n>.pth) "
                                  "instead of --epoch")
         parser.add_argument("--seed", type=int, default=0, help="random seed (Python, NumPy, PyTorch, data sampling)")

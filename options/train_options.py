@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from models.base_model import add_schedule_options
 from options.base_options import BaseOptions
 
 
@@ -14,18 +15,8 @@ class TrainOptions(BaseOptions):
 
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = BaseOptions.initialize(self, parser)
-        parser.add_argument("--phase", default="train", help="split trained on (DESIGN 3.5)")
-        # schedule (pix2pix: constant LR for n_epochs, then linear decay to zero over n_epochs_decay)
-        parser.add_argument("--n_epochs", type=int, default=200, help="epochs at the initial learning rate")
-        parser.add_argument("--n_epochs_decay", type=int, default=800, help="epochs of linear decay to zero")
-        parser.add_argument("--epoch_count", type=int, default=1,
-                            help="number of the first epoch (ignored by --continue_train, which resumes the "
-                                 "checkpoint's)")
-        parser.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
-        parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
-        parser.add_argument("--lr_policy", default="linear", choices=["linear", "step", "plateau", "cosine"],
-                            help="learning-rate policy (one step per epoch)")
-        parser.add_argument("--lr_decay_iters", type=int, default=50, help="step policy: epochs between decays")
+        parser.add_argument("--phase", default="train", help="split trained on (docs/design.md, Split JSON)")
+        add_schedule_options(parser)  # pix2pix: constant LR for n_epochs, then linear decay over n_epochs_decay
         parser.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
                             help="let cuDNN pick the fastest convolution kernels for the fixed crop size "
                                  "(GPU; off with --deterministic)")

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from data.crops import load_crop
+from data.crops import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, load_crop
 from data.image_io import CaseFiles, check_same_grid, load_ct, load_mask, read_grid, save_nifti
 from data.labels import LABEL_SCHEMES, TOTALSEG_TO_VERSE, split_key, totalseg_to_verse, vertebra_name
 from data.synthesis_layout import OutputLayout
@@ -39,8 +39,9 @@ from evaluation.rhlv_table import MapSettings, rhlv_tables
 from models.synthesis.checkpoints import checkpoint_file, load_generator
 from straighten.backproject import sample_crop, scan_footprint
 from straighten.centroids import case_centroids
-from straighten.pipeline import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, straighten_case
+from straighten.pipeline import straighten_case
 from util.fileio import atomic_path, write_json
+from util.settings import FromOptions
 
 REGION_NAMES = {"pre": "anterior", "mid": "middle", "post": "posterior", "all": "whole"}
 PASTE_MARGIN_VOXELS = 2  # the pseudo-healthy CT replaces the target's (original or synthesized) voxels plus this
@@ -54,9 +55,10 @@ class PredictError(ValueError):
     """Input predict cannot use; the message names the file and the problem (one line)."""
 
 
-@dataclass
-class PredictSettings:
-    """What to predict on and with which model (paths as given on the command line)."""
+@dataclass(frozen=True)
+class PredictSettings(FromOptions):
+    """What to predict on and with which model (paths as given on the command line); the defaults of
+    predict.py's flags. ``None`` for plane, crop size and spacing: the model's."""
 
     ct: Path
     mask: Path
@@ -71,7 +73,7 @@ class PredictSettings:
     gpu_ids: str = "-1"
     plane: str | None = None
     crop_size: tuple[int, int, int] | None = None
-    spacing_mm: float | None = None
+    spacing_mm: float | None = field(default=None, metadata={"option": "spacing"})
     reference: str = "synthesized"
     case: str | None = None
     keep_work: bool = False

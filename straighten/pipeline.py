@@ -10,15 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from data.crops import CROP_AXES, case_crop_keys, crop_affine, crop_paths, remove_crops, write_crop
+from data.crops import (
+    CROP_AXES,
+    DEFAULT_CROP_SIZE,
+    DEFAULT_SPACING_MM,
+    case_crop_keys,
+    crop_affine,
+    crop_paths,
+    remove_crops,
+    write_crop,
+)
 from data.image_io import CaseFiles, ImageIOError, check_same_grid, list_cases, load_ct, load_mask, read_grid
 from data.labels import split_key
 from straighten.frames import StraightGrid, grid_for_crops, straight_line
 from straighten.spine import SpineModel, StraightenError, Vertebra, body_label_map, build_spine_model
 from util.parallel import map_items
 
-DEFAULT_CROP_SIZE = (256, 256, 64)
-DEFAULT_SPACING_MM = 1.0
 CT_FILL_HU = -1024.0
 
 

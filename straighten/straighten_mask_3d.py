@@ -29,9 +29,10 @@ import argparse  # noqa: E402
 
 from tqdm import tqdm  # noqa: E402
 
+from data.crops import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM  # noqa: E402
 from data.image_io import ImageIOError  # noqa: E402
 from data.labels import LABEL_SCHEMES  # noqa: E402
-from straighten.pipeline import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, CaseResult, straighten_root  # noqa: E402
+from straighten.pipeline import CaseResult, straighten_root  # noqa: E402
 from util.fileio import OutputDirError, prepare_output_dir  # noqa: E402
 
 

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """``parser.add_argument(flag, ...)`` unless ``flag`` is already defined (the first definition wins).
+
+    The option parsers of train.py and the synthesis scripts add the model's and the dataset's flags in
+    turn; a flag both need is defined once, by a shared function, and added by whichever comes first.
+    """
+    if flag not in parser._option_string_actions:
+        parser.add_argument(flag, **kwargs)
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):

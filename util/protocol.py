@@ -10,8 +10,11 @@ fill -1, per-sample contextual-attention masks, soft-mask edge loss and D2) has 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from util.settings import option_values
 
 PROTOCOL_NAMES = ("healthivert", "reference")
 DEFAULT_PROTOCOL = "healthivert"
@@ -55,6 +58,11 @@ class Protocol:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_options(cls, options: argparse.Namespace | Mapping[str, Any] | None) -> Protocol:
+        """The protocol named by ``options.protocol`` (a Namespace or a dict; absent or ``None``: healthivert)."""
+        return get_protocol(option_values(options).get("protocol"))
 
 
 PROTOCOLS: dict[str, Protocol] = {

@@ -1,4 +1,4 @@
-"""Masked-slice construction (DESIGN 4.1): band placement, row shifting, sampling of slices."""
+"""Masked-slice construction (docs/design.md, Masked slice): band placement, row shifting, sampling of slices."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import pytest
 
 from data.masking import (
     BAND_FILL_VALUE,
+    MIN_ISLAND_VOXELS,
+    MaskingSettings,
     canvas_width,
     central_slice_range,
     make_masked_slice,
     make_masked_slices,
+    mask_height_rows,
     paste_columns,
     plane_slab,
     slice_centre,
     slice_offset_ratio,
     slice_sampling_weights,
     target_slice_extent,
+    target_slices,
 )
 
 ROWS, COLS = 64, 48
@@ -162,3 +166,109 @@ def test_plane_slab_canvas_and_extent() -> None:
     labels[9, 0, 0] = 20  # a 1-voxel island outside the body
     assert target_slice_extent(labels, 20, 50) == (3, 6)
     assert target_slice_extent(labels, 21, 50) is None
+
+
+# ------------------------------------------------------------------ settings and the one slice selection
+def test_masking_settings_from_the_training_flags_have_the_documented_defaults() -> None:
+    from options.train_options import TrainOptions
+
+    opt = TrainOptions().gather_options(["--dataroot", "."])
+    settings = MaskingSettings.from_options(opt)
+    assert settings == MaskingSettings(40.0, 50, 50, (-300.0, 800.0))
+    assert MaskingSettings.from_options(TrainOptions().gather_options(
+        ["--dataroot", ".", "--mask_height", "24", "--min_component_px", "7", "--hu_window", "-100", "300"])) == \
+        MaskingSettings(24.0, 7, MIN_ISLAND_VOXELS, (-100.0, 300.0))
+    with pytest.raises(ValueError, match="--mask_height"):
+        MaskingSettings(mask_height_mm=0.0)
+
+
+def test_mask_height_converts_mm_to_rows_with_the_row_spacing() -> None:
+    settings = MaskingSettings(mask_height_mm=40.0)
+    assert settings.mask_height_px(1.0) == 40
+    assert settings.mask_height_px(2.0) == 20  # the rows of an anisotropic (2, 1, 0.5) mm crop are 2 mm apart
+    assert settings.mask_height_px(0.8) == 50
+    assert mask_height_rows(0.3, 1.0) == 1  # at least one row
+    with pytest.raises(ValueError, match="row spacing"):
+        mask_height_rows(40.0, 0.0)
+
+
+def test_target_slices_drop_small_3d_islands_before_the_central_range() -> None:
+    labels = np.zeros((20, 8, 8), dtype=np.uint8)  # (slices, rows, cols)
+    labels[5:15, 2:6, 2:6] = 20  # 160 voxels on slices 5..14
+    labels[18, 0, 0:3] = 20  # a 3-voxel island on slice 18
+    selected = target_slices(labels, 20)
+    assert (selected.first, selected.last) == (5, 14)
+    assert (selected.start, selected.stop) == central_slice_range(5, 14) == (6, 13)
+    np.testing.assert_array_equal(selected.indices, np.arange(6, 14))
+    raw = np.flatnonzero((labels == 20).any(axis=(1, 2)))
+    assert central_slice_range(int(raw[0]), int(raw[-1])) != (selected.start, selected.stop)  # the island matters
+    assert target_slices(labels, 20, min_island_voxels=1).last == 18
+    assert target_slices(labels, 21) is None
+
+
+def island_crop() -> tuple[np.ndarray, np.ndarray, int]:
+    """A synthetic crop whose target has a 9-voxel island on a sagittal slice outside its body."""
+    from tests.synthetic_crops import BODY_Z, make_crop_arrays
+
+    ct, label_map = make_crop_arrays([19, 20, 21], 20)
+    island_z = BODY_Z[1] + 1
+    label_map[1:4, 2:5, island_z] = 20
+    return ct, label_map, island_z
+
+
+def test_training_synthesis_and_generation_metrics_score_the_same_slices(tmp_path) -> None:
+    import argparse
+    import math
+    import warnings
+
+    import torch
+    from models.iterative_synthesis import GeneratorRunner, SynthesisSettings, synthesize_plane
+
+    from data.aligned_dataset import AlignedDataset
+    from data.crops import crop_affine, write_crop
+    from data.labels import split_key, vertebra_name
+    from evaluation.generation_metrics import generation_metrics, scored_slices
+    from models.networks import GeneratorOutput
+    from tests.synthetic_crops import CROP_SIZE, SPACING_MM, WIDE_WINDOW
+    from util.fileio import write_json
+
+    ct, label_map, island_z = island_crop()
+    expected = target_slices(plane_slab(label_map, "sagittal"), 20)
+    assert expected.last < island_z  # the island is left out of the extent
+
+    # training: the dataset samples slices from this range
+    dataroot = tmp_path / "straightened"
+    key = split_key("isl001", 20)
+    sidecar = {"case": "isl001", "label": 20, "name": vertebra_name(20), "crop_size": list(CROP_SIZE),
+               "spacing_mm": list(SPACING_MM), "axes": "IPL", "centre_voxel": [n // 2 for n in CROP_SIZE]}
+    write_crop(dataroot, key, ct, label_map, crop_affine(SPACING_MM, np.zeros(3), CROP_SIZE), sidecar)
+    split_path = tmp_path / "vertebra_data.json"
+    write_json(split_path, {"train": {key: 0}, "val": {}, "test": {}})
+    opt = AlignedDataset.modify_commandline_options(argparse.ArgumentParser(), True).parse_args([])
+    for name, value in dict(dataroot=str(dataroot), split_json=str(split_path), cam_dir=None, phase="train",
+                            plane="sagittal", cache_dir=str(tmp_path / "cache"), seed=0,
+                            max_dataset_size=math.inf, hu_window=list(WIDE_WINDOW), mask_height=16.0).items():
+        setattr(opt, name, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        entry = AlignedDataset(opt, show_progress=False).entries[0]
+    assert (entry.first, entry.last) == (expected.first, expected.last)
+    np.testing.assert_array_equal(entry.candidates, expected.indices)
+
+    # synthesis: the target step replaces exactly these slices
+    class BandCopy(torch.nn.Module):
+        def forward(self, masked_ct, offset_plane, band_mask, cam, mask_height_px=None) -> GeneratorOutput:
+            seg = band_mask * 0.9
+            height = torch.full((masked_ct.shape[0],), float(mask_height_px))
+            zeros = torch.zeros_like(masked_ct)
+            return GeneratorOutput(masked_ct, seg, height, masked_ct, seg, height, torch.cat([zeros, zeros], 1))
+
+    settings = SynthesisSettings(20, WIDE_WINDOW)
+    result = synthesize_plane(GeneratorRunner(BandCopy()), ct.astype(np.float32), label_map, None, 20, "sagittal",
+                              settings)
+    assert result.processed_slices == expected.indices.tolist()
+
+    # generation metrics: the same slices are scored
+    np.testing.assert_array_equal(scored_slices(label_map, 20, "sagittal"), expected.indices)
+    metrics = generation_metrics(ct, ct, label_map, label_map, 20, "sagittal", min_slice_voxels=0)
+    assert metrics["n_slices"] == len(expected.indices)

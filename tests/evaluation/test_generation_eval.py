@@ -111,3 +111,15 @@ def test_scripts_write_table_and_summary_for_healthy_val_vertebrae(tmp_path: Pat
     coronal = pd.read_csv(coronal_out)
     assert coronal["Vertebra"].tolist() == ["ph000_20", "ph001_20"]
     assert json.loads((results / "generation_coronal_summary.json").read_text())["plane"] == "coronal"
+
+
+def test_generation_settings_from_the_flags_have_the_documented_defaults() -> None:
+    """docs/design.md, Generation metrics: healthy (grade 0) val vertebrae, slices with > 400 target voxels."""
+    from evaluation.generation_metrics import GenerationSettings
+
+    args = generation_eval_sagittal.build_parser("coronal").parse_args([])
+    settings = GenerationSettings.from_options(args, plane="coronal")
+    assert settings == GenerationSettings("coronal", ("val",), (0,), 400, 50)
+    args = generation_eval_sagittal.build_parser("sagittal").parse_args(["--splits", "val", "test", "--grades", "0",
+                                                                          "1", "--min_slice_voxels", "10"])
+    assert GenerationSettings.from_options(args) == GenerationSettings("sagittal", ("val", "test"), (0, 1), 10)

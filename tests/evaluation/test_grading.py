@@ -13,6 +13,7 @@ from evaluation import SVM_grading
 from evaluation.grading import (
     CORONAL_SUFFIX,
     GradingError,
+    GradingSettings,
     GradingWarning,
     evaluate_grading,
     feature_table,
@@ -137,3 +138,11 @@ def test_cli_writes_json_text_and_plot(tmp_path: Path, capsys) -> None:
 
     assert SVM_grading.main(["--rhlv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 1
     assert "missing.csv: RHLV table not found" in capsys.readouterr().err
+
+
+def test_grading_settings_from_the_flags_follow_the_protocol() -> None:
+    """docs/design.md, SVM grading: 5 shuffled folds (seed 0) with a per-fold scaler; reference: neither."""
+    parse = SVM_grading.build_parser().parse_args
+    assert GradingSettings.from_options(parse([])) == GradingSettings(5, 0, True, True)
+    reference = GradingSettings.from_options(parse(["--protocol", "reference", "--n_splits", "3", "--seed", "7"]))
+    assert reference == GradingSettings(3, 7, False, False) and reference.protocol == "reference"

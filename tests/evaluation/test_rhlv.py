@@ -242,3 +242,16 @@ def test_real_label_compression_is_recovered(real_data_dir: Path, label: int, fa
     for region, value in result.rhlv.items():
         assert value == pytest.approx(1 - factor, abs=0.03), region
     assert rhlv_for_vertebra(volume.array, volume.array, label, volume.spacing_mm, plane=plane).rhlv["all"] == 0
+
+
+def test_measure_settings_from_the_flags_have_the_documented_defaults() -> None:
+    """docs/design.md, RHLV: tau 0.7, +/- extent // 5 slices, islands under 5 % dropped (none under reference)."""
+    from evaluation.rhlv import MeasureOptions
+
+    parse = RHLV_quantification.build_parser().parse_args
+    assert MeasureOptions.from_options(parse([])) == MeasureOptions("sagittal", 0.7, 5, 0.05, 0.7, "healthivert")
+    reference = MeasureOptions.from_options(parse(["--protocol", "reference"]))
+    assert reference.min_component_fraction == 0.0 and reference.height_threshold == 0.7
+    given = MeasureOptions.from_options(parse(["--protocol", "reference", "--min_component_fraction", "0.1",
+                                               "--plane", "coronal", "--length_divisor", "4"]))
+    assert (given.min_component_fraction, given.plane, given.length_divisor) == (0.1, "coronal", 4)

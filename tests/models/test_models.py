@@ -221,3 +221,24 @@ def test_band_rows_local_columns_and_amp_flag():
     model = build_model("--amp")  # on CPU: bfloat16 autocast, float32 weights, no loss scaling
     assert model.precision.dtype == torch.bfloat16 and not model.precision.scales_loss
     assert all(p.dtype == torch.float32 for net in model.networks().values() for p in net.parameters())
+
+
+def test_generator_band_rows_follow_the_crop_row_spacing() -> None:
+    """--mask_height is mm; the generator's default band height is rows at the crops' row spacing (axis 0)."""
+    from models.healthivert_model import HealthiVertSettings
+
+    anisotropic = {"ngf": 4, "mask_height": 40.0, "crop_spacing_mm": [2.0, 1.0, 0.5]}
+    generator = models.HealthiVertModel.inference_generator(anisotropic)
+    assert generator.mask_height_px == 20.0
+    assert HealthiVertSettings.from_options({**anisotropic, "crop_spacing_mm": [0.5, 1.0, 2.0]}).mask_height_px() == 80
+    assert models.HealthiVertModel.inference_generator({"ngf": 4, "mask_height": 40.0}).mask_height_px == 40.0
+    torch.manual_seed(0)
+    inputs = [torch.rand(2, 1, 32, 32) * 2 - 1, torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 32, 32),
+              torch.zeros(2, 1, 32, 32)]
+    inputs[2][:, :, 6:26] = 1.0
+    with torch.no_grad():
+        out = generator.eval()(*inputs)  # no band rows given: the heads scale by the 20 rows
+    assert float(out.fine_height.max()) < 20.0 and float(out.coarse_height.max()) < 20.0
+    opt = model_options("--ngf", "4", "--ndf", "4", "--mask_height", "16")
+    opt.crop_spacing_mm = [2.0, 1.0, 1.0]
+    assert models.create_model(opt).netG.mask_height_px == 8.0
