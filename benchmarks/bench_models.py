@@ -44,6 +44,7 @@ from benchmarks.yardsticks import (  # noqa: E402
     autocast,
     conv_yardstick,
     count_flops,
+    operator_profile,
     percent_of_yardstick,
     time_interleaved,
 )
@@ -66,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and runs nothing: the yardsticks run inside every case)")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
                         help="types to run every case in (bf16: bfloat16 autocast)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, run each case once under torch.profiler and print its N operators "
+                             "with the most self CPU time (to stderr)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", type=str, default="fp32", help=argparse.SUPPRESS)
@@ -185,6 +189,9 @@ def run_worker(args: argparse.Namespace) -> int:
         result["bf16_via"] = "--amp --amp_dtype bf16" if model.native_bf16 else "autocast regions switched to bf16"
     if kind == "forward" and dtype is not None:
         result["bf16_vs_fp32"] = forward_difference(model)
+    if args.profile > 0:
+        print(f"profile of {args.worker} {args.dtype} (one run, self CPU time):\n{operator_profile(run, args.profile)}",
+              file=sys.stderr)
     print(json.dumps(result))
     return 0
 
@@ -204,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         for dtype_name in args.dtypes:
             command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--dtype", dtype_name,
                        "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
-                       "--ngf", str(args.ngf)]
-            proc = subprocess.run(command, capture_output=True, text=True)
+                       "--ngf", str(args.ngf), "--profile", str(args.profile)]
+            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if args.profile else subprocess.PIPE,
+                                  text=True)
             if proc.returncode:
                 failures.append(f"{case} {dtype_name}")
-                print(f"{case} {dtype_name}: worker failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                print(f"{case} {dtype_name}: worker failed: {(proc.stderr or '').strip().splitlines()[-1:]}",
+                      file=sys.stderr)
                 continue
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"{case} {dtype_name}: median {statistics.median(results[-1]['wall_s']):.3f} s", file=sys.stderr)

@@ -93,3 +93,12 @@ def abs_difference_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     if diff.size == 0:
         return {"median": 0.0, "p99": 0.0, "max": 0.0}
     return {"median": float(np.median(diff)), "p99": float(np.percentile(diff, 99)), "max": float(diff.max())}
+
+
+def operator_profile(run: Callable[[], object], rows: int) -> str:
+    """torch.profiler table of one call of ``run``: the ``rows`` operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
