@@ -42,6 +42,7 @@ from benchmarks.yardsticks import (  # noqa: E402
     DTYPES,
     abs_difference_stats,
     autocast,
+    conv_training_pass,
     conv_yardstick,
     count_flops,
     operator_profile,
@@ -185,6 +186,11 @@ def run_worker(args: argparse.Namespace) -> int:
               "yardstick_wall_s": times.yardstick_wall, "yardstick_cpu_s": times.yardstick_cpu,
               "yardstick_flops": yardstick_flops, "flops": flops,
               "peak_rss_gb": peak_gb, "rss_before_gb": base_gb}
+    if kind == "train":  # the yardstick layer's own training pass against the yardstick, same worker
+        training_pass, training_pass_flops = conv_training_pass(dtype)
+        pass_times = time_interleaved(training_pass, yardstick, args.repeats)
+        result["yardstick_training_pass_percent"] = percent_of_yardstick(
+            training_pass_flops, pass_times.case_cpu, yardstick_flops, pass_times.yardstick_cpu)
     if kind == "train" and dtype is not None:
         result["bf16_via"] = "--amp --amp_dtype bf16" if model.native_bf16 else "autocast regions switched to bf16"
     if kind == "forward" and dtype is not None:
@@ -249,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {kind} | {batch} | {res['dtype']} | {median:.3f} | {statistics.median(res['cpu_s']):.2f} "
               f"| {gflop:.1f} | {gflop / median:.1f} | {yard:.1f} | {res['percent_of_yardstick']:.0f} % "
               f"| {res['percent_of_yardstick_cpu']:.0f} % | {res['peak_rss_gb']:.2f} | {diff_text} |")
+    for res in results:
+        if "yardstick_training_pass_percent" in res:
+            print(f"{res['case']} {res['dtype']}: the yardstick convolution's own training pass (forward, input and "
+                  f"weight gradients) runs at {res['yardstick_training_pass_percent']:.0f} % of the yardstick "
+                  f"(CPU s, same worker)")
     for res in results:
         if "bf16_via" in res:
             print(f"bf16 training step of {res['case']}: {res['bf16_via']}")

@@ -52,6 +52,24 @@ def conv_yardstick(dtype: torch.dtype | None) -> tuple[Callable[[], None], float
     return run, count_flops(run)
 
 
+def conv_training_pass(dtype: torch.dtype | None) -> tuple[Callable[[], None], float]:
+    """(run, FLOPs per run) of the yardstick convolution's training pass: forward, then the gradients of the
+    input and of the weight (three convolutions' worth of FLOPs), in float32 or under autocast to ``dtype``.
+    Its rate relative to the (forward) yardstick bounds what a training step made of such layers can reach."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*YARDSTICK_INPUT, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(*YARDSTICK_KERNEL, generator=generator).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+
+    def run() -> None:
+        with autocast(dtype):
+            out = F.conv2d(x, weight, padding=1)
+        torch.autograd.grad(out, [x, weight], torch.ones_like(out))
+
+    return run, count_flops(run)
+
+
 @dataclass
 class InterleavedTimes:
     """Wall and process-CPU seconds of a case and of its yardstick, one pair per repeat."""
