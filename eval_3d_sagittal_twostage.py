@@ -1,4 +1,5 @@
-"""Iterative two-stage synthesis of pseudo-healthy vertebrae (DESIGN 4.6) for a folder of straightened crops.
+"""Iterative two-stage synthesis of pseudo-healthy vertebrae for a folder of straightened crops
+(docs/design.md, "Iterative synthesis").
 
     python eval_3d_sagittal_twostage.py --dataroot DIR/straightened --cam_dir DIR/heatmap --name N --results_dir R
     python eval_3d_sagittal_twostage.py ... --plane both --name_coronal NC     # + coronal and fused 2.5D volumes
@@ -6,7 +7,7 @@
 
 For each vertebra (``--split val,test`` restricts them to splits of ``--split_json``) the upper
 neighbour, then the lower neighbour, then the target are synthesized on the central 4/5 of the
-target's slices, each step batched over the slices (``models.iterative_synthesis``); ``--no_iterative``
+target's slices, each step batched over the slices (``models.synthesis``); ``--no_iterative``
 synthesizes the target only. Outputs on the
 crop grid: ``R/N/CT_fake/<case>_<v>.nii.gz`` (int16 HU) and ``R/N/label_fake/<case>_<v>.nii.gz``
 (uint8 VerSe ids); with ``--plane both`` also ``R/N/coronal/`` and the 2.5D fusion in ``R/N/fused/``.
@@ -33,8 +34,10 @@ import argparse
 import sys
 
 from data.image_io import ImageIOError
-from models.iterative_synthesis import CPU_BATCH_SIZE, PLANE_MODES, synthesize_dataset
 from models.module_switches import add_synthesis_switch
+from models.synthesis.dataset import synthesize_dataset
+from models.synthesis.outputs import PLANE_MODES
+from models.synthesis.runner import CPU_BATCH_SIZE
 from options.test_options import TestOptions
 from util import published_layout
 from util.distributed import RankFailure, setup_distributed, teardown_distributed

@@ -12,7 +12,7 @@ load changes hit every variant alike:
 
 - ``slice-by-slice``: per slice, upper, lower, target each with a single-slice generator call
   (132 calls), generator in the default memory format: the published implementation's structure;
-- ``batched, chunks of B``: ``models.iterative_synthesis.synthesize_plane`` (three steps, each over
+- ``batched, chunks of B``: ``models.synthesis.plane.synthesize_plane`` (three steps, each over
   all slices in chunks of B), channels-last generator, spectral-norm weights computed once per call;
 - ``batched, chunks of B, bf16`` (``--bf16``): the same under bfloat16 autocast (CPU).
 
@@ -52,15 +52,10 @@ from benchmarks.yardsticks import (  # noqa: E402
     time_interleaved,
 )
 from data.masking import central_slice_range, slice_offset_ratio, target_slice_extent  # noqa: E402
-from models.iterative_synthesis import (  # noqa: E402
-    GeneratorRunner,
-    PlaneSynthesis,
-    SynthesisSettings,
-    adjacent_labels,
-    synthesize_plane,
-    synthesize_step,
-)
 from models.networks import HealthiVertGenerator  # noqa: E402
+from models.synthesis.plane import PlaneSynthesis, adjacent_labels, synthesize_plane, synthesize_step  # noqa: E402
+from models.synthesis.runner import GeneratorRunner  # noqa: E402
+from models.synthesis.settings import SynthesisSettings  # noqa: E402
 from util.cpu_features import bf16_summary  # noqa: E402
 
 TARGET = 20

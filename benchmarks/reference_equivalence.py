@@ -18,7 +18,7 @@ the set's files and JSONs; nothing is specific to one set. Items:
   of CT and attention map, with the neighbour rule of ``data.aligned_dataset`` under
   ``--protocol reference`` (the patient's grade <= 1 vertebrae of the same phase, target included).
 - composition: training cases through ``HealthiVertModel.compose`` and the local-discriminator
-  crop, inference cases through ``models.iterative_synthesis.synthesize_centred`` with a stand-in
+  crop, inference cases through ``models.synthesis.plane.synthesize_centred`` with a stand-in
   generator returning the recorded outputs, both under ``--protocol reference``. Inference cases
   whose height exceeds the band (a bug of the published code, kept fixed in both protocols) are
   compared on the generator inputs only.
@@ -63,16 +63,12 @@ from data.masking import (  # noqa: E402
 )
 from models.healthivert_model import HealthiVertModel, central_columns_mask  # noqa: E402
 from models.import_reference_weights import import_reference_weights  # noqa: E402
-from models.iterative_synthesis import (  # noqa: E402
-    NEIGHBOUR_MIN_PX,
-    GeneratorRunner,
-    SynthesisSettings,
-    load_generator,
-    synthesize_centred,
-    synthesize_plane,
-    truncate_to_grey,
-)
 from models.networks import HealthiVertGenerator  # noqa: E402
+from models.synthesis.checkpoints import load_generator  # noqa: E402
+from models.synthesis.plane import synthesize_centred, synthesize_plane  # noqa: E402
+from models.synthesis.runner import GeneratorRunner  # noqa: E402
+from models.synthesis.settings import NEIGHBOUR_MIN_PX, SynthesisSettings  # noqa: E402
+from models.synthesis.truncation import truncate_to_grey  # noqa: E402
 from util.protocol import PROTOCOLS  # noqa: E402
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"

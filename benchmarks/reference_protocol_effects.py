@@ -31,7 +31,7 @@ import models  # noqa: E402
 from benchmarks.reference_equivalence import DEFAULT_FIXTURES, HookedGenerator, band_rows_of, read_json  # noqa: E402
 from data.masking import extend_band_rows  # noqa: E402
 from models.import_reference_weights import import_reference_weights  # noqa: E402
-from models.iterative_synthesis import load_generator  # noqa: E402
+from models.synthesis.checkpoints import load_generator  # noqa: E402
 from models.synthetic import synthetic_batch  # noqa: E402
 
 

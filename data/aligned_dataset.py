@@ -33,17 +33,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.crops import CachedCrop, CropCache, crop_paths, read_split, require_listed_crops
+from data.crops import CachedCrop, CropCache, crop_paths, default_split_json, read_split, require_listed_crops
 from data.image_io import DEFAULT_WINDOW_HU, ImageIOError, window_hu
 from data.labels import parse_key
 from data.masking import (
     CENTRAL_FRACTION,
+    CT_CANVAS_FILL,
     MIN_COMPONENT_PX,
     PLANES,
     canvas_width,
     central_slice_range,
     fits_in_band,
     make_masked_slice,
+    mask_height_rows,
     paste_columns,
     slice_centre,
     slice_offset_ratio,
@@ -52,8 +54,6 @@ from data.masking import (
     target_slice_extent,
 )
 from util.protocol import get_protocol
-
-CT_CANVAS_FILL = -1.0  # windowed value of canvas columns outside a coronal slice (window floor)
 
 
 @dataclass
@@ -88,16 +88,6 @@ def healthy_labels_by_case(split: dict[str, dict[str, int]], max_healthy_grade: 
                 case, label = parse_key(key)
                 labels.setdefault(case, set()).add(label)
     return labels
-
-
-def mask_height_rows(mask_height_mm: float, row_spacing_mm: float) -> int:
-    """Band height in rows for ``mask_height_mm`` at ``row_spacing_mm`` (rounded, at least 1)."""
-    return max(1, int(round(mask_height_mm / row_spacing_mm)))
-
-
-def default_split_json(dataroot: str | Path) -> Path:
-    """``<dataroot>/../vertebra_data.json``: where the phantom cohort and the reference keep the split."""
-    return Path(dataroot).resolve().parent / "vertebra_data.json"
 
 
 class AlignedDataset(Dataset):

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from data.image_io import ImageIOError, Volume, check_same_grid, load_ct, load_mask, save_nifti, voxel_spacing
+from data.attention_maps import attention_map_path, load_attention_map
+from data.image_io import ImageIOError, Volume, load_ct, load_mask, save_nifti, voxel_spacing
 from data.labels import parse_key
 from data.masking import plane_slab
 from util.fileio import atomic_path, read_json, write_json
@@ -160,6 +161,11 @@ def write_crop(dataroot: str | Path, key: str, ct_hu: np.ndarray | None, label_m
     return paths
 
 
+def default_split_json(dataroot: str | Path) -> Path:
+    """``<dataroot>/../vertebra_data.json``: where the phantom cohort and the reference keep the split."""
+    return Path(dataroot).resolve().parent / "vertebra_data.json"
+
+
 def read_split(path: str | Path) -> dict[str, dict[str, int]]:
     """Read a split JSON ``{"train": {key: grade}, "val": {...}, "test": {...}}`` (DESIGN 3.5).
 
@@ -248,7 +254,7 @@ class CropCache:
 
     def cam_path(self, key: str) -> Path | None:
         """Attention map of ``key`` (``<cam_dir>/<key>.nii.gz``), or ``None`` without a ``cam_dir``."""
-        return self.cam_dir / f"{key}.nii.gz" if self.cam_dir else None
+        return attention_map_path(self.cam_dir, key) if self.cam_dir else None
 
     def source_signatures(self, key: str) -> dict[str, list[int] | None]:
         """Size and mtime of every source file of ``key`` (``None`` for absent files)."""
@@ -297,9 +303,8 @@ class CropCache:
         arrays = {"ct": ct.astype(np.int16) if integral else ct, "label": crop.label_map}
         cam_file = self.cam_path(key)
         if signatures["cam"] is not None and cam_file is not None:
-            cam = load_ct(cam_file)
-            check_same_grid(Volume(crop.label_map, crop.affine, crop_paths(self.dataroot, key).label), cam)
-            arrays["cam"] = np.clip(cam.array, 0.0, 1.0).astype(np.float16)  # 5e-4 precision, half the size
+            label = Volume(crop.label_map, crop.affine, crop_paths(self.dataroot, key).label)
+            arrays["cam"] = load_attention_map(cam_file, label).astype(np.float16)  # 5e-4 precision, half the size
         record = {"version": CACHE_VERSION, "key": key, "plane": plane, "sources": signatures,
                   "crop_shape": list(crop.label_map.shape), "affine": crop.affine.tolist(),
                   "sidecar": crop.sidecar, "has_cam": "cam" in arrays}

@@ -26,6 +26,7 @@ PLANES = ("sagittal", "coronal")
 BAND_FILL_VALUE = -1.0  # the band of the masked CT, windowed units: the reference's uint8 0 (DESIGN 4.1)
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
 MIN_COMPONENT_PX = 50
+CT_CANVAS_FILL = -1.0  # windowed value of canvas columns outside a coronal slice (window floor)
 
 
 @dataclass
@@ -81,6 +82,11 @@ class MaskedSliceBatch:
         return MaskedSlice(self.masked_ct[n], self.band_mask[n], self.neighbour_label[n], self.cam[n],
                            self.target_label_mask[n], int(self.target_top[n]), int(self.target_bottom[n]),
                            int(self.band_top[n]), int(self.band_centre[n]), int(self.height_px[n]))
+
+
+def mask_height_rows(mask_height_mm: float, row_spacing_mm: float) -> int:
+    """Band height in rows for ``mask_height_mm`` at ``row_spacing_mm`` (rounded, at least 1)."""
+    return max(1, int(round(mask_height_mm / row_spacing_mm)))
 
 
 def band_top_row(target_top: np.ndarray | int, target_bottom: np.ndarray | int, mask_height_px: int,

@@ -26,6 +26,7 @@ from data.crops import crop_paths, require_listed_crops
 from data.image_io import ImageIOError, check_same_grid, load_ct, load_mask
 from data.labels import parse_key
 from data.masking import CENTRAL_FRACTION, central_slice_range
+from data.synthesis_layout import OutputLayout
 
 SLICE_AXIS = {"sagittal": 2, "coronal": 1}
 IMAGE_METRICS = ("PSNR", "SSIM", "PSNR_target_rows", "SSIM_target_rows")
@@ -133,9 +134,8 @@ class GenerationPaths:
 def generation_paths(dataroot: str | Path, fake_dir: str | Path, key: str) -> GenerationPaths:
     """Original crop paths (DESIGN 3.3) and synthesized ones (``CT_fake``/``label_fake``, DESIGN 3.6)."""
     original = crop_paths(dataroot, key)
-    fake = Path(fake_dir)
-    return GenerationPaths(original.ct, original.label, fake / "CT_fake" / f"{key}.nii.gz",
-                           fake / "label_fake" / f"{key}.nii.gz")
+    fake = OutputLayout(Path(fake_dir))
+    return GenerationPaths(original.ct, original.label, fake.ct(key), fake.label(key))
 
 
 def metrics_for_key(dataroot: str | Path, fake_dir: str | Path, key: str, plane: str = "sagittal",

@@ -132,7 +132,7 @@ class AOTGenerator(nn.Module):
 
 
 class AOTSynthesisGenerator(AOTGenerator):
-    """The AOT generator behind the synthesis interface (``models.iterative_synthesis.Generator``):
+    """The AOT generator behind the synthesis interface (``models.synthesis.runner.Generator``):
     ``(masked_ct, offset_plane, band_mask, cam, mask_height_px) -> AOTOutput``, same weights as
     :class:`AOTGenerator`. The slice offset and the attention map are ignored (AOT-GAN has neither);
     the generated height is the band height."""

@@ -77,7 +77,7 @@ class BaseModel(ABC):
     @staticmethod
     def inference_generator(options: dict[str, Any]) -> nn.Module:
         """The generator of a checkpoint saved with ``options`` (its ``options`` dict), untrained, with the
-        synthesis call signature of ``models.iterative_synthesis.Generator``."""
+        synthesis call signature of ``models.synthesis.runner.Generator``."""
         raise NotImplementedError("this model has no generator for synthesis")
 
     @abstractmethod

@@ -3,7 +3,7 @@
 Steps, each through the library function of its step script: centroids (``straighten.centroids``),
 straightening (``straighten.pipeline.straighten_case``) with the crop size and spacing the model was
 trained on, attention maps when a classifier is given (``Attention.cam.generate_maps``), iterative
-synthesis (``models.iterative_synthesis.synthesize_dataset``), RHLV (``evaluation.rhlv_table``) and
+synthesis (``models.synthesis.dataset.synthesize_dataset``), RHLV (``evaluation.rhlv_table``) and
 grading (a saved grader, ``evaluation.grader``, or Genant's thresholds on the largest regional RHLV,
 ``evaluation.genant``). Results on the crops are mapped back through the crop sidecars
 (``straighten.backproject``), so the NIfTI outputs share the input CT's grid and affine.
@@ -31,11 +31,12 @@ from scipy import ndimage
 from data.crops import load_crop
 from data.image_io import CaseFiles, check_same_grid, load_ct, load_mask, read_grid, save_nifti
 from data.labels import LABEL_SCHEMES, TOTALSEG_TO_VERSE, split_key, totalseg_to_verse, vertebra_name
+from data.synthesis_layout import OutputLayout
 from evaluation.genant import GENANT_THRESHOLDS, genant_grade, suggested_morphology
 from evaluation.grader import SCORE_PREFIX, grade_features, load_grader
 from evaluation.rhlv import REFERENCES, MeasureOptions
 from evaluation.rhlv_table import MapSettings, rhlv_tables
-from models.iterative_synthesis import checkpoint_file, load_generator
+from models.synthesis.checkpoints import checkpoint_file, load_generator
 from straighten.backproject import sample_crop, scan_footprint
 from straighten.centroids import case_centroids
 from straighten.pipeline import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM, straighten_case
@@ -179,7 +180,7 @@ def _status_rows(records: list[dict[str, Any]], case: str) -> dict[str, dict[str
 def _synthesize(settings: PredictSettings, dataroot: Path, cam_dir: Path | None, results: Path,
                 plane: str) -> dict[str, str]:
     """Iterative synthesis of every crop through ``synthesize_dataset``; returns failures (key -> reason)."""
-    from models.iterative_synthesis import synthesize_dataset
+    from models.synthesis.dataset import synthesize_dataset
 
     opt = Namespace(dataroot=str(dataroot), cam_dir=None if cam_dir is None else str(cam_dir), name=settings.name,
                     results_dir=str(results), plane=plane, checkpoints_dir=str(settings.checkpoints_dir),
@@ -246,8 +247,8 @@ def pseudo_healthy_ct(ct: np.ndarray, affine: np.ndarray, dataroot: Path, fake_r
     out = np.array(ct, dtype=np.float32, copy=True)
     for key in keys:
         crop = load_crop(dataroot, key, need_ct=False)
-        fake_ct = load_ct(fake_root / "CT_fake" / f"{key}.nii.gz").array
-        fake_label = load_mask(fake_root / "label_fake" / f"{key}.nii.gz").array
+        fake_ct = load_ct(OutputLayout(fake_root).ct(key)).array
+        fake_label = load_mask(OutputLayout(fake_root).label(key)).array
         original = crop.label_map == crop.label
         footprint_2d = ndimage.binary_dilation(original.any(axis=0), iterations=PASTE_MARGIN_VOXELS)
         region = ndimage.binary_dilation(original | (fake_label == crop.label), iterations=PASTE_MARGIN_VOXELS)
@@ -363,7 +364,7 @@ def predict_scan(settings: PredictSettings) -> PredictResult:
         for key, why in _synthesize(settings, dataroot, cam_dir, results, plane).items():
             rows[key]["status"], rows[key]["reason"] = "synthesis_failed", _without_work_paths(why, key, work)
         fake_root = results / settings.name
-        tables = rhlv_tables(dataroot / "label", fake_root / "label_fake", None, (settings.reference,),
+        tables = rhlv_tables(dataroot / "label", OutputLayout(fake_root).label_dir, None, (settings.reference,),
                              MeasureOptions(plane=plane), MapSettings(work / "maps"), progress=False)
         for failure in tables.failures[settings.reference]:
             key = failure.split(" ", 1)[0]
@@ -380,7 +381,7 @@ def predict_scan(settings: PredictSettings) -> PredictResult:
         if not (table["status"] == "ok").any():
             raise PredictError(f"{settings.mask}: no vertebra could be measured: "
                                + "; ".join(f"{r.name} {r.status} ({r.reason})" for r in table.itertuples()))
-        synthesized = [key for key in straightened.written if (fake_root / "CT_fake" / f"{key}.nii.gz").is_file()]
+        synthesized = [key for key in straightened.written if OutputLayout(fake_root).ct(key).is_file()]
         staged = _write_outputs(work / "outputs", settings, table, method, notes, mask_path, dataroot, fake_root,
                                 synthesized, work / "maps")
         files = {name: path.replace(settings.out / name) for name, path in staged.items()}

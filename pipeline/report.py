@@ -19,6 +19,7 @@ from matplotlib.patches import Patch
 
 from data.crops import load_crop
 from data.image_io import Volume, load_ct, load_mask
+from data.synthesis_layout import OutputLayout
 from straighten.frames import StraightLine, grid_for_crops
 from util.fileio import atomic_write
 from util.report import CT_DISPLAY_WINDOW_HU, figure_data_uri, file_data_uri
@@ -116,11 +117,11 @@ def overview_figure(sidecar: dict[str, Any], ct: Volume, pseudo_hu: np.ndarray, 
 def vertebra_figure(dataroot: Path, fake_root: Path, key: str) -> Figure | None:
     """Original vs pseudo-healthy mid-sagittal slice of one crop, target outlined."""
     crop = load_crop(dataroot, key)
-    fake_path = fake_root / "CT_fake" / f"{key}.nii.gz"
+    fake_path = OutputLayout(fake_root).ct(key)
     if not fake_path.is_file() or crop.ct_hu is None:
         return None
     fake_ct = load_ct(fake_path).array
-    fake_label = load_mask(fake_root / "label_fake" / f"{key}.nii.gz").array
+    fake_label = load_mask(OutputLayout(fake_root).label(key)).array
     column = int(crop.sidecar["centre_voxel"][2])
     spacing = crop.spacing_mm
     figure = Figure(figsize=(6.4, 3.4))

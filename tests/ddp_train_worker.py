@@ -1,4 +1,4 @@
-"""Run train.py's trainer under torchrun and save each rank's final weights (for the DDP test).
+"""Run the trainer (``models.training.Trainer``) under torchrun and save each rank's final weights (DDP test).
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_train_worker.py OUT_DIR <train.py flags>
 """
@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from models.training import Trainer  # noqa: E402
 from options.train_options import TrainOptions  # noqa: E402
-from train import Trainer  # noqa: E402
 from util.device import seed_everything  # noqa: E402
 from util.distributed import setup_distributed, teardown_distributed  # noqa: E402
 

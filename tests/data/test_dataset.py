@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import data.crops
-from data.aligned_dataset import AlignedDataset, mask_height_rows
+from data.aligned_dataset import AlignedDataset
 from data.crops import CropCache, crop_affine, crop_paths, write_crop
 from data.image_io import ImageIOError, save_nifti, window_hu
 from data.loader import create_dataset, find_dataset_using_name
-from data.masking import BAND_FILL_VALUE, central_slice_range
+from data.masking import BAND_FILL_VALUE, central_slice_range, mask_height_rows
 from tests.synthetic_crops import (
     BODY_COLS,
     CROP_SIZE,

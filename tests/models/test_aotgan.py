@@ -27,7 +27,8 @@ from models.aotgan_networks import (
     sm_patchgan_targets,
 )
 from models.composition import compose_height_adaptive
-from models.iterative_synthesis import GeneratorRunner, load_generator
+from models.synthesis.checkpoints import load_generator
+from models.synthesis.runner import GeneratorRunner
 from models.synthetic import synthetic_batch
 from tests.paths import REPO_ROOT
 from tests.scripts.test_train import TINY, assert_same_weights, loss_rows

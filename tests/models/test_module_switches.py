@@ -8,11 +8,14 @@ import argparse
 import numpy as np
 import torch
 
-import models.iterative_synthesis as synthesis
+import models.synthesis.plane as synthesis_plane
 import train
+from models import training
 from models.composition import compose_height_adaptive
-from models.iterative_synthesis import GeneratorRunner, SynthesisSettings, settings_for, synthesize_plane
 from models.module_switches import ModuleSwitches
+from models.synthesis.plane import synthesize_plane
+from models.synthesis.runner import GeneratorRunner
+from models.synthesis.settings import SynthesisSettings, settings_for
 from models.synthetic import synthetic_batch
 from tests.models.test_models import build_model
 from tests.models.test_synthesis import TARGET, RecordingGenerator, ToyGenerator, crop_arrays
@@ -118,7 +121,7 @@ def test_synthesis_honours_the_checkpoint_switches(monkeypatch) -> None:
         heights.append(generated_height.numpy().copy())
         return compose_height_adaptive(original, generated, top, bottom, centre, generated_height, mask_height_px)
 
-    monkeypatch.setattr(synthesis, "compose_height_adaptive", recording_compose)
+    monkeypatch.setattr(synthesis_plane, "compose_height_adaptive", recording_compose)
     ct, label_map, cam = crop_arrays()
     for name, switches in (("full", ModuleSwitches(iterative=False)),
                            ("no_hgam", ModuleSwitches(hgam=False, iterative=False)),
@@ -144,6 +147,6 @@ def test_switches_are_saved_in_the_checkpoint_options(tmp_path) -> None:
 
 def test_resume_refuses_other_switches() -> None:
     saved = {"no_hgam": True, "no_eem": False}
-    assert train.option_differences(saved, argparse.Namespace(no_hgam=False, no_eem=False)) == \
+    assert training.option_differences(saved, argparse.Namespace(no_hgam=False, no_eem=False)) == \
         ["--no_hgam True -> False"]
-    assert train.option_differences({}, argparse.Namespace(no_hgam=True)) == []  # older checkpoints: no record
+    assert training.option_differences({}, argparse.Namespace(no_hgam=True)) == []  # older checkpoints: no record

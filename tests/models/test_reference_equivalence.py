@@ -15,8 +15,9 @@ import models
 from data.masking import extend_band_rows, make_masked_slices
 from models.import_reference_weights import import_reference_weights, reference_key_map
 from models.import_reference_weights import main as import_main
-from models.iterative_synthesis import load_generator, reference_float_grey, truncate_to_grey
 from models.networks import HealthiVertGenerator
+from models.synthesis.checkpoints import load_generator
+from models.synthesis.truncation import reference_float_grey, truncate_to_grey
 from models.synthetic import synthetic_batch
 from tests.paths import REFERENCE_DIR, REPO_ROOT
 from util.protocol import PROTOCOLS, get_protocol
@@ -241,7 +242,9 @@ def test_imported_weights_synthesize_through_the_cli_with_either_protocol(tmp_pa
     from data.crops import crop_affine, write_crop
     from data.image_io import load_ct, load_mask
     from data.labels import split_key
-    from models.iterative_synthesis import GeneratorRunner, settings_for, synthesize_plane
+    from models.synthesis.plane import synthesize_plane
+    from models.synthesis.runner import GeneratorRunner
+    from models.synthesis.settings import settings_for
     from tests.synthetic_crops import CROP_SIZE, HEIGHTS, make_crop_arrays
 
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""Iterative two-stage synthesis (models/iterative_synthesis.py, eval_3d_sagittal_twostage.py).
+"""Iterative two-stage synthesis: the per-plane algorithm (models/synthesis/plane.py) against a slice-by-slice
+reference, and the whole-dataset run (models/synthesis/dataset.py, eval_3d_sagittal_twostage.py).
 
 The batched implementation is checked against ``reference_synthesis`` below: a slice-by-slice loop
 written from the reference implementation's ``run_model`` (masking, tall-target clamp, generator
@@ -23,20 +24,11 @@ import eval_3d_sagittal_twostage as script
 from data.crops import crop_affine, write_crop
 from data.image_io import load_ct, load_mask, save_nifti, unwindow, window_hu
 from data.labels import split_key, vertebra_name
-from models.iterative_synthesis import (
-    NEIGHBOUR_MIN_PX,
-    GeneratorRunner,
-    SynthesisSettings,
-    adjacent_labels,
-    fuse_planes,
-    load_generator,
-    neighbour_min_pixels,
-    plane_pixel_area_mm2,
-    settings_for,
-    shard,
-    synthesize_plane,
-)
 from models.networks import GeneratorOutput, HealthiVertGenerator
+from models.synthesis.checkpoints import load_generator
+from models.synthesis.plane import adjacent_labels, synthesize_plane
+from models.synthesis.runner import GeneratorRunner
+from models.synthesis.settings import SynthesisSettings
 from tests.synthetic_crops import BODY_COLS, CROP_SIZE, WIDE_WINDOW, body_rows, make_crop_arrays
 from util.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from util.fileio import write_json
@@ -376,15 +368,6 @@ def test_neighbours_are_presented_centred_and_composed_back_in_place() -> None:
         np.testing.assert_array_equal(result.label_map[~vertebra_rows, :, z], label_map[~vertebra_rows, :, z])
 
 
-def test_neighbour_threshold_is_an_area() -> None:
-    assert neighbour_min_pixels(1.0) == NEIGHBOUR_MIN_PX == 200
-    assert neighbour_min_pixels(0.25) == 800
-    assert plane_pixel_area_mm2((2.0, 0.5, 0.8), "sagittal") == 1.0
-    assert plane_pixel_area_mm2((2.0, 0.5, 0.8), "coronal") == pytest.approx(1.6)
-    assert settings_for({}, 1.0, pixel_area_mm2=0.5).neighbour_min_px == 400
-    assert settings_for({}, 1.0).neighbour_min_px == NEIGHBOUR_MIN_PX
-
-
 def test_missing_neighbours_and_empty_slice_keep_the_original() -> None:
     settings = SynthesisSettings(16, WIDE_WINDOW)
     ct, label_map, _ = crop_arrays(labels=[20, 21, 22], empty_target_slice=7)
@@ -423,27 +406,6 @@ def test_adjacent_labels_follow_anatomical_order() -> None:
     assert adjacent_labels([24, 25], 24) == (None, 25)
     assert adjacent_labels([18, 20], 20) == (None, None)  # T12 missing: T11 is not adjacent
     assert adjacent_labels([0, 20, 21], 21) == (20, None)
-
-
-def test_fusion_averages_ct_and_votes_on_the_target() -> None:
-    ct, label_map, cam = crop_arrays()
-    settings = SynthesisSettings(16, WIDE_WINDOW, neighbour_min_px=60)
-    runner = GeneratorRunner(ToyGenerator())
-    sagittal = synthesize_plane(runner, ct, label_map, cam, TARGET, "sagittal", settings)
-    coronal = synthesize_plane(runner, ct, label_map, cam, TARGET, "coronal", settings)
-    fused_ct, fused_labels = fuse_planes(sagittal, coronal, TARGET)
-    assert fused_ct.shape == fused_labels.shape == CROP_SIZE
-    np.testing.assert_allclose(fused_ct, (sagittal.ct_hu + coronal.ct_hu) / 2)
-    both = (sagittal.label_map == TARGET) & (coronal.label_map == TARGET)
-    assert (fused_labels[both] == TARGET).all()
-    assert set(np.unique(fused_labels)) <= set(np.unique(sagittal.label_map)) | set(np.unique(coronal.label_map))
-
-
-def test_shard_partitions_keys() -> None:
-    keys = [f"c_{i}" for i in range(7)]
-    shards = [shard(keys, rank, 3) for rank in range(3)]
-    assert sorted(sum(shards, [])) == sorted(keys)
-    assert shards[0] == ["c_0", "c_3", "c_6"]
 
 
 # ----------------------------------------------------------------------------- files and command line
@@ -562,7 +524,7 @@ def test_bad_vertebra_is_reported_and_the_run_continues(cohort: dict, capsys) ->
 
 
 def test_ranks_share_the_vertebrae(cohort: dict, monkeypatch) -> None:
-    from models.iterative_synthesis import synthesize_dataset
+    from models.synthesis.dataset import synthesize_dataset
 
     done = []
     for rank in range(2):

@@ -22,7 +22,8 @@ from Attention.classifier import checkpoint_path, parse_classifier_options, trai
 from data.crops import crop_affine, load_crop, write_crop
 from data.labels import split_key, vertebra_name
 from data.masking import make_masked_slices
-from models import iterative_synthesis
+from models.synthesis import dataset as synthesis_dataset
+from models.synthesis import plane as synthesis_plane
 from tests.Attention.test_attention import synthetic_crop
 from tests.phantom_fixtures import make_test_phantom
 from tests.pipeline.test_predict import CROP_SIZE, FRACTURED, _one_error_line, write_checkpoint
@@ -53,8 +54,8 @@ def footprint_synthesis(runner, ct_hu, labels, target_probability, cam, offsets,
     stand-in the synthesized body spans the original body's columns and is as tall as the (untrained) height
     head says; everything else (masking, CT, heights, composition) is the real chain's.
     """
-    located = iterative_synthesis.clamp_tall_targets(labels, step_label, settings.mask_height_px,
-                                                     settings.min_component_px)
+    located = synthesis_plane.clamp_tall_targets(labels, step_label, settings.mask_height_px,
+                                                 settings.min_component_px)
     valid = make_masked_slices(np.zeros(labels.shape, np.float32), located, step_label, None, settings.mask_height_px,
                                settings.min_component_px).valid
     left = (canvas - labels.shape[2]) // 2
@@ -70,7 +71,7 @@ def footprint_synthesis(runner, ct_hu, labels, target_probability, cam, offsets,
                               settings, canvas, stepped)
 
 
-synthesize_centred = iterative_synthesis.synthesize_centred
+synthesize_centred = synthesis_plane.synthesize_centred
 
 
 def train_tiny_classifier(dataroot: Path, checkpoints: Path, name: str, crop_size: list[int], spacing_mm: float,
@@ -103,7 +104,7 @@ def run(case: dict, out: Path, *extra: str, checkpoints: Path | None = None) -> 
 
 
 def test_synthesized_reference_measures_the_scan_in_mm(chain_case: dict, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(iterative_synthesis, "synthesize_centred", footprint_synthesis)
+    monkeypatch.setattr(synthesis_plane, "synthesize_centred", footprint_synthesis)
     out = tmp_path / "out"
     assert run(chain_case, out, "--reference", "synthesized") == 0
     table = pd.read_csv(out / "vertebrae.csv")
@@ -138,14 +139,14 @@ def test_synthesized_reference_measures_the_scan_in_mm(chain_case: dict, tmp_pat
 
 def test_classifier_attention_maps_reach_the_synthesis(chain_case: dict, tmp_path: Path, monkeypatch) -> None:
     loaded: dict[str, np.ndarray] = {}
-    load_attention = iterative_synthesis.load_attention
+    load_attention = synthesis_dataset.load_attention
 
     def spy(cam_dir, crop, label_path):
         cam = load_attention(cam_dir, crop, label_path)
         loaded[crop.key] = cam
         return cam
 
-    monkeypatch.setattr(iterative_synthesis, "load_attention", spy)
+    monkeypatch.setattr(synthesis_dataset, "load_attention", spy)
     out = tmp_path / "out"
     assert run(chain_case, out, "--classifier", "cls", "--reference", "neighbours", "--keep_work") == 0
     table = pd.read_csv(out / "vertebrae.csv")

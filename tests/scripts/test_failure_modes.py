@@ -176,7 +176,7 @@ def test_unwritable_checkpoint_folder_is_one_line_before_training(train_cohort, 
 
 def test_unwritable_results_dir_is_exit_2_before_any_vertebra(synthesis_cohort: dict, tmp_path: Path,
                                                              capsys, monkeypatch) -> None:
-    import models.iterative_synthesis as synthesis
+    import models.synthesis.dataset as synthesis
 
     def no_work(*args, **kwargs):
         raise AssertionError("synthesis started although the results folder is unwritable")

@@ -139,7 +139,7 @@ def test_synthesis_output_folder_rule(tmp_path: Path, monkeypatch, argv: list[st
                                       name: str) -> None:
     """``./output`` only when none of --results_dir/--name/--output_dir is given; else <results_dir>/<name>."""
     import eval_3d_sagittal_twostage as script
-    from models.iterative_synthesis import synthesis_dir
+    from models.synthesis.outputs import synthesis_dir
 
     monkeypatch.chdir(tmp_path)
     opt = script.parse_options(argv)

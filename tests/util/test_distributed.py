@@ -17,11 +17,13 @@ import pytest
 import torch
 
 import train
+from models import training
 from options.train_options import TrainOptions
 from tests.paths import REPO_ROOT
 from tests.synthetic_crops import write_synthetic_cohort
 from util import distributed
 from util.checkpoint import (
+    Progress,
     load_checkpoint,
     rank_rng_states,
     restore_checkpoint,
@@ -149,7 +151,7 @@ def test_resume_reads_the_checkpoint_on_cpu_whatever_the_run_device(cohort: tupl
     assert train.main(train_args(cohort, tmp_path, "meta", "--max_steps", "1")) == 0
     opt = TrainOptions().parse(train_args(cohort, tmp_path, "meta", "--continue_train", "--max_steps", "2"),
                                save=False)
-    trainer = train.Trainer(opt, DistributedContext(0, 1, torch.device("meta")))
+    trainer = training.Trainer(opt, DistributedContext(0, 1, torch.device("meta")))
     assert trainer.resumed and trainer.progress.total_iters == 1
 
 
@@ -163,7 +165,7 @@ def test_each_rank_restores_its_own_rng_state(cohort: tuple[Path, Path], tmp_pat
     for seed in (11, 12):
         torch.manual_seed(seed)
         states.append(rng_state())
-    save_checkpoint(tmp_path / "rng.pth", model, train.Progress(1, 1, 1), {}, states)
+    save_checkpoint(tmp_path / "rng.pth", model, Progress(1, 1, 1), {}, states)
     checkpoint = load_checkpoint(tmp_path / "rng.pth")
     assert len(rank_rng_states(checkpoint)) == 2
     for rank in (1, 0):
@@ -188,9 +190,9 @@ def test_wgangp_critics_keep_plain_batchnorm_under_ddp(cohort: tuple[Path, Path]
     cuda = torch.device("cuda", 0)
     wgan = TrainOptions().parse(["--dataroot", str(cohort[0]), "--gpu_ids", "-1", "--gan_mode", "wgangp"], save=False)
     vanilla = TrainOptions().parse(["--dataroot", str(cohort[0]), "--gpu_ids", "-1"], save=False)
-    assert not train.uses_sync_batchnorm("D_1", wgan, cuda) and train.uses_sync_batchnorm("G", wgan, cuda)
-    assert train.uses_sync_batchnorm("D_1", vanilla, cuda)
-    assert not train.uses_sync_batchnorm("D_1", vanilla, torch.device("cpu"))
+    assert not training.uses_sync_batchnorm("D_1", wgan, cuda) and training.uses_sync_batchnorm("G", wgan, cuda)
+    assert training.uses_sync_batchnorm("D_1", vanilla, cuda)
+    assert not training.uses_sync_batchnorm("D_1", vanilla, torch.device("cpu"))
 
 
 # ---------------------------------------------------------------- no hangs (2 Gloo processes)
@@ -246,6 +248,6 @@ def test_two_rank_checkpoint_holds_both_ranks_rng_and_resumes_on_one(cohort: tup
     assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])  # seeded seed + rank
     opt = TrainOptions().parse(train_args(cohort, tmp_path, "ranks", "--continue_train", "--max_steps", "2"),
                                save=False)
-    trainer = train.Trainer(opt, DistributedContext(0, 1, torch.device("cpu")))  # fewer processes than saved
+    trainer = training.Trainer(opt, DistributedContext(0, 1, torch.device("cpu")))  # fewer processes than saved
     assert trainer.progress.total_iters == 1
     assert torch.equal(torch.get_rng_state(), states[0]["torch"])
