@@ -42,8 +42,10 @@ from benchmarks.yardsticks import (  # noqa: E402
     DTYPES,
     abs_difference_stats,
     autocast,
+    conv_training_pass,
     conv_yardstick,
     count_flops,
+    operator_profile,
     percent_of_yardstick,
     time_interleaved,
 )
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and runs nothing: the yardsticks run inside every case)")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
                         help="types to run every case in (bf16: bfloat16 autocast)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, run each case once under torch.profiler and print its N operators "
+                             "with the most self CPU time (to stderr)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", type=str, default="fp32", help=argparse.SUPPRESS)
@@ -181,10 +186,18 @@ def run_worker(args: argparse.Namespace) -> int:
               "yardstick_wall_s": times.yardstick_wall, "yardstick_cpu_s": times.yardstick_cpu,
               "yardstick_flops": yardstick_flops, "flops": flops,
               "peak_rss_gb": peak_gb, "rss_before_gb": base_gb}
+    if kind == "train":  # the yardstick layer's own training pass against the yardstick, same worker
+        training_pass, training_pass_flops = conv_training_pass(dtype)
+        pass_times = time_interleaved(training_pass, yardstick, args.repeats)
+        result["yardstick_training_pass_percent"] = percent_of_yardstick(
+            training_pass_flops, pass_times.case_cpu, yardstick_flops, pass_times.yardstick_cpu)
     if kind == "train" and dtype is not None:
         result["bf16_via"] = "--amp --amp_dtype bf16" if model.native_bf16 else "autocast regions switched to bf16"
     if kind == "forward" and dtype is not None:
         result["bf16_vs_fp32"] = forward_difference(model)
+    if args.profile > 0:
+        print(f"profile of {args.worker} {args.dtype} (one run, self CPU time):\n{operator_profile(run, args.profile)}",
+              file=sys.stderr)
     print(json.dumps(result))
     return 0
 
@@ -204,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         for dtype_name in args.dtypes:
             command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--dtype", dtype_name,
                        "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
-                       "--ngf", str(args.ngf)]
-            proc = subprocess.run(command, capture_output=True, text=True)
+                       "--ngf", str(args.ngf), "--profile", str(args.profile)]
+            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if args.profile else subprocess.PIPE,
+                                  text=True)
             if proc.returncode:
                 failures.append(f"{case} {dtype_name}")
-                print(f"{case} {dtype_name}: worker failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                print(f"{case} {dtype_name}: worker failed: {(proc.stderr or '').strip().splitlines()[-1:]}",
+                      file=sys.stderr)
                 continue
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"{case} {dtype_name}: median {statistics.median(results[-1]['wall_s']):.3f} s", file=sys.stderr)
@@ -240,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {kind} | {batch} | {res['dtype']} | {median:.3f} | {statistics.median(res['cpu_s']):.2f} "
               f"| {gflop:.1f} | {gflop / median:.1f} | {yard:.1f} | {res['percent_of_yardstick']:.0f} % "
               f"| {res['percent_of_yardstick_cpu']:.0f} % | {res['peak_rss_gb']:.2f} | {diff_text} |")
+    for res in results:
+        if "yardstick_training_pass_percent" in res:
+            print(f"{res['case']} {res['dtype']}: the yardstick convolution's own training pass (forward, input and "
+                  f"weight gradients) runs at {res['yardstick_training_pass_percent']:.0f} % of the yardstick "
+                  f"(CPU s, same worker)")
     for res in results:
         if "bf16_via" in res:
             print(f"bf16 training step of {res['case']}: {res['bf16_via']}")

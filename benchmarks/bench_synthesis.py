@@ -47,6 +47,7 @@ from benchmarks.yardsticks import (  # noqa: E402
     abs_difference_stats,
     conv_yardstick,
     count_flops,
+    operator_profile,
     percent_of_yardstick,
     time_interleaved,
 )
@@ -248,15 +249,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nprofile of {name} (one run, self CPU time):")
             print(operator_profile(run, args.profile))
     return 0
-
-
-def operator_profile(run: Callable[[], object], rows: int) -> str:
-    """torch.profiler table of one call of ``run``: the ``rows`` operators with the most self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def warm_up(generator: HealthiVertGenerator, image_shape: tuple[int, int]) -> None:

@@ -52,6 +52,24 @@ def conv_yardstick(dtype: torch.dtype | None) -> tuple[Callable[[], None], float
     return run, count_flops(run)
 
 
+def conv_training_pass(dtype: torch.dtype | None) -> tuple[Callable[[], None], float]:
+    """(run, FLOPs per run) of the yardstick convolution's training pass: forward, then the gradients of the
+    input and of the weight (three convolutions' worth of FLOPs), in float32 or under autocast to ``dtype``.
+    Its rate relative to the (forward) yardstick bounds what a training step made of such layers can reach."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*YARDSTICK_INPUT, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(*YARDSTICK_KERNEL, generator=generator).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+
+    def run() -> None:
+        with autocast(dtype):
+            out = F.conv2d(x, weight, padding=1)
+        torch.autograd.grad(out, [x, weight], torch.ones_like(out))
+
+    return run, count_flops(run)
+
+
 @dataclass
 class InterleavedTimes:
     """Wall and process-CPU seconds of a case and of its yardstick, one pair per repeat."""
@@ -93,3 +111,12 @@ def abs_difference_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     if diff.size == 0:
         return {"median": 0.0, "p99": 0.0, "max": 0.0}
     return {"median": float(np.median(diff)), "p99": float(np.percentile(diff, 99)), "max": float(diff.max())}
+
+
+def operator_profile(run: Callable[[], object], rows: int) -> str:
+    """torch.profiler table of one call of ``run``: the ``rows`` operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)

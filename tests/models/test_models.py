@@ -10,7 +10,7 @@ import torch
 import models
 from models.healthivert_model import band_rows, central_columns_mask
 from models.losses import GANLoss, SobelEdges, dice_coefficient, gradient_penalty
-from models.networks import ELU, HealthiVertGenerator, NLayerDiscriminator, count_parameters
+from models.networks import ELU, HealthiVertGenerator, NLayerDiscriminator, _ELUFunction, count_parameters
 from models.synthetic import synthetic_batch
 
 
@@ -205,11 +205,28 @@ def test_checkpoint_round_trip(tmp_path):
 def test_fast_elu_matches_torch_elu():
     x = torch.linspace(-6, 6, 1001, dtype=torch.float64).view(1, 1, 7, 143).requires_grad_(True)
     reference = torch.nn.functional.elu(x)
-    ours = ELU()(x)
+    ours = _ELUFunction.apply(x)
     assert torch.allclose(ours, reference, atol=1e-12)
     (grad_ours,) = torch.autograd.grad(ours.sum(), x)
     (grad_reference,) = torch.autograd.grad(reference.sum(), x)
     assert torch.allclose(grad_ours, grad_reference, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_elu_module_matches_torch_elu_in_each_precision(dtype):
+    leaf = torch.linspace(-6, 6, 1001).view(1, 1, 7, 143).to(dtype).requires_grad_(True)
+    original = leaf.detach().clone()
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    from_leaf = ELU()(leaf)
+    assert torch.equal(leaf.detach(), original)  # a caller's tensor is not overwritten
+    assert torch.allclose(from_leaf.float(), torch.nn.functional.elu(original).float(), atol=tolerance)
+    inner = leaf * 1.0  # a non-leaf, as a convolution's output: ELU works in place on it
+    ours = ELU()(inner)
+    reference = torch.nn.functional.elu(leaf * 1.0)
+    assert torch.allclose(ours.float(), reference.float(), atol=tolerance)
+    (grad_ours,) = torch.autograd.grad(ours.float().sum(), leaf)
+    (grad_reference,) = torch.autograd.grad(reference.float().sum(), leaf)
+    assert torch.allclose(grad_ours.float(), grad_reference.float(), atol=tolerance)
 
 
 def test_band_rows_local_columns_and_amp_flag():
