@@ -175,7 +175,7 @@ def write_outputs(out: Path, rows: Mapping[str, Mapping[str, Any]], info: Mappin
     """Write ``ablation.json`` and ``ablation.md`` into ``out``; returns the Markdown table."""
     table = markdown_table(rows)
     write_json(out / RESULT_FILE, {**info, "variants": rows, "table_markdown": table})
-    with atomic_write(out / "ablation.md") as handle:
+    with atomic_write(out / "ablation.md", encoding="utf-8") as handle:
         handle.write(table + "\n")
     return table
 

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--dtype", dtype_name,
                        "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
                        "--ngf", str(args.ngf)]
-            proc = subprocess.run(command, capture_output=True, text=True)
+            proc = subprocess.run(command, capture_output=True, encoding="utf-8")
             if proc.returncode:
                 failures.append(f"{case} {dtype_name}")
                 print(f"{case} {dtype_name}: worker failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Only the vertebrae both methods measured:\n\n{common}\n\nreport: {report}")
     comparison = run.paths.comparison / "comparison.md"
     if config.compare and comparison.is_file():
-        print(f"\nThe paper's comparison table (evaluation/compare_methods.py):\n\n{comparison.read_text()}")
+        table = comparison.read_text(encoding="utf-8")
+        print(f"\nThe paper's comparison table (evaluation/compare_methods.py):\n\n{table}")
     return 0 if run.ok else 1
 
 

@@ -160,7 +160,7 @@ class BaseOptions:
         print(text)
         folder = Path(opt.checkpoints_dir) / opt.name
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(folder / f"{self.file_prefix}opt.txt") as handle:
+        with atomic_write(folder / f"{self.file_prefix}opt.txt", encoding="utf-8") as handle:
             handle.write(text + "\n")
         write_json(folder / f"{self.file_prefix}opt.json", options_to_dict(opt))
 

@@ -646,6 +646,6 @@ def write_report(run: PipelineRun, summary: dict[str, Any] | None = None, data: 
     page = build_html(run, summary, data)
     path = run.paths.report
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
+    with atomic_write(path, encoding="utf-8") as handle:
         handle.write(page)
     return path

@@ -30,7 +30,7 @@ def test_table_has_fold_means_stds_and_published_figures(tmp_path: Path) -> None
     specs = [f"{key}={write_grading(tmp_path / key, folds)}" for key, folds in FOLDS.items()]
     out = tmp_path / "table"
     assert compare_methods.main(["--out", str(out), "--runs", *specs, "--cohort", "fixed"]) == 0
-    with open(out / "comparison.csv", newline="") as handle:
+    with open(out / "comparison.csv", newline="", encoding="utf-8") as handle:
         rows = {row["key"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["healthivert", "aotgan", "neighbours"]
     hv = rows["healthivert"]
@@ -41,7 +41,7 @@ def test_table_has_fold_means_stds_and_published_figures(tmp_path: Path) -> None
     assert float(hv["published_macro_f1"]) == pytest.approx(0.723)
     assert float(rows["aotgan"]["published_macro_recall"]) == pytest.approx(0.707)
     assert rows["neighbours"]["published_macro_f1"] == ""  # the paper has no neighbour rule row
-    markdown = (out / "comparison.md").read_text()
+    markdown = (out / "comparison.md").read_text(encoding="utf-8")
     assert ("| HealthiVert-GAN | 0.700 ± 0.100 | 0.600 ± 0.100 | 0.500 ± 0.100 | 0.800 ± 0.100 | 2 "
             "| 0.727 | 0.753 | 0.723 |") in markdown
     assert "| Neighbour rule | 0.200 ± 0.100 |" in markdown and "| — | — | — |" in markdown
@@ -61,7 +61,7 @@ def test_missing_run_is_named_and_exit_is_one(tmp_path: Path, capsys: pytest.Cap
                                    f"supcon_senet={tmp_path / 'absent'}"])
     assert status == 1
     assert "absent/grading.json: grading file not found" in capsys.readouterr().err
-    assert "Left out:" in (out / "comparison.md").read_text()
+    assert "Left out:" in (out / "comparison.md").read_text(encoding="utf-8")
 
 
 def test_different_val_splits_are_flagged(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_different_val_splits_are_flagged(tmp_path: Path) -> None:
     b = write_grading(tmp_path / "b", FOLDS["aotgan"], n_val=12)
     out = tmp_path / "table"
     assert compare_methods.main(["--out", str(out), "--runs", f"healthivert={a}", f"aotgan={b}"]) == 0
-    assert "different val splits" in (out / "comparison.md").read_text()
+    assert "different val splits" in (out / "comparison.md").read_text(encoding="utf-8")
 
 
 def test_bad_specs_and_reports(tmp_path: Path) -> None:
@@ -115,6 +115,6 @@ def test_report_shows_the_comparison_table(tmp_path: Path) -> None:
     run = demo.PipelineRun(replace(demo.QUICK, compare=True), paths, "-1")
     summary = demo_summary(run)
     assert summary["comparison"]["HealthiVert-GAN"]["macro_precision_mean"] == pytest.approx(0.7)
-    page = write_report(run, summary).read_text()
+    page = write_report(run, summary).read_text(encoding="utf-8")
     assert "Method comparison (the paper&#x27;s table)" in page
     assert "0.700 ± 0.100" in page and "0.723" in page and "not results of this run" in page

@@ -127,12 +127,12 @@ def test_cli_writes_json_text_and_plot(tmp_path: Path, capsys) -> None:
     table.to_csv(csv, index=False)
     out = tmp_path / "grading"
     assert SVM_grading.main(["--rhlv", str(csv), "--rhlv_coronal", str(csv), "--out", str(out)]) == 0
-    report = json.loads((out / "grading.json").read_text())
+    report = json.loads((out / "grading.json").read_text(encoding="utf-8"))
     assert {"folds", "mean", "variance"} <= set(report)
     assert len(report["features"]) == 6 and report["mean"]["macro_f1"] == 1.0
     assert report["warnings"] and "fewer than 5" in report["warnings"][0]
     assert "warning: grade(s) {3: 4}" in capsys.readouterr().err
-    assert "Mean over folds" in (out / "grading.txt").read_text()
+    assert "Mean over folds" in (out / "grading.txt").read_text(encoding="utf-8")
     assert (out / "confusion_matrices.png").stat().st_size > 0
 
     assert SVM_grading.main(["--rhlv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 1

@@ -35,9 +35,9 @@ def test_train_options_are_saved_as_text_and_json(tmp_path: Path) -> None:
                                 "--suffix", "{plane}"])
     assert opt.isTrain and opt.name == "exp_coronal" and opt.gpu_ids == []
     assert opt.mask_height == 30.0 and opt.max_dataset_size == math.inf
-    saved = json.loads((tmp_path / "exp_coronal" / "opt.json").read_text())
+    saved = json.loads((tmp_path / "exp_coronal" / "opt.json").read_text(encoding="utf-8"))
     assert saved["mask_height"] == 30.0 and saved["plane"] == "coronal" and saved["hu_window"] == [-300.0, 800.0]
-    text = (tmp_path / "exp_coronal" / "opt.txt").read_text()
+    text = (tmp_path / "exp_coronal" / "opt.txt").read_text(encoding="utf-8")
     assert "mask_height: 30.0" in text and "[default: 40.0]" in text
 
 

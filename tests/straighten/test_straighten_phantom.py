@@ -243,5 +243,5 @@ def test_help_from_the_command_line(repo_root):
     import sys
 
     run = subprocess.run([sys.executable, "straighten/straighten_mask_3d.py", "--help"], cwd=repo_root,
-                         capture_output=True, text=True)
+                         capture_output=True, encoding="utf-8")
     assert run.returncode == 0 and "--crop_size" in run.stdout and "--workers" in run.stdout

@@ -60,7 +60,7 @@ def run_ranks(script: Path, args: list[str], world_size: int = 2, extra_env: dic
                "MASTER_PORT": port, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                "LOCAL_WORLD_SIZE": str(world_size), **(extra_env or {})}
         procs.append(subprocess.Popen([sys.executable, str(script), *args], cwd=REPO_ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8"))
     results = []
     for proc in procs:
         try:
