@@ -93,12 +93,12 @@ def test_steps_cover_the_pipeline_in_order(tmp_path: Path, repo_root: Path) -> N
 
 def test_out_dir_with_an_earlier_run_needs_overwrite(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
-    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me", encoding="utf-8")
     with pytest.raises(FileExistsError, match="--overwrite"):
         demo.prepare_out_dir(tmp_path, overwrite=False)
     demo.prepare_out_dir(tmp_path, overwrite=True)
     assert not (tmp_path / "raw").exists()
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
 def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,7 +109,7 @@ def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(demo, "build_steps", lambda config, paths, gpu_ids: [failing, dependent, independent])
     run = demo.run_pipeline(demo.QUICK, tmp_path, echo=False)
     assert [s.status for s in run.steps] == ["failed", "skipped", "ok"]
-    assert "bad input" in Path(run.steps[0].log).read_text()
+    assert "bad input" in Path(run.steps[0].log).read_text(encoding="utf-8")
     assert "x.txt is missing" in run.steps[1].log
     assert not run.ok
 
@@ -119,7 +119,7 @@ def test_report_is_written_when_artefacts_are_missing(truth_root: Path) -> None:
                            [demo.StepResult("phantoms", "python data/make_phantoms.py", "raw/", 0, 1, 1, 1.0, 0.5)])
     summary = demo_summary(run)
     assert summary["cohort"]["vertebrae"] == 3 and summary["cohort"]["adjacent_fracture"] == 1
-    page = write_report(run, summary).read_text()
+    page = write_report(run, summary).read_text(encoding="utf-8")
     assert "ph000" in page and "not available" in page and page.rstrip().endswith("</html>")
 
 
@@ -127,14 +127,14 @@ def test_report_is_written_when_artefacts_are_missing(truth_root: Path) -> None:
 def test_quick_demo_runs_end_to_end(tmp_path: Path, repo_root: Path) -> None:
     out = tmp_path / "demo"
     completed = subprocess.run([sys.executable, "demo.py", "--quick", "--out", str(out), "--device", "cpu"],
-                               cwd=repo_root, capture_output=True, text=True, timeout=1800)
+                               cwd=repo_root, capture_output=True, encoding="utf-8", timeout=1800)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     assert "HealthiVert demo summary" in completed.stdout
-    summary = json.loads((out / "demo_summary.json").read_text())
+    summary = json.loads((out / "demo_summary.json").read_text(encoding="utf-8"))
     assert [s["status"] for s in summary["steps"]] and all(s["status"] in ("ok", "partial") for s in summary["steps"])
     assert set(summary["accuracy"]) == {"HealthiVert-GAN", "neighbour baseline"}
     assert summary["accuracy"]["HealthiVert-GAN"]["all"]["n"] > 0
-    page = (out / "report" / "index.html").read_text()
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") >= 4
     for heading in ("Cohort", "Original vs pseudo-healthy", "RHLV against the true height loss", "Timings"):
         assert heading in page
