@@ -45,7 +45,8 @@ def unnamed_encodings(source: str) -> Iterator[tuple[int, str]]:
 def test_the_checker_sees_a_missing_encoding() -> None:
     source = ("open(p)\nopen(p, 'rb')\nPath(p).open('w')\nPath(p).open('wb')\np.read_text()\n"
               "p.write_text(s, encoding='utf-8')\natomic_write(p, 'wb')\natomic_write(p)\n"
-              "subprocess.run(c, text=True)\nsubprocess.run(c, capture_output=True)\nImage.open(p)\nNamedTemporaryFile()\nNamedTemporaryFile('w')\n")
+              "subprocess.run(c, text=True)\nsubprocess.run(c, capture_output=True)\nImage.open(p)\n"
+              "NamedTemporaryFile()\nNamedTemporaryFile('w')\n")
     assert list(unnamed_encodings(source)) == [(1, "open"), (3, "open"), (5, "read_text"), (8, "atomic_write"),
                                               (9, "subprocess.run"), (13, "NamedTemporaryFile")]
 
