@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from evaluation import SVM_grading
 from evaluation.grading import (
@@ -133,7 +134,9 @@ def test_cli_writes_json_text_and_plot(tmp_path: Path, capsys) -> None:
     assert report["warnings"] and "fewer than 5" in report["warnings"][0]
     assert "warning: grade(s) {3: 4}" in capsys.readouterr().err
     assert "Mean over folds" in (out / "grading.txt").read_text(encoding="utf-8")
-    assert (out / "confusion_matrices.png").stat().st_size > 0
+    panels = len(report["folds"]) + 1  # one per fold and their sum, 3 per row of 320 x 350 px
+    with Image.open(out / "confusion_matrices.png") as png:
+        assert png.format == "PNG" and png.size == (320 * min(panels, 3), 350 * -(-panels // 3))
 
     assert SVM_grading.main(["--rhlv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 1
     assert "missing.csv: RHLV table not found" in capsys.readouterr().err

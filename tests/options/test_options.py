@@ -44,7 +44,8 @@ def test_train_options_are_saved_as_text_and_json(tmp_path: Path) -> None:
 def test_test_options_and_bad_values(tmp_path: Path) -> None:
     opt = TestOptions().parse(["--dataroot", "d", "--checkpoints_dir", str(tmp_path), "--name", "t"])
     assert not opt.isTrain and opt.phase == "test" and opt.results_dir == "./results/"
-    assert (tmp_path / "t" / "test_opt.json").is_file()
+    saved = json.loads((tmp_path / "t" / "test_opt.json").read_text(encoding="utf-8"))
+    assert (saved["phase"], saved["name"], saved["dataroot"]) == ("test", "t", "d")
     with pytest.raises(SystemExit):
         TrainOptions().parse(["--dataroot", "d", "--plane", "axial"], save=False)
     with pytest.raises(SystemExit):
