@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import demo  # noqa: E402
 from Attention.localisation import summary_lines  # noqa: E402
 from evaluation.phantom_truth import accuracy_summary, subsets  # noqa: E402
+from util.cli import tolerate_unencodable_stdout  # noqa: E402
 from util.fileio import atomic_write, prepare_output_dir, read_json, write_json  # noqa: E402
 from util.report import load_report_data  # noqa: E402
 
@@ -243,4 +244,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tolerate_unencodable_stdout()
     sys.exit(main())

@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 
 import demo  # noqa: E402
 from evaluation.phantom_truth import accuracy_summary, restrict_to_common, subsets  # noqa: E402
+from util.cli import tolerate_unencodable_stdout  # noqa: E402
 from util.fileio import read_json, write_json  # noqa: E402
 from util.report import demo_summary, load_report_data, write_report  # noqa: E402
 
@@ -147,4 +148,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tolerate_unencodable_stdout()
     sys.exit(main())
