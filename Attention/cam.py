@@ -254,7 +254,7 @@ def write_localisation(out: Path, records: dict[str, dict[str, Any]]) -> dict[st
     summary = summarise(records)
     write_json(out / "localisation.json", {"vertebrae": records, "summary": summary})
     columns = ["mass_share", "peak_in_target", "mean_value", "body_fraction", "fractured", "grade", "morphology"]
-    with atomic_write(out / "localisation.csv") as handle:
+    with atomic_write(out / "localisation.csv", encoding="utf-8") as handle:
         handle.write(",".join(["key", *columns]) + "\n")
         for key, record in records.items():
             handle.write(",".join([key, *("" if record[c] is None else str(record[c]) for c in columns)]) + "\n")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         table.to_csv(handle, index=False, float_format="%.6f")
     text = grading_summary(report)
     write_json(out / "grading" / "grading.json", report)
-    with atomic_write(out / "grading" / "grading.txt") as handle:
+    with atomic_write(out / "grading" / "grading.txt", encoding="utf-8") as handle:
         handle.write(text)
     matrices = [fold["confusion_matrix"] for fold in report["folds"]] + [report["confusion_matrix_total"]]
     titles = [f"fold {fold['fold']} (val)" for fold in report["folds"]] + ["all folds"]

@@ -42,6 +42,7 @@ from pipeline.report_data import load_report_data  # noqa: E402
 from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, Step, StepResult  # noqa: E402
 from pipeline.runner import gpu_ids_for, prepare_out_dir, run_step  # noqa: E402
 from pipeline.steps import build_steps  # noqa: E402
+from util.cli import tolerate_unencodable_stdout  # noqa: E402
 from util.fileio import atomic_write, prepare_output_dir, read_json, write_json  # noqa: E402
 
 SHARED_STEPS = ("phantoms", "centroids", "straightening", "classifier", "attention maps")
@@ -177,7 +178,7 @@ def write_outputs(out: Path, rows: Mapping[str, Mapping[str, Any]], info: Mappin
     """Write ``ablation.json`` and ``ablation.md`` into ``out``; returns the Markdown table."""
     table = markdown_table(rows)
     write_json(out / RESULT_FILE, {**info, "variants": rows, "table_markdown": table})
-    with atomic_write(out / "ablation.md") as handle:
+    with atomic_write(out / "ablation.md", encoding="utf-8") as handle:
         handle.write(table + "\n")
     return table
 
@@ -245,4 +246,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tolerate_unencodable_stdout()
     sys.exit(main())

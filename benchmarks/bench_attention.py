@@ -51,7 +51,7 @@ def time_training(dataroot: Path, split_json: Path, checkpoints: Path, arch: str
     ])
     metrics = train_classifier(opt)
     n_train = metrics["n_train"]["healthy"] + metrics["n_train"]["fractured"]
-    log = (checkpoints / arch / "classifier_log.csv").read_text().splitlines()[1:]
+    log = (checkpoints / arch / "classifier_log.csv").read_text(encoding="utf-8").splitlines()[1:]
     seconds = [float(row.split(",")[-1]) for row in log]
     return statistics.median(seconds), n_train * opt.slices_per_vertebra
 

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
         table_path = Path(folder) / "rhlv_1000.csv"
         grading_table(args.vertebrae).to_csv(table_path, index=False)
-        devnull = open(os.devnull, "w")
+        devnull = open(os.devnull, "w", encoding="utf-8")
         stdout, stderr = sys.stdout, sys.stderr
         try:
             sys.stdout = sys.stderr = devnull

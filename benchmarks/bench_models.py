@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                        "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
                        "--ngf", str(args.ngf), "--profile", str(args.profile)]
             proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if args.profile else subprocess.PIPE,
-                                  text=True)
+                                  encoding="utf-8")
             if proc.returncode:
                 failures.append(f"{case} {dtype_name}")
                 print(f"{case} {dtype_name}: worker failed: {(proc.stderr or '').strip().splitlines()[-1:]}",

@@ -81,7 +81,7 @@ def variant_rhlv(original: np.ndarray, synthesized: np.ndarray, label: int, vari
 
 def rhlv_effects(fixtures: Path, threshold: float) -> pd.DataFrame:
     folder = fixtures / "rhlv"
-    cases = json.loads((folder / "rhlv.json").read_text())["cases"]
+    cases = json.loads((folder / "rhlv.json").read_text(encoding="utf-8"))["cases"]
     rows = []
     for case in cases:
         key = case["vertebra"]

@@ -58,7 +58,7 @@ def run_once(case_dir: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     code = CHILD.format(repo=str(REPO_ROOT), case_dir=str(case_dir), out=str(out))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{case_dir}: benchmark run failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -37,6 +37,7 @@ from pipeline.report_data import demo_summary, load_report_data  # noqa: E402
 from pipeline.run import FULL, DemoConfig, DemoPaths, PipelineRun, StepResult  # noqa: E402
 from pipeline.run_report import write_report  # noqa: E402
 from pipeline.runner import gpu_ids_for  # noqa: E402
+from util.cli import tolerate_unencodable_stdout  # noqa: E402
 from util.fileio import read_json, write_json  # noqa: E402
 
 BENCHMARK = replace(FULL, cases=12, classifier_epochs=6, classifier_epochs_decay=6, classifier_slices=20,
@@ -144,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
           f"Only the vertebrae both methods measured:\n\n{common}\n\nreport: {report}")
     comparison = run.paths.comparison / "comparison.md"
     if config.compare and comparison.is_file():
-        print(f"\nThe paper's comparison table (evaluation/compare_methods.py):\n\n{comparison.read_text()}")
+        table = comparison.read_text(encoding="utf-8")
+        print(f"\nThe paper's comparison table (evaluation/compare_methods.py):\n\n{table}")
     return 0 if run.ok else 1
 
 
 if __name__ == "__main__":
+    tolerate_unencodable_stdout()
     sys.exit(main())

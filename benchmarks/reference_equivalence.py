@@ -100,7 +100,7 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as handle:
+    with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
 

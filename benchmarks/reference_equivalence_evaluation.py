@@ -114,8 +114,8 @@ def check_rhlv(fixtures: Path) -> list[dict]:
                     if (m := THRESHOLD_FILE.search(p.name)))
     if not tables:
         return [_missing("RHLV", folder / "rhlv_threshold_<t>.csv")]
-    recorded = json.loads((folder / "rhlv.json").read_text()).get("results", {}) if (folder / "rhlv.json").is_file() \
-        else {}
+    recorded = json.loads((folder / "rhlv.json").read_text(encoding="utf-8")).get("results", {}) \
+        if (folder / "rhlv.json").is_file() else {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for threshold, reference_csv in tables:
@@ -179,13 +179,13 @@ def check_svm(fixtures: Path) -> list[dict]:
     for path in (table, expected):
         if not path.is_file():
             return [_missing("SVM", path)]
-    reference = json.loads(expected.read_text())
+    reference = json.loads(expected.read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory() as tmp:
         status, message = _run_quietly(SVM_grading.main, [
             "--protocol", "reference", "--rhlv", str(table), "--out", tmp, "--n_splits", str(len(reference["folds"]))])
         if status != 0:
             return [_row("SVM", f"SVM_grading.py failed: {message}", "runs", False)]
-        report = json.loads((Path(tmp) / "grading.json").read_text())
+        report = json.loads((Path(tmp) / "grading.json").read_text(encoding="utf-8"))
     return compare_svm(report, reference)
 
 

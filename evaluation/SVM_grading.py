@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     summary = grading_summary(report)
     write_json(out / "grading.json", report)
-    with atomic_write(out / "grading.txt") as handle:
+    with atomic_write(out / "grading.txt", encoding="utf-8") as handle:
         handle.write(summary)
     matrices, titles = grading_confusion_panels(report)
     save_confusion_matrices(matrices, titles, report["classes"], out / "confusion_matrices.png")

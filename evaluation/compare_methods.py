@@ -29,6 +29,7 @@ from evaluation.comparison import (  # noqa: E402
     same_val_split,
     save_comparison_plot,
 )
+from util.cli import tolerate_unencodable_stdout  # noqa: E402
 from util.fileio import atomic_write  # noqa: E402
 
 DEFAULT_LAYOUT = (("healthivert", "healthivert/grading"), ("aotgan", "aotgan/grading"),
@@ -83,4 +84,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tolerate_unencodable_stdout()
     sys.exit(main())

@@ -24,7 +24,6 @@ from torch import nn
 
 from data.loader import DatasetLoader, create_dataset
 from models import create_model
-from options.base_options import options_to_dict
 from util.checkpoint import (
     Progress,
     checkpoint_path,
@@ -35,6 +34,7 @@ from util.checkpoint import (
     save_checkpoint,
 )
 from util.distributed import DistributedContext, all_ranks_succeed, all_reduce_sum, gather_objects
+from util.settings import options_to_dict
 
 # options that shape the networks, their inputs or their losses: a resume must use the checkpoint's values
 ARCHITECTURE_OPTIONS = ("model", "dataset_mode", "plane", "ngf", "ndf", "n_layers_D", "norm", "mask_height",

@@ -14,7 +14,6 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import models
 from data import loader as dataset_loader
@@ -24,6 +23,7 @@ from util import published_layout
 from util.distributed import parse_gpu_ids
 from util.fileio import atomic_write, write_json
 from util.protocol import add_protocol_argument
+from util.settings import options_to_dict
 
 
 def add_protocol_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -40,18 +40,6 @@ def non_negative_float_or_inf(text: str) -> float:
     if value < 0 or math.isnan(value):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative number or inf")
     return value
-
-
-def options_to_dict(opt: argparse.Namespace) -> dict[str, Any]:
-    """The options as a plain JSON-compatible dict (for opt.json and checkpoints)."""
-    plain: dict[str, Any] = {}
-    for key, value in sorted(vars(opt).items()):
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        plain[key] = value
-    return plain
 
 
 class BaseOptions:
@@ -156,7 +144,7 @@ class BaseOptions:
         print(text)
         folder = Path(opt.checkpoints_dir) / opt.name
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(folder / f"{self.file_prefix}opt.txt") as handle:
+        with atomic_write(folder / f"{self.file_prefix}opt.txt", encoding="utf-8") as handle:
             handle.write(text + "\n")
         write_json(folder / f"{self.file_prefix}opt.json", options_to_dict(opt))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -28,3 +29,12 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"
+
+
+def tolerate_unencodable_stdout() -> None:
+    """Print what the locale cannot encode (an ASCII locale and "±", "—") as backslash escapes instead of failing.
+
+    Files are always written as UTF-8; only the copy printed to the terminal is affected.
+    """
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")

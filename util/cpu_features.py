@@ -18,7 +18,7 @@ CPUINFO = Path("/proc/cpuinfo")
 def cpuinfo_field(name: str) -> str:
     """The first ``name : value`` field of /proc/cpuinfo ('' when absent or unreadable)."""
     try:
-        for line in CPUINFO.read_text().splitlines():
+        for line in CPUINFO.read_text(encoding="utf-8").splitlines():
             key, _, value = line.partition(":")
             if key.strip() == name:
                 return value.strip()

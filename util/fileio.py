@@ -172,4 +172,11 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", hint: str
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {_torch_load_gist(err)})") from err
+
+
+def _torch_load_gist(err: BaseException) -> str:
+    """A ``torch.load`` error on one line: its ``WeightsUnpickler error`` detail when there is one, no colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    return " ".join((detail.group(1) if detail else text).split())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 SettingsT = TypeVar("SettingsT", bound="FromOptions")
@@ -46,3 +47,15 @@ class FromOptions:
             elif item.default is MISSING and item.default_factory is MISSING:
                 raise ValueError(f"{cls.__name__}: option --{name} is required")
         return cls(**chosen)
+
+
+def options_to_dict(opt: argparse.Namespace) -> dict[str, Any]:
+    """The options as a plain JSON-compatible dict (for opt.json and checkpoints)."""
+    plain: dict[str, Any] = {}
+    for key, value in sorted(vars(opt).items()):
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        plain[key] = value
+    return plain

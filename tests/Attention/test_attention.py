@@ -86,7 +86,7 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     dataroot = root / "straightened"
     split = write_synthetic_cohort(dataroot, n_cases=8, seed=3)
     split_json = root / "vertebra_data.json"
-    split_json.write_text(json.dumps(split))
+    split_json.write_text(json.dumps(split), encoding="utf-8")
     opt = classifier_options(dataroot, split_json, root / "checkpoints", "syn")
     metrics = train_classifier(opt)
     return {"root": root, "dataroot": dataroot, "split_json": split_json, "checkpoints": root / "checkpoints",
@@ -158,7 +158,7 @@ def test_training_writes_weights_only_checkpoint_and_metrics(cohort):
     assert state["options"]["split_json"] == str(cohort["split_json"])
     model, _ = load_classifier(path)
     assert not model.training
-    log = (path.parent / "classifier_log.csv").read_text().splitlines()
+    log = (path.parent / "classifier_log.csv").read_text(encoding="utf-8").splitlines()
     assert log[0].startswith("epoch,") and len(log) == 3
 
 
@@ -264,7 +264,7 @@ def test_missing_ct_crop_fails_the_script(cohort, tmp_path, capsys):
 
 def test_training_without_crops_is_a_clear_error(tmp_path):
     split_json = tmp_path / "split.json"
-    split_json.write_text(json.dumps({"train": {"nocase_20": 0, "nocase_21": 2}, "val": {}}))
+    split_json.write_text(json.dumps({"train": {"nocase_20": 0, "nocase_21": 2}, "val": {}}), encoding="utf-8")
     (tmp_path / "straightened" / "label").mkdir(parents=True)
     opt = classifier_options(tmp_path / "straightened", split_json, tmp_path / "ck", "none")
     with pytest.raises(ValueError, match="split.json: 4 crop file.* not found: .*nocase_20.nii.gz"):

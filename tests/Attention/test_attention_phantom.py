@@ -42,7 +42,7 @@ TRAIN_FLAGS = ["--arch", "small", "--n_epochs", "8", "--n_epochs_decay", "8", "-
 def run_script(repo_root: Path, *argv: str) -> subprocess.CompletedProcess:
     """Run a script from the repository root on CPU (one thread: fastest on a busy machine)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, *argv], cwd=repo_root, capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, *argv], cwd=repo_root, capture_output=True, encoding="utf-8", env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     return run
 

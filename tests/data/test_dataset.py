@@ -212,7 +212,7 @@ def test_bad_inputs_fail_before_training(tmp_path: Path) -> None:
     with pytest.raises(ImageIOError, match=r"syn001_21\.nii\.gz: crop shape"):
         AlignedDataset(dataset_options(dataroot, split), show_progress=False)
     blocker = tmp_path / "not_a_folder"
-    blocker.write_text("")
+    blocker.write_text("", encoding="utf-8")
     with pytest.raises(ImageIOError, match="cannot write the crop cache"):
         AlignedDataset(dataset_options(dataroot, split, cache_dir=str(blocker / "cache")), show_progress=False)
     write_json(bad_split, {"val": {"syn001_19": 0}})

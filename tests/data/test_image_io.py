@@ -179,13 +179,13 @@ def test_save_nifti_is_atomic_on_failure(tmp_path: Path, monkeypatch):
 def test_atomic_write_leaves_nothing_on_error(tmp_path: Path):
     target = tmp_path / "table.csv"
     with pytest.raises(RuntimeError):
-        with atomic_write(target) as handle:
+        with atomic_write(target, encoding="utf-8") as handle:
             handle.write("partial")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     write_json(tmp_path / "a.json", {"x": 1})
     assert read_json(tmp_path / "a.json") == {"x": 1}
-    (tmp_path / "bad.json").write_text("{")
+    (tmp_path / "bad.json").write_text("{", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.json"):
         read_json(tmp_path / "bad.json")
 

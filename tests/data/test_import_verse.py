@@ -27,7 +27,7 @@ def verse_centroid_file(mask_path: Path, path: Path, direc: str = "PIR") -> dict
         centre = np.argwhere(reoriented == label).mean(axis=0)
         entries.append({"label": int(label), "X": float(centre[0]), "Y": float(centre[1]), "Z": float(centre[2])})
         truth[int(label)] = voxel_to_world(image.affine, np.argwhere(array == label).mean(axis=0)[None])[0]
-    path.write_text(json.dumps(entries))
+    path.write_text(json.dumps(entries), encoding="utf-8")
     return truth
 
 
@@ -57,7 +57,7 @@ def test_import_verse_bids_tree(tmp_path: Path, capsys) -> None:
     for case in ("sub-gl003_dir-ax", "sub-verse401_split-verse253"):
         files = find_case_files(out / "raw" / case)
         assert files.ct.name == f"{case}.nii.gz" and files.mask.name == f"{case}_msk.nii.gz"
-        records = json.loads(files.centroids.read_text())
+        records = json.loads(files.centroids.read_text(encoding="utf-8"))
         assert [r["label"] for r in records] == [20, 21, 22]
         loaded = load_mask(files.mask)
         for record in records:

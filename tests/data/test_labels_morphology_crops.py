@@ -72,7 +72,7 @@ def test_write_and_load_crop(tmp_path: Path):
 
 def test_read_split_validates(tmp_path: Path):
     good = tmp_path / "split.json"
-    good.write_text(json.dumps({"train": {"a_20": 0, "a_21": 3}, "val": {"b_20": 1}}))
+    good.write_text(json.dumps({"train": {"a_20": 0, "a_21": 3}, "val": {"b_20": 1}}), encoding="utf-8")
     split = read_split(good)
     assert split["test"] == {} and split["train"]["a_21"] == 3
     assert split_of(split, "b_20") == ("val", 1) and split_of(split, "zz_1") is None
@@ -83,6 +83,6 @@ def test_read_split_validates(tmp_path: Path):
         ([1, 2], "expected an object"),
     ]:
         path = tmp_path / "bad.json"
-        path.write_text(json.dumps(bad))
+        path.write_text(json.dumps(bad), encoding="utf-8")
         with pytest.raises(ValueError, match=message):
             read_split(path)

@@ -92,7 +92,7 @@ def test_mask_heights_match_truth(tmp_path: Path, orientation, spacing, fracture
                                 spacing_mm=spacing, seed=3)
     files = find_case_files(tmp_path / "raw" / "phtest")
     ct, mask = load_ct_and_mask(files.ct, files.mask)
-    truth = json.loads((files.folder / "phtest_truth.json").read_text())
+    truth = json.loads((files.folder / "phtest_truth.json").read_text(encoding="utf-8"))
     assert mask.orientation == orientation
     np.testing.assert_allclose(mask.spacing_mm, spacing, atol=1e-5)
     assert truth["orientation"] == orientation and truth["spacing_mm"] == list(spacing)
@@ -113,7 +113,7 @@ def test_thick_slices_along_the_spine_limit_the_precision(tmp_path: Path) -> Non
                       spacing_mm=(0.8, 0.8, 2.5), seed=5)
     files = find_case_files(tmp_path / "raw" / "phtest")
     _, mask = load_ct_and_mask(files.ct, files.mask)
-    truth = json.loads((files.folder / "phtest_truth.json").read_text())
+    truth = json.loads((files.folder / "phtest_truth.json").read_text(encoding="utf-8"))
     for vertebra in truth["vertebrae"]:
         assert vertebra["height_resolution_mm"] > 2.0
         measured = measure_body_heights(mask.array, mask.affine, vertebra)
@@ -232,7 +232,7 @@ def test_cohort_files_split_and_grades(phantom_cohort_dir: Path) -> None:
     for case in cases:
         folder = phantom_cohort_dir / "raw" / case
         assert {p.name for p in folder.iterdir()} == {f"{case}.nii.gz", f"{case}_msk.nii.gz", f"{case}_truth.json"}
-        truth = json.loads((folder / f"{case}_truth.json").read_text())
+        truth = json.loads((folder / f"{case}_truth.json").read_text(encoding="utf-8"))
         assert truth["case"] == case
         for vertebra in truth["vertebrae"]:
             assert vertebra["grade"] == genant_grade(vertebra["loss_ratio"])
@@ -287,7 +287,7 @@ def test_orientations_round_trip_to_the_same_anatomy(tmp_path: Path) -> None:
         ct, mask = load_ct_and_mask(files.ct, files.mask)
         assert ct.orientation == orientation
         ct_ras, mask_ras = reorient(ct, "RAS"), reorient(mask, "RAS")
-        truth = json.loads((files.folder / "phtest_truth.json").read_text())
+        truth = json.loads((files.folder / "phtest_truth.json").read_text(encoding="utf-8"))
         if reference is None:
             reference = (ct_ras, mask_ras, truth)
             continue

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from evaluation import compare_methods
 from evaluation.comparison import PUBLISHED_VERSE2019, parse_run_spec, read_run
+from tests.paths import REPO_ROOT
 from util.fileio import write_json
 
 FOLDS = {  # macro_precision, macro_recall, macro_f1, accuracy per fold
@@ -30,7 +34,7 @@ def test_table_has_fold_means_stds_and_published_figures(tmp_path: Path) -> None
     specs = [f"{key}={write_grading(tmp_path / key, folds)}" for key, folds in FOLDS.items()]
     out = tmp_path / "table"
     assert compare_methods.main(["--out", str(out), "--runs", *specs, "--cohort", "fixed"]) == 0
-    with open(out / "comparison.csv", newline="") as handle:
+    with open(out / "comparison.csv", newline="", encoding="utf-8") as handle:
         rows = {row["key"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["healthivert", "aotgan", "neighbours"]
     hv = rows["healthivert"]
@@ -41,7 +45,7 @@ def test_table_has_fold_means_stds_and_published_figures(tmp_path: Path) -> None
     assert float(hv["published_macro_f1"]) == pytest.approx(0.723)
     assert float(rows["aotgan"]["published_macro_recall"]) == pytest.approx(0.707)
     assert rows["neighbours"]["published_macro_f1"] == ""  # the paper has no neighbour rule row
-    markdown = (out / "comparison.md").read_text()
+    markdown = (out / "comparison.md").read_text(encoding="utf-8")
     assert ("| HealthiVert-GAN | 0.700 ± 0.100 | 0.600 ± 0.100 | 0.500 ± 0.100 | 0.800 ± 0.100 | 2 "
             "| 0.727 | 0.753 | 0.723 |") in markdown
     assert "| Neighbour rule | 0.200 ± 0.100 |" in markdown and "| — | — | — |" in markdown
@@ -61,7 +65,7 @@ def test_missing_run_is_named_and_exit_is_one(tmp_path: Path, capsys: pytest.Cap
                                    f"supcon_senet={tmp_path / 'absent'}"])
     assert status == 1
     assert "absent/grading.json: grading file not found" in capsys.readouterr().err
-    assert "Left out:" in (out / "comparison.md").read_text()
+    assert "Left out:" in (out / "comparison.md").read_text(encoding="utf-8")
 
 
 def test_different_val_splits_are_flagged(tmp_path: Path) -> None:
@@ -69,7 +73,7 @@ def test_different_val_splits_are_flagged(tmp_path: Path) -> None:
     b = write_grading(tmp_path / "b", FOLDS["aotgan"], n_val=12)
     out = tmp_path / "table"
     assert compare_methods.main(["--out", str(out), "--runs", f"healthivert={a}", f"aotgan={b}"]) == 0
-    assert "different val splits" in (out / "comparison.md").read_text()
+    assert "different val splits" in (out / "comparison.md").read_text(encoding="utf-8")
 
 
 def test_bad_specs_and_reports(tmp_path: Path) -> None:
@@ -121,3 +125,20 @@ def test_report_shows_the_comparison_table(tmp_path: Path) -> None:
     page = write_report(run, summary).read_text(encoding="utf-8")
     assert "Method comparison (the paper&#x27;s table)" in page
     assert "0.700 ± 0.100" in page and "0.723" in page and "not results of this run" in page
+
+
+def test_table_keeps_its_plus_minus_in_an_ascii_locale(tmp_path: Path) -> None:
+    """The script in a fresh interpreter under the C locale without UTF-8 mode (Python's ASCII locale):
+    the files hold the UTF-8 "±"/"—" and the printed copy escapes what the terminal cannot show."""
+    specs = [f"{key}={write_grading(tmp_path / key, folds)}" for key, folds in FOLDS.items()]
+    out = tmp_path / "table"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "evaluation" / "compare_methods.py"), "--out", str(out),
+                           "--runs", *specs, "--cohort", "fixed"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          encoding="utf-8", check=False)
+    assert done.returncode == 0, done.stderr
+    markdown = (out / "comparison.md").read_bytes().decode("utf-8")
+    assert "| HealthiVert-GAN | 0.700 ± 0.100 |" in markdown and "| — |" in markdown
+    assert "0.700 \\xb1 0.100" in done.stdout and "\\u2014" in done.stdout
+    with open(out / "comparison.csv", newline="", encoding="utf-8") as handle:
+        assert [row["key"] for row in csv.DictReader(handle)] == list(FOLDS)

@@ -102,7 +102,7 @@ def test_scripts_write_table_and_summary_for_healthy_val_vertebrae(tmp_path: Pat
     ct, fake_ct, label, _ = synthetic_pair(1)
     expected = expected_metrics(np.rint(ct), fake_ct, label, axis=2)  # crops store the CT as int16 HU
     assert table.loc[0, "SSIM"] == pytest.approx(expected["SSIM"], rel=1e-6)
-    summary = json.loads((results / "generation_summary.json").read_text())
+    summary = json.loads((results / "generation_summary.json").read_text(encoding="utf-8"))
     assert summary["n_vertebrae"] == 1 and summary["plane"] == "sagittal"
     assert summary["mean"]["PSNR"] == pytest.approx(table.loc[0, "PSNR"])
 
@@ -110,7 +110,7 @@ def test_scripts_write_table_and_summary_for_healthy_val_vertebrae(tmp_path: Pat
     assert generation_eval_coronal.main(args[:-1] + [str(coronal_out), "--splits", "train", "val"]) == 1
     coronal = pd.read_csv(coronal_out)
     assert coronal["Vertebra"].tolist() == ["ph000_20", "ph001_20"]
-    assert json.loads((results / "generation_coronal_summary.json").read_text())["plane"] == "coronal"
+    assert json.loads((results / "generation_coronal_summary.json").read_text(encoding="utf-8"))["plane"] == "coronal"
 
 
 def test_generation_settings_from_the_flags_have_the_documented_defaults() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from evaluation import SVM_grading
 from evaluation.grading import (
@@ -128,13 +129,15 @@ def test_cli_writes_json_text_and_plot(tmp_path: Path, capsys) -> None:
     table.to_csv(csv, index=False)
     out = tmp_path / "grading"
     assert SVM_grading.main(["--rhlv", str(csv), "--rhlv_coronal", str(csv), "--out", str(out)]) == 0
-    report = json.loads((out / "grading.json").read_text())
+    report = json.loads((out / "grading.json").read_text(encoding="utf-8"))
     assert {"folds", "mean", "variance"} <= set(report)
     assert len(report["features"]) == 6 and report["mean"]["macro_f1"] == 1.0
     assert report["warnings"] and "fewer than 5" in report["warnings"][0]
     assert "warning: grade(s) {3: 4}" in capsys.readouterr().err
-    assert "Mean over folds" in (out / "grading.txt").read_text()
-    assert (out / "confusion_matrices.png").stat().st_size > 0
+    assert "Mean over folds" in (out / "grading.txt").read_text(encoding="utf-8")
+    panels = len(report["folds"]) + 1  # one per fold and their sum, 3 per row of 320 x 350 px
+    with Image.open(out / "confusion_matrices.png") as png:
+        assert png.format == "PNG" and png.size == (320 * min(panels, 3), 350 * -(-panels // 3))
 
     assert SVM_grading.main(["--rhlv", str(tmp_path / "missing.csv"), "--out", str(out)]) == 1
     assert "missing.csv: RHLV table not found" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_rhlv_reproduces_the_published_tables(fixtures: Path) -> None:
 
 def test_svm_reproduces_the_published_metrics(fixtures: Path) -> None:
     rows = check_svm(fixtures)
-    expected_folds = len(json.loads((fixtures / "svm" / "svm.json").read_text())["folds"])
+    expected_folds = len(json.loads((fixtures / "svm" / "svm.json").read_text(encoding="utf-8"))["folds"])
     assert sum(row["item"].endswith("confusion matrix") for row in rows) == expected_folds
     assert all(row["passed"] for row in rows), [r for r in rows if not r["passed"]]
 
@@ -64,7 +64,8 @@ def test_svm_reproduces_the_published_metrics(fixtures: Path) -> None:
 def test_healthivert_protocol_differs_from_the_published_numbers(fixtures: Path) -> None:
     """The checks can fail: our default protocol does not reproduce the published values."""
     folder = fixtures / "rhlv"
-    split = split_in_file_order(json.loads((folder / "dataset_info.json").read_text()), folder / "dataset_info.json")
+    info_path = folder / "dataset_info.json"
+    split = split_in_file_order(json.loads(info_path.read_text(encoding="utf-8")), info_path)
     ours = rhlv_tables(folder / "label", folder / "label_fake", split, ("synthesized",), MeasureOptions(),
                        progress=False).tables["synthesized"]
     rows = compare_rhlv_table(ours, pd.read_csv(folder / "rhlv_threshold_0.7.csv"), "healthivert")
@@ -74,7 +75,7 @@ def test_healthivert_protocol_differs_from_the_published_numbers(fixtures: Path)
 
     table, features = feature_table(pd.read_csv(fixtures / "svm" / "rhlv_table.csv"))
     report = evaluate_grading(prepare_grading_data(table, features), 5, 0, "healthivert")
-    recorded = json.loads((fixtures / "svm" / "svm.json").read_text())
+    recorded = json.loads((fixtures / "svm" / "svm.json").read_text(encoding="utf-8"))
     assert not all(row["passed"] for row in compare_svm(report, recorded))
 
 
@@ -97,7 +98,7 @@ def test_checks_follow_the_files_of_another_fixture_set(fixtures: Path, tmp_path
     subset = tmp_path / "fixtures"
     (subset / "rhlv").mkdir(parents=True)
     shutil.copytree(fixtures / "svm", subset / "svm")
-    info = json.loads((fixtures / "rhlv" / "dataset_info.json").read_text())
+    info = json.loads((fixtures / "rhlv" / "dataset_info.json").read_text(encoding="utf-8"))
     keep = {split: dict(list(entries.items())[::2]) for split, entries in info.items()}
     write_json(subset / "rhlv" / "dataset_info.json", keep)
     kept = [key for entries in keep.values() for key in entries]
@@ -114,7 +115,7 @@ def test_checks_follow_the_files_of_another_fixture_set(fixtures: Path, tmp_path
     table.loc[table.index[0], "Post RHLV"] += 1e-6
     table.to_csv(subset / "rhlv" / "rhlv_threshold_0.64.csv", index=False, float_format="%.17g")
     assert not all(row["passed"] for row in check_rhlv(subset))
-    recorded = json.loads((subset / "svm" / "svm.json").read_text())
+    recorded = json.loads((subset / "svm" / "svm.json").read_text(encoding="utf-8"))
     recorded["folds"][2]["val_predictions"][0] = 3 - recorded["folds"][2]["val_predictions"][0]
     write_json(subset / "svm" / "svm.json", recorded)
     failed = [row["item"] for row in check_svm(subset) if not row["passed"]]
@@ -281,7 +282,7 @@ def test_clis_without_flags_run_on_the_published_layout(tmp_path: Path, monkeypa
     table = pd.read_csv(tmp_path / "evaluation/RHLV_quantification/rhlv.csv")
     assert len(table) == 40 and set(table["Dataset"]) == {"train", "val", "test"}
     assert SVM_grading.main([]) == 0
-    report = json.loads((tmp_path / "evaluation/classification_metric/grading.json").read_text())
+    report = json.loads((tmp_path / "evaluation/classification_metric/grading.json").read_text(encoding="utf-8"))
     assert report["n_pool"] == 30 and report["n_val"] == 10
     assert generation_eval_sagittal.main([]) == 0
     generation = pd.read_csv(tmp_path / "evaluation/generation_metric/generation_sagittal.csv")

@@ -210,7 +210,7 @@ def test_cli_writes_tables_maps_and_reports_failed_vertebrae(tmp_path: Path, cap
     assert table["Vertebra"].tolist() == ["ph000_20"]
     assert table.loc[0, "Label"] == 2 and table.loc[0, "Dataset"] == "train"
     assert table.loc[0, "Pre RHLV"] == pytest.approx(true_regional_loss(wedge(0.3))["pre"], abs=0.02)
-    assert (tmp_path / "results" / "rhlv.xlsx").is_file()
+    pd.testing.assert_frame_equal(pd.read_excel(tmp_path / "results" / "rhlv.xlsx"), table, check_dtype=False)
 
     baseline = pd.read_csv(tmp_path / "results" / "rhlv_neighbours.csv")
     assert list(baseline.columns) == RHLV_COLUMNS

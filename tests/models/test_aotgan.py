@@ -267,7 +267,7 @@ def test_two_process_gloo_ddp_aotgan_gives_identical_weights(cohort: tuple[Path,
                "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY, *AOT_TINY,
                "--max_dataset_size", "4", "--val_freq", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, encoding="utf-8", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

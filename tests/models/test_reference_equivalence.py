@@ -214,7 +214,7 @@ def test_preprocessing_defaults_to_the_published_dataset_folder(tmp_path: Path, 
     import sys
 
     done = subprocess.run([sys.executable, str(REPO_ROOT / script)], cwd=tmp_path, capture_output=True, text=True,
-                          check=False)
+                          check=False, encoding="utf-8")
     assert done.returncode == 1
     assert done.stderr.strip() == ("error: dataset/raw: raw data folder not found (give --root DIR, the folder "
                                    "holding raw/<case>/)")
@@ -230,10 +230,10 @@ def test_centroids_run_without_flags_on_the_published_layout(tmp_path: Path, pha
     shutil.copytree(case, tmp_path / "dataset" / "raw" / case.name)
 
     done = subprocess.run([sys.executable, str(REPO_ROOT / "straighten/location_json_local.py"), "--quiet"],
-                          cwd=tmp_path, capture_output=True, text=True, check=False)
+                          cwd=tmp_path, capture_output=True, encoding="utf-8", check=False)
     assert done.returncode == 0, done.stderr
-    centroids = json.loads((tmp_path / "dataset" / "raw" / case.name / f"{case.name}.json").read_text())
-    truth = json.loads((case / f"{case.name}_truth.json").read_text())
+    centroids = json.loads((tmp_path / "dataset" / "raw" / case.name / f"{case.name}.json").read_text(encoding="utf-8"))
+    truth = json.loads((case / f"{case.name}_truth.json").read_text(encoding="utf-8"))
     assert sorted(c["label"] for c in centroids) == sorted(v["label"] for v in truth["vertebrae"])
 
 

@@ -519,7 +519,7 @@ def test_bad_vertebra_is_reported_and_the_run_continues(cohort: dict, capsys) ->
     out = cohort["results"] / "sag"
     assert not (out / "CT_fake" / f"{bad}.nii.gz").exists()
     assert (out / "label_fake" / f"{cohort['keys'][0]}.nii.gz").exists()
-    summary = (out / "synthesis_summary.json").read_text()
+    summary = (out / "synthesis_summary.json").read_text(encoding="utf-8")
     assert bad in summary
 
 
@@ -546,7 +546,7 @@ def test_torchrun_two_ranks_share_and_report_all_vertebrae(cohort: dict, repo_ro
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(repo_root / "eval_3d_sagittal_twostage.py"), *command(cohort)],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+        cwd=repo_root, env=env, capture_output=True, encoding="utf-8", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "3 succeeded" in result.stdout
     for key in cohort["keys"]:

@@ -35,16 +35,17 @@ def test_train_options_are_saved_as_text_and_json(tmp_path: Path) -> None:
                                 "--suffix", "{plane}"])
     assert opt.isTrain and opt.name == "exp_coronal" and opt.gpu_ids == []
     assert opt.mask_height == 30.0 and opt.max_dataset_size == math.inf
-    saved = json.loads((tmp_path / "exp_coronal" / "opt.json").read_text())
+    saved = json.loads((tmp_path / "exp_coronal" / "opt.json").read_text(encoding="utf-8"))
     assert saved["mask_height"] == 30.0 and saved["plane"] == "coronal" and saved["hu_window"] == [-300.0, 800.0]
-    text = (tmp_path / "exp_coronal" / "opt.txt").read_text()
+    text = (tmp_path / "exp_coronal" / "opt.txt").read_text(encoding="utf-8")
     assert "mask_height: 30.0" in text and "[default: 40.0]" in text
 
 
 def test_test_options_and_bad_values(tmp_path: Path) -> None:
     opt = TestOptions().parse(["--dataroot", "d", "--checkpoints_dir", str(tmp_path), "--name", "t"])
     assert not opt.isTrain and opt.phase == "test" and opt.results_dir == "./results/"
-    assert (tmp_path / "t" / "test_opt.json").is_file()
+    saved = json.loads((tmp_path / "t" / "test_opt.json").read_text(encoding="utf-8"))
+    assert (saved["phase"], saved["name"], saved["dataroot"]) == ("test", "t", "d")
     with pytest.raises(SystemExit):
         TrainOptions().parse(["--dataroot", "d", "--plane", "axial"], save=False)
     with pytest.raises(SystemExit):

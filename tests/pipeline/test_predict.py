@@ -123,7 +123,7 @@ def test_predict_from_dicom_grades_the_fractured_vertebra_on_the_scan_grid(obliq
     worst = measured.loc[measured["RHLV_max_regional"].idxmax()]
     assert worst["verse_id"] == FRACTURED and worst["grade"] >= 2
     assert (measured.loc[measured["verse_id"] != FRACTURED, "grade"] == 0).all()
-    assert "Genant thresholds" in json.loads((out / "vertebrae.json").read_text())["grade_method"]
+    assert "Genant thresholds" in json.loads((out / "vertebrae.json").read_text(encoding="utf-8"))["grade_method"]
 
     ct = nib.load(str(oblique_case["ct"]))
     phantom_mask = np.asanyarray(nib.load(str(oblique_case["mask"])).dataobj)
@@ -148,7 +148,7 @@ def test_predict_from_dicom_grades_the_fractured_vertebra_on_the_scan_grid(obliq
     distance_mm = ndimage.distance_transform_edt(phantom_mask == 0, sampling=spacing)
     assert changed.any() and distance_mm[changed].max() < 15.0
     # Slicer markups: LPS positions of the body centroids
-    markups = json.loads((out / "centroids.mrk.json").read_text())["markups"][0]
+    markups = json.loads((out / "centroids.mrk.json").read_text(encoding="utf-8"))["markups"][0]
     assert markups["coordinateSystem"] == "LPS" and markups["type"] == "Fiducial"
     points = {p["label"]: np.array(p["position"]) for p in markups["controlPoints"]}
     truth_l2 = next(v for v in oblique_case["phantom"].truth["vertebrae"] if v["label"] == FRACTURED)
@@ -257,7 +257,7 @@ def test_straightening_scripts_read_totalsegmentator_masks(oblique_case: dict, t
     (folder / "ts.nii.gz").write_bytes(oblique_case["ct"].read_bytes())
     save_nifti(np.where(verse > 0, 51 - verse, 0).astype(np.uint8), mask.affine, folder / "ts_msk.nii.gz")
     assert location_json_local.main(["--root", str(tmp_path), "--label_scheme", "totalseg", "--quiet"]) == 0
-    records = json.loads((folder / "ts.json").read_text())
+    records = json.loads((folder / "ts.json").read_text(encoding="utf-8"))
     assert [r["label"] for r in records] == [19, 20, 21, 22, 23]
     assert straighten_mask_3d.main(["--root", str(tmp_path), "--label_scheme", "totalseg", "--crop_size", "96", "96",
                                     "48", "--quiet"]) == 0

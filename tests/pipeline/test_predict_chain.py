@@ -90,7 +90,7 @@ def train_tiny_classifier(dataroot: Path, checkpoints: Path, name: str, crop_siz
             "spacing_mm": [spacing_mm] * 3, "axes": "IPL", "has_ct": True})
         split["train"][key] = 2 if fractured else 0
     split_json = dataroot.parent / f"{name}_split.json"
-    split_json.write_text(json.dumps(split))
+    split_json.write_text(json.dumps(split), encoding="utf-8")
     train_classifier(parse_classifier_options([
         "--dataroot", str(dataroot), "--split_json", str(split_json), "--name", name, "--checkpoints_dir",
         str(checkpoints), "--arch", "small", "--gpu_ids", "-1", "--n_epochs", "1", "--n_epochs_decay", "0",

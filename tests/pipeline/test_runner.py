@@ -50,11 +50,11 @@ def test_log_tail_keeps_the_last_state_of_a_progress_bar(tmp_path: Path) -> None
 
 def test_out_dir_with_an_earlier_run_needs_overwrite(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
-    (tmp_path / "demo_summary.json").write_text("{}")
-    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "demo_summary.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("keep me", encoding="utf-8")
     with pytest.raises(FileExistsError, match="--overwrite"):
         prepare_out_dir(tmp_path, overwrite=False)
     prepare_out_dir(tmp_path, overwrite=True)
     assert not (tmp_path / "raw").exists() and not (tmp_path / "demo_summary.json").exists()
-    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me"
 

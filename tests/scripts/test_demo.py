@@ -92,7 +92,7 @@ def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(demo, "build_steps", lambda config, paths, gpu_ids: [failing, dependent, independent])
     run = demo.run_pipeline(QUICK, tmp_path, echo=False)
     assert [s.status for s in run.steps] == ["failed", "skipped", "ok"]
-    assert "bad input" in Path(run.steps[0].log).read_text()
+    assert "bad input" in Path(run.steps[0].log).read_text(encoding="utf-8")
     assert "x.txt is missing" in run.steps[1].log
     assert not run.ok
 

@@ -37,7 +37,8 @@ def unmapped_modules(modules: list[str], text: str) -> list[str]:
 def tracked_modules() -> list[str]:
     if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
         pytest.skip("not a git checkout: the tracked modules are unknown")
-    result = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, encoding="utf-8",
+                            check=True)
     return [line for line in result.stdout.splitlines() if line]
 
 

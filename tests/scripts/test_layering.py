@@ -137,7 +137,8 @@ def import_graphs(imports: Iterable[Import]) -> tuple[dict, dict]:
 def tree_imports() -> list[Import]:
     if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
         pytest.skip("not a git checkout: the tracked modules are unknown")
-    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, encoding="utf-8",
+                            check=True)
     paths = [p for p in listed.stdout.splitlines() if p and not p.startswith(UNCHECKED_FOLDERS)
              and (REPO_ROOT / p).is_file()]
     modules = {module_of(p) for p in paths}

@@ -29,7 +29,7 @@ def run(cwd: Path, script: str, *args: str) -> subprocess.CompletedProcess:
     """``python <repo>/<script> args`` in ``cwd`` on one CPU thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, encoding="utf-8", errors="replace", check=False)
+                          encoding="utf-8", errors="replace", check=False)
 
 
 def volume(path: Path) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_published_quickstart_runs_as_written(tmp_path: Path) -> None:
     done = run(tmp_path, "data/make_phantoms.py", "--out", "dataset", "--cases", "3", "--seed", "3",
                "--vertebrae", "T12-L4", "--spacing", "1.5", "1.5", "1.5", "--no_progress")
     assert done.returncode == 0, done.stderr
-    split = json.loads((tmp_path / "dataset" / "vertebra_data.json").read_text())
+    split = json.loads((tmp_path / "dataset" / "vertebra_data.json").read_text(encoding="utf-8"))
     grades = {key: grade for part in split.values() for key, grade in part.items()}
 
     for script, extra in (("straighten/location_json_local.py", ()),
@@ -102,7 +102,7 @@ def test_published_quickstart_runs_as_written(tmp_path: Path) -> None:
         label_fake = volume(output / "label_fake" / f"{key}.nii.gz")
         assert (ct_fake.dtype, label_fake.dtype, ct_fake.shape) == (np.int16, np.uint8, CROP_SIZE)
         assert (label_fake == int(key.rsplit("_", 1)[1])).sum() > 0
-        provenance = json.loads((output / "provenance" / f"{key}.json").read_text())
+        provenance = json.loads((output / "provenance" / f"{key}.json").read_text(encoding="utf-8"))
         assert Path(provenance["options"]["cam_dir"]) == (tmp_path / "Attention" / "heatmap").resolve()
     assert not (tmp_path / "results").exists()
 
@@ -115,7 +115,8 @@ def test_published_quickstart_runs_as_written(tmp_path: Path) -> None:
 
     done = run(tmp_path, "evaluation/SVM_grading.py", "--n_splits", "2")
     assert done.returncode == 0, done.stderr
-    report = json.loads((tmp_path / "evaluation" / "classification_metric" / "grading.json").read_text())
+    grading = tmp_path / "evaluation" / "classification_metric" / "grading.json"
+    report = json.loads(grading.read_text(encoding="utf-8"))
     assert len(report["folds"]) == 2
     assert set(report["mean"]) >= DESIGN_METRICS and set(report["variance"]) >= DESIGN_METRICS
     assert all(0.0 <= report["mean"][k] <= 1.0 for k in DESIGN_METRICS)

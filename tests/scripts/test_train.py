@@ -36,7 +36,7 @@ def run_train(cohort: tuple[Path, Path], checkpoints: Path, name: str, *extra: s
 
 def loss_rows(folder: Path) -> list[dict[str, str]]:
     """Loss log rows without the wall-clock columns."""
-    with open(folder / "loss_log.csv", newline="") as handle:
+    with open(folder / "loss_log.csv", newline="", encoding="utf-8") as handle:
         return [{k: v for k, v in row.items() if k not in ("time", "iter_time_s", "data_time_s")}
                 for row in csv.DictReader(handle)]
 
@@ -55,7 +55,7 @@ def test_short_run_writes_checkpoints_and_logs(cohort: tuple[Path, Path], tmp_pa
                  "web/index.html"):
         assert (folder / name).is_file(), name
     assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
-    assert "fake_ct" in (folder / "web" / "index.html").read_text()
+    assert "fake_ct" in (folder / "web" / "index.html").read_text(encoding="utf-8")
     checkpoint = torch.load(folder / "latest.pth", weights_only=True)  # what the synthesis script does
     assert checkpoint["progress"] == {"epoch": 2, "epoch_iter": 2, "total_iters": 4, "epoch_done": True}
     assert set(checkpoint["model"]["nets"]) == {"G", "D_1", "D_2", "D_3"}
@@ -69,7 +69,7 @@ def test_short_run_writes_checkpoints_and_logs(cohort: tuple[Path, Path], tmp_pa
     assert [int(r["total_iters"]) for r in rows] == [1, 2, 3, 4]
     assert [float(r["lr"]) for r in rows] == [2e-4, 2e-4, 1e-4, 1e-4]  # linear decay after n_epochs
     assert all(float(r["G"]) > 0 for r in rows)
-    with open(folder / "val_log.csv", newline="") as handle:
+    with open(folder / "val_log.csv", newline="", encoding="utf-8") as handle:
         val = list(csv.DictReader(handle))
     assert len(val) == 2 and {"band_l1", "band_psnr", "dice", "height_error_mm"} <= set(val[0])
     assert 0 <= float(val[0]["dice"]) <= 1 and float(val[0]["height_error_mm"]) >= 0
@@ -113,7 +113,7 @@ def test_two_process_gloo_ddp_gives_identical_weights(cohort: tuple[Path, Path],
                "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY,
                "--max_dataset_size", "4", "--val_freq", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, encoding="utf-8", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -18,8 +18,8 @@ from tests.straighten.test_straighten_real import link_raw_root
 def test_reference_format_and_flags_on_upstream_mask(real_data_dir, tmp_path):
     root = link_raw_root(real_data_dir, tmp_path, {"0007": ["upstream-0007/0007_msk.nii.gz"]})
     assert location_main(["--root", str(root), "--quiet"]) == 0
-    records = json.loads((root / "raw" / "0007" / "0007.json").read_text())
-    reference = json.loads((real_data_dir / "upstream-0007" / "0007.json").read_text())
+    records = json.loads((root / "raw" / "0007" / "0007.json").read_text(encoding="utf-8"))
+    reference = json.loads((real_data_dir / "upstream-0007" / "0007.json").read_text(encoding="utf-8"))
     by_label = {r["label"]: r for r in records}
     assert [r["label"] for r in records] == sorted(by_label) == list(range(16, 25))
     for entry in reference:  # the reference's whole-vertebra centroids, in voxel indices
@@ -53,7 +53,7 @@ def test_body_centroids_match_phantom_truth_and_cut_vertebrae_flagged(tmp_path):
                                  shape=(full.ct.shape[0], full.ct.shape[1], z_voxels - 44)))
     write_case(cut, tmp_path)
     assert location_main(["--root", str(tmp_path), "--cases", "cut", "--quiet"]) == 0
-    records = json.loads((tmp_path / "raw" / "cut" / "cut.json").read_text())
+    records = json.loads((tmp_path / "raw" / "cut" / "cut.json").read_text(encoding="utf-8"))
     flagged = {r["label"] for r in records if r["cut_by_border"]}
     assert flagged == {19, 23}  # 88 mm of slices removed around the spine cut the first and last vertebra
     assert all(r["status"] == "ok" for r in records if r["label"] in (20, 21, 22))

@@ -227,22 +227,3 @@ def test_mask_only_case_and_bad_cases(tmp_path):
     assert mask_only.sidecar["has_ct"] is False and mask_only.sidecar["source_ct"] is None
     assert not list((out / "CT").glob("maskonly_*"))
     assert not list(out.rglob(".*"))  # no temporary files left behind
-
-
-def test_help(capsys):
-    from straighten.location_json_local import main as location_main
-
-    for main in (location_main, straighten_main):
-        with pytest.raises(SystemExit) as done:
-            main(["--help"])
-        assert done.value.code == 0 and "--root" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_help_from_the_command_line(repo_root):
-    import subprocess
-    import sys
-
-    run = subprocess.run([sys.executable, "straighten/straighten_mask_3d.py", "--help"], cwd=repo_root,
-                         capture_output=True, text=True)
-    assert run.returncode == 0 and "--crop_size" in run.stdout and "--workers" in run.stdout

@@ -26,7 +26,7 @@ flags\t\t: fpu sse4_2 avx f16c avx2 fma
 
 def fake_cpuinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     path = tmp_path / "cpuinfo"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     monkeypatch.setattr(cpu_features, "CPUINFO", path)
 
 

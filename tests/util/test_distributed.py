@@ -62,7 +62,7 @@ def run_ranks(script: Path, args: list[str], world_size: int = 2, extra_env: dic
                "MASTER_PORT": port, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                "LOCAL_WORLD_SIZE": str(world_size), **(extra_env or {})}
         procs.append(subprocess.Popen([sys.executable, str(script), *args], cwd=REPO_ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8"))
     results = []
     for proc in procs:
         try:
@@ -251,3 +251,25 @@ def test_two_rank_checkpoint_holds_both_ranks_rng_and_resumes_on_one(cohort: tup
     trainer = training.Trainer(opt, DistributedContext(0, 1, torch.device("cpu")))  # fewer processes than saved
     assert trainer.progress.total_iters == 1
     assert torch.equal(torch.get_rng_state(), states[0]["torch"])
+
+
+def test_the_cpu_is_the_default_and_what_auto_gives_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.resolve_device() == torch.device("cpu")
+    assert distributed.resolve_device("-1") == distributed.resolve_device(None) == torch.device("cpu")
+    assert distributed.resolve_device("auto") == distributed.resolve_device(" AUTO ") == torch.device("cpu")
+    assert distributed.parse_gpu_ids("-1,-1") == [] and distributed.parse_gpu_ids("1, 0") == [1, 0]
+
+
+@pytest.mark.parametrize("gpu_ids", ["gpu0", "0;1", "cuda:0"])
+def test_gpu_ids_that_are_not_numbers_are_one_line_errors(gpu_ids: str) -> None:
+    with pytest.raises(ValueError, match=f"^--gpu_ids {re.escape(repr(gpu_ids))}: expected auto, -1 or comma"):
+        distributed.resolve_device(gpu_ids)
+
+
+def test_a_gpu_without_cuda_is_refused_not_replaced_by_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ValueError, match="^--gpu_ids 0: CUDA is not available .* pass --gpu_ids -1 for the CPU$"):
+        distributed.resolve_device("0")
