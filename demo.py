@@ -37,10 +37,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO_ROOT))
+from util.fileio import OutputDirError, prepare_output_dir, write_json
 
-from util.fileio import OutputDirError, prepare_output_dir, write_json  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent
 
 DEMO_ENTRIES = ("raw", "straightened", "heatmap", "checkpoints", "results", "logs", "report",
                 "vertebra_data.json", "demo_summary.json")

@@ -1,4 +1,5 @@
-"""Iterative two-stage synthesis of pseudo-healthy vertebrae (DESIGN 4.6) for a folder of straightened crops.
+"""Iterative two-stage synthesis of pseudo-healthy vertebrae (docs/design.md, 'Iterative synthesis') for a folder of
+straightened crops.
 
     python eval_3d_sagittal_twostage.py --dataroot DIR/straightened --cam_dir DIR/heatmap --name N --results_dir R
     python eval_3d_sagittal_twostage.py ... --plane both --name_coronal NC     # + coronal and fused 2.5D volumes

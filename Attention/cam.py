@@ -1,4 +1,5 @@
-"""Grad-CAM++ attention maps of the fracture classifier (HGAM, DESIGN 3.4 and 4.5).
+"""Grad-CAM++ attention maps of the fracture classifier (HGAM;
+docs/design.md, 'Attention maps' and 'Attention classifier').
 
 For each straightened crop (axes S->I, A->P, R->L), the central ``n_slices``
 sagittal slices ``ct[:, :, z]`` are windowed as in training and passed in

@@ -34,13 +34,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import demo  # noqa: E402
-from Attention.localisation import summary_lines  # noqa: E402
-from evaluation.phantom_truth import accuracy_summary, subsets  # noqa: E402
-from util.fileio import atomic_write, prepare_output_dir, read_json, write_json  # noqa: E402
-from util.report import load_report_data  # noqa: E402
+import demo
+from Attention.localisation import summary_lines
+from evaluation.phantom_truth import accuracy_summary, subsets
+from util.fileio import atomic_write, prepare_output_dir, read_json, write_json
+from util.report import load_report_data
 
 SHARED_STEPS = ("phantoms", "centroids", "straightening", "classifier", "attention maps")
 VARIANT_STEPS = ("training", "synthesis", "RHLV", "SVM grading", "generation metrics")

@@ -27,14 +27,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-import demo  # noqa: E402
-from evaluation.phantom_truth import accuracy_summary, restrict_to_common, subsets  # noqa: E402
-from util.fileio import read_json, write_json  # noqa: E402
-from util.report import demo_summary, load_report_data, write_report  # noqa: E402
+import demo
+from evaluation.phantom_truth import accuracy_summary, restrict_to_common, subsets
+from util.fileio import read_json, write_json
+from util.report import demo_summary, load_report_data, write_report
 
 BENCHMARK = replace(demo.FULL, cases=12, classifier_epochs=6, classifier_epochs_decay=6, classifier_slices=20,
                     cam_slices=20, gan_epochs=200, gan_epochs_decay=66)

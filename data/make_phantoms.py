@@ -1,4 +1,4 @@
-"""Generate a synthetic spine CT cohort with known fractures and truth (DESIGN section 6).
+"""Generate a synthetic spine CT cohort with known fractures and truth (docs/design.md, 'Phantom cohort').
 
     python data/make_phantoms.py --out DIR --cases N --seed S
 
@@ -9,15 +9,12 @@ Genant grades). See ``data/phantoms.py`` for the anatomy and the truth definitio
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-from data.phantoms import make_cohort, parse_vertebra_range  # noqa: E402
-from util.fileio import prepare_output_dir  # noqa: E402
+from data.phantoms import make_cohort, parse_vertebra_range
+from util.fileio import prepare_output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

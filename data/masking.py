@@ -1,4 +1,4 @@
-"""Masked-slice construction (DESIGN 4.1): the one implementation used by training and inference.
+"""Masked-slice construction (docs/design.md, 'Masked slice'): the one implementation used by training and inference.
 
 A 2-D slice has rows along the height axis (superior -> inferior) and columns along the other
 in-plane axis. For the target vertebra's rows [x1, x2] (inclusive, after removing connected
@@ -23,7 +23,8 @@ import numpy as np
 from data.morphology import remove_small_components, row_extent
 
 PLANES = ("sagittal", "coronal")
-BAND_FILL_VALUE = -1.0  # the band of the masked CT, windowed units: the reference's uint8 0 (DESIGN 4.1)
+# the band of the masked CT, windowed units: the reference's uint8 0 (docs/design.md, 'Masked slice')
+BAND_FILL_VALUE = -1.0
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
 MIN_COMPONENT_PX = 50
 
@@ -155,7 +156,7 @@ def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_l
                        min_component_px: int = MIN_COMPONENT_PX, *,
                        neighbour_labels: Collection[int] | None = None,
                        fill_value: float = BAND_FILL_VALUE, target_is_neighbour: bool = False) -> MaskedSliceBatch:
-    """Masked slices (DESIGN 4.1) of an (N, H, W) stack of slices of one vertebra, vectorized.
+    """Masked slices (docs/design.md, 'Masked slice') of an (N, H, W) stack of slices of one vertebra, vectorized.
 
     Args:
         ct_slices: (N, H, W) CT, rows superior -> inferior (any units; windowed [-1, 1] in training).
@@ -233,7 +234,8 @@ def make_masked_slice(ct_slice: np.ndarray, label_slice: np.ndarray, target_labe
                       min_component_px: int = MIN_COMPONENT_PX, *,
                       neighbour_labels: Collection[int] | None = None,
                       fill_value: float = BAND_FILL_VALUE, target_is_neighbour: bool = False) -> MaskedSlice | None:
-    """Masked slice (DESIGN 4.1) of one (H, W) slice; ``None`` when the target is absent or taller than the band.
+    """Masked slice (docs/design.md, 'Masked slice') of one (H, W) slice; ``None`` when the target is absent or taller
+    than the band.
 
     See :func:`make_masked_slices` for the arguments (single slices instead of stacks).
     """

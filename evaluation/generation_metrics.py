@@ -1,4 +1,4 @@
-"""Generation quality of synthesized vertebrae (DESIGN 5).
+"""Generation quality of synthesized vertebrae (docs/design.md, 'Generation metrics').
 
 On healthy (grade 0) val vertebrae, where the synthesized vertebra should equal the
 original: PSNR and SSIM (scikit-image, data range of the original image compared)
@@ -6,8 +6,8 @@ of the whole slice and of the target's rows, over the slices of the central 4/5 
 the target's extent that hold more than 400 target voxels; Dice, IoU and relative
 volume difference |V_syn - V_ori| / V_ori of the target label over the whole crop.
 
-Inputs: ``<dataroot>/{CT,label}/<key>.nii.gz`` (DESIGN 3.3) and
-``<fake_dir>/{CT_fake,label_fake}/<key>.nii.gz`` (DESIGN 3.6), both CTs in HU.
+Inputs: ``<dataroot>/{CT,label}/<key>.nii.gz`` (docs/design.md, 'Straightened crops') and
+``<fake_dir>/{CT_fake,label_fake}/<key>.nii.gz`` (docs/design.md, 'Synthesis outputs and provenance'), both CTs in HU.
 Sagittal slices are ``[:, :, z]``, coronal slices ``[:, y, :]``; rows are axis 0.
 """
 
@@ -131,7 +131,8 @@ class GenerationPaths:
 
 
 def generation_paths(dataroot: str | Path, fake_dir: str | Path, key: str) -> GenerationPaths:
-    """Original crop paths (DESIGN 3.3) and synthesized ones (``CT_fake``/``label_fake``, DESIGN 3.6)."""
+    """Original crop paths and synthesized ones (``CT_fake``/``label_fake``;
+    docs/design.md, 'Straightened crops' and 'Synthesis outputs and provenance')."""
     original = crop_paths(dataroot, key)
     fake = Path(fake_dir)
     return GenerationPaths(original.ct, original.label, fake / "CT_fake" / f"{key}.nii.gz",
@@ -158,7 +159,8 @@ def metrics_for_key(dataroot: str | Path, fake_dir: str | Path, key: str, plane:
 
 def selected_keys(split: dict[str, dict[str, int]], splits: tuple[str, ...] = ("val",),
                   grades: tuple[int, ...] = (0,)) -> list[tuple[str, str, int]]:
-    """``(key, split, grade)`` of the vertebrae to evaluate (default: grade 0 of val, DESIGN 5)."""
+    """``(key, split, grade)`` of the vertebrae to evaluate (default: grade 0 of val,
+    docs/design.md, 'Generation metrics')."""
     return [(key, name, grade) for name in splits for key, grade in split.get(name, {}).items() if grade in grades]
 
 

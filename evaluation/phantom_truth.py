@@ -1,4 +1,5 @@
-"""RHLV tables against the phantom truth (DESIGN 6): per-region errors, Genant grades and their accuracy.
+"""RHLV tables against the phantom truth (docs/design.md, 'Phantom truth'): per-region errors, Genant grades and their
+accuracy.
 
 The phantom generator records, for every vertebra, the true regional height-loss ratios
 ``loss_by_region`` (anterior, middle, posterior: ``1 - post / pre``), their maximum

@@ -14,7 +14,7 @@ class TrainOptions(BaseOptions):
 
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = BaseOptions.initialize(self, parser)
-        parser.add_argument("--phase", default="train", help="split trained on (DESIGN 3.5)")
+        parser.add_argument("--phase", default="train", help="split trained on (docs/design.md, 'Split JSON')")
         # schedule (pix2pix: constant LR for n_epochs, then linear decay to zero over n_epochs_decay)
         parser.add_argument("--n_epochs", type=int, default=200, help="epochs at the initial learning rate")
         parser.add_argument("--n_epochs_decay", type=int, default=800, help="epochs of linear decay to zero")
