@@ -14,7 +14,7 @@ from tests.paths import REPO_ROOT
 DESIGN = REPO_ROOT / "docs" / "design.md"
 UNMAPPED_FOLDERS = ("tests/", "benchmarks/")
 MAP_ROW = re.compile(r"^\|\s*`([^`]+\.py)`\s*\|", re.MULTILINE)
-# a citation: docs/design.md, 'Section' [, 'Section'] [and|to 'Section'], possibly wrapped over lines
+# a citation: the document's path, a comma, then 'Section' [, 'Section'] [and|to 'Section'], maybe wrapped
 CITATION = re.compile(r"docs/design\.md, ((?:'[^']+'(?:, | and | to )?)+)")
 CITED_FILES = ("*.py", "*.md", "*.toml", "*.sh")
 
@@ -70,7 +70,7 @@ def headings(text: str) -> set[str]:
 
 
 def cited_sections(text: str) -> set[str]:
-    """The section names cited as ``docs/design.md, 'Name'`` (several joined by commas, "and" or "to")."""
+    """The section names cited after ``docs/design.md,`` (quoted, several joined by commas, "and" or "to")."""
     text = re.sub(r"\s+", " ", text)  # a citation may be wrapped over lines
     return {name for match in CITATION.finditer(text) for name in re.findall(r"'([^']+)'", match.group(1))}
 
@@ -86,9 +86,9 @@ def test_cited_sections_exist():
 
 
 def test_the_citation_check_reads_every_cited_name():
-    text = ("(docs/design.md, 'Masked slice') and (docs/design.md, 'Generator' to 'Discriminators and losses')\n"
-            "docs/design.md, 'Straightened crops', 'Synthesis outputs and\n    provenance' and 'RHLV table'; "
-            "(docs/design.md,\n'RHLV') and 'not cited'; docs/design.md alone cites nothing")
+    text = ("(DOC, 'Masked slice') and (DOC, 'Generator' to 'Discriminators and losses')\n"
+            "DOC, 'Straightened crops', 'Synthesis outputs and\n    provenance' and 'RHLV table'; "
+            "(DOC,\n'RHLV') and 'not cited'; DOC alone cites nothing").replace("DOC", "docs/design.md")
     assert cited_sections(text) == {"Masked slice", "Generator", "Discriminators and losses", "Straightened crops",
                                     "Synthesis outputs and provenance", "RHLV table", "RHLV"}
     assert headings("# A\n\ntext\n### B c\n#no heading\n") == {"A", "B c"}

@@ -79,10 +79,11 @@ def test_every_step_script_is_an_entry_point():
 def test_entry_point_prints_its_scripts_own_help(name: str, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]):
     main = entry_point_main(ENTRY_POINTS[name])
-    via_entry_point = help_text(lambda: sys.exit(main()), name, monkeypatch, capsys)
     script = REPO_ROOT / script_of(ENTRY_POINTS[name])
-    via_script = help_text(lambda: runpy.run_path(str(script), run_name="__main__"), name, monkeypatch, capsys)
-    assert via_entry_point.startswith(f"usage: {name} ")
+    # ``python <script>`` (run_path sets sys.argv[0] to the script, so the entry point gets the same program name)
+    via_script = help_text(lambda: runpy.run_path(str(script), run_name="__main__"), str(script), monkeypatch, capsys)
+    via_entry_point = help_text(lambda: sys.exit(main()), str(script), monkeypatch, capsys)
+    assert via_entry_point.startswith(f"usage: {script.name} ")
     assert "--help" in via_entry_point
     assert via_entry_point == via_script, f"{name} prints other help than python {script_of(ENTRY_POINTS[name])}"
 
