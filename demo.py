@@ -32,13 +32,10 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, StepResult  # noqa: E402
-from pipeline.runner import gpu_ids_for, log_tail, prepare_out_dir, run_step  # noqa: E402
-from pipeline.steps import build_steps  # noqa: E402
-from util.fileio import OutputDirError, write_json  # noqa: E402
+from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, StepResult
+from pipeline.runner import gpu_ids_for, log_tail, prepare_out_dir, run_step
+from pipeline.steps import build_steps
+from util.fileio import OutputDirError, write_json
 
 MIN_CASES = 3  # the split needs at least one case each in train, val and test
 QUICK_DURATION = "480 instead of 2400 training iterations"  # the README says the same; wall time depends on the machine

@@ -6,15 +6,11 @@ writes DIR/heatmap/<case>_<v>.nii.gz (float32 in [0, 1], crop grid) and DIR/heat
 and prints where the maps point (DIR/heatmap/localisation.{json,csv}, ``Attention.localisation``).
 """
 
+import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import logging  # noqa: E402
-
-from Attention.cam import generate_maps, parse_cam_options  # noqa: E402
-from Attention.localisation import summary_lines  # noqa: E402
+from Attention.cam import generate_maps, parse_cam_options
+from Attention.localisation import summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,14 +5,10 @@ Example (CPU):
         --name phantom_cls --arch small --gpu_ids -1
 """
 
+import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import logging  # noqa: E402
-
-from Attention.training import format_metrics, parse_classifier_options, train_classifier  # noqa: E402
+from Attention.training import format_metrics, parse_classifier_options, train_classifier
 
 
 def main(argv: list[str] | None = None) -> int:

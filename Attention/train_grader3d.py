@@ -10,17 +10,14 @@ Example (CPU):
         --name supcon_senet --arch small --gpu_ids -1
 """
 
+import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import logging  # noqa: E402
-
-from Attention.grader3d import parse_grader_options, run_grading_protocol  # noqa: E402
-from evaluation.grading import grading_summary, score_prediction_table  # noqa: E402
-from evaluation.plots import save_confusion_matrices  # noqa: E402
-from util.fileio import atomic_write, write_json  # noqa: E402
+from Attention.grader3d import parse_grader_options, run_grading_protocol
+from evaluation.grading import grading_summary, score_prediction_table
+from evaluation.plots import save_confusion_matrices
+from util.fileio import atomic_write, write_json
 
 
 def main(argv: list[str] | None = None) -> int:

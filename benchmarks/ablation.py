@@ -34,16 +34,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from Attention.localisation import summary_lines  # noqa: E402
-from evaluation.phantom_truth import accuracy_summary, subsets  # noqa: E402
-from pipeline.report_data import load_report_data  # noqa: E402
-from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, Step, StepResult  # noqa: E402
-from pipeline.runner import gpu_ids_for, prepare_out_dir, run_step  # noqa: E402
-from pipeline.steps import build_steps  # noqa: E402
-from util.cli import tolerate_unencodable_stdout  # noqa: E402
-from util.fileio import atomic_write, prepare_output_dir, read_json, write_json  # noqa: E402
+from Attention.localisation import summary_lines
+from evaluation.phantom_truth import accuracy_summary, subsets
+from pipeline.report_data import load_report_data
+from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, Step, StepResult
+from pipeline.runner import gpu_ids_for, prepare_out_dir, run_step
+from pipeline.steps import build_steps
+from util.cli import tolerate_unencodable_stdout
+from util.fileio import atomic_write, prepare_output_dir, read_json, write_json
 
 SHARED_STEPS = ("phantoms", "centroids", "straightening", "classifier", "attention maps")
 VARIANT_STEPS = ("training", "synthesis", "RHLV", "SVM grading", "generation metrics")

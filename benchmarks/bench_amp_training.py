@@ -15,15 +15,12 @@ the last validation both runs reached: each figure within ``--tolerance`` (10 %)
 
 from __future__ import annotations
 
+import argparse
+import csv
+import os
+import subprocess
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"fp32": [], "bf16": ["--amp", "--amp_dtype", "bf16"]}

@@ -7,26 +7,23 @@ Grad-CAM++ map generation (seconds per vertebra), on a freshly generated phantom
 Each number is the median of ``--repeats`` runs; ratios are computed from numbers of the same run.
 """
 
+import argparse
+import os
+import platform
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from Attention.cam import generate_maps, parse_cam_options  # noqa: E402
-from Attention.networks import ARCHS  # noqa: E402
-from Attention.training import parse_classifier_options, train_classifier  # noqa: E402
-from data.crops import list_crop_keys  # noqa: E402
-from data.phantoms.cohort import make_cohort  # noqa: E402
-from straighten.pipeline import straighten_root  # noqa: E402
+from Attention.cam import generate_maps, parse_cam_options
+from Attention.networks import ARCHS
+from Attention.training import parse_classifier_options, train_classifier
+from data.crops import list_crop_keys
+from data.phantoms.cohort import make_cohort
+from straighten.pipeline import straighten_root
 
 
 def build_cohort(root: Path, cases: int, seed: int, crop_size: tuple[int, int, int]) -> tuple[Path, Path]:

@@ -31,19 +31,17 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nibabel as nib
+import numpy as np
+import torch
 
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from data.aligned_dataset import AlignedDataset  # noqa: E402
-from data.crops import crop_affine, crop_paths, write_crop  # noqa: E402
-from data.image_io import save_nifti, window_hu  # noqa: E402
-from data.labels import split_key  # noqa: E402
-from data.loader import create_dataset  # noqa: E402
-from data.masking import make_masked_slice, plane_slab  # noqa: E402
-from util.fileio import write_json  # noqa: E402
+from data.aligned_dataset import AlignedDataset
+from data.crops import crop_affine, crop_paths, write_crop
+from data.image_io import save_nifti, window_hu
+from data.labels import split_key
+from data.loader import create_dataset
+from data.masking import make_masked_slice, plane_slab
+from util.fileio import write_json
 
 
 def write_benchmark_cohort(root: Path, cases: int, crop_size: tuple[int, int, int],

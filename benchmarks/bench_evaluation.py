@@ -15,28 +15,25 @@ box-shaped bodies in 256 x 256 x 64 crops.
     python benchmarks/bench_evaluation.py [--repeats 7] [--vertebrae 1000]
 """
 
+import argparse
+import os
+import platform
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from data.crops import crop_affine  # noqa: E402
-from data.image_io import load_mask, save_nifti  # noqa: E402
-from evaluation import SVM_grading  # noqa: E402
-from evaluation.rhlv import RHLV_COLUMNS, MeasureOptions, rhlv_for_vertebra  # noqa: E402
-from evaluation.rhlv_table import rhlv_tables, write_table  # noqa: E402
-from tests.synthetic_crops import compress_vertebra  # noqa: E402
+from data.crops import crop_affine
+from data.image_io import load_mask, save_nifti
+from evaluation import SVM_grading
+from evaluation.rhlv import RHLV_COLUMNS, MeasureOptions, rhlv_for_vertebra
+from evaluation.rhlv_table import rhlv_tables, write_table
+from tests.synthetic_crops import compress_vertebra
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 REAL_LABELS = REAL_DATA / "upstream-0007" / "straightened" / "label"

@@ -21,24 +21,21 @@ the target labels (fine segmentation > 0.5). Times are medians of ``--repeats`` 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.yardsticks import (  # noqa: E402
+from benchmarks.yardsticks import (
     DTYPES,
     abs_difference_stats,
     autocast,
@@ -49,8 +46,8 @@ from benchmarks.yardsticks import (  # noqa: E402
     percent_of_yardstick,
     time_interleaved,
 )
-from data.image_io import unwindow  # noqa: E402
-from util.cpu_features import bf16_summary  # noqa: E402
+from data.image_io import unwindow
+from util.cpu_features import bf16_summary
 
 TARGET_PEAK_GB = {"train:8": 6.0}
 TARGET_PERCENT = {("train:8", "fp32"): 90.0, ("train:8", "bf16"): 50.0}

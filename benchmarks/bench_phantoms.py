@@ -10,27 +10,23 @@ generation and writing (NIfTI .gz + truth JSON) are timed separately.
 
 from __future__ import annotations
 
+import argparse
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
 import sys
-from pathlib import Path
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import argparse  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from data.phantoms.case import generate_case, write_case  # noqa: E402
-from data.phantoms.cohort import plan_cohort  # noqa: E402
-from data.phantoms.spec import CaseSpec, parse_vertebra_range  # noqa: E402
+from data.phantoms.case import generate_case, write_case
+from data.phantoms.cohort import plan_cohort
+from data.phantoms.spec import CaseSpec, parse_vertebra_range
 
 WHOLE_SPINE_SHAPE = (512, 512, 800)
 WHOLE_SPINE_SPACING_MM = (0.8, 0.8, 1.0)

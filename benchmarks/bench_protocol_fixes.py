@@ -20,24 +20,21 @@ Grading (``<fixtures>/svm/rhlv_table.csv``): the published protocol, + per-fold 
     python benchmarks/bench_protocol_fixes.py --fixtures ../shared/data/reference [--seeds 20]
 """
 
+import argparse
+import dataclasses
+import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from data.image_io import load_mask  # noqa: E402
-from data.labels import parse_key  # noqa: E402
-from evaluation.grading import GradingSettings, evaluate_grading, feature_table, prepare_grading_data  # noqa: E402
-from evaluation.rhlv import (  # noqa: E402
+from data.image_io import load_mask
+from data.labels import parse_key
+from evaluation.grading import GradingSettings, evaluate_grading, feature_table, prepare_grading_data
+from evaluation.rhlv import (
     RHLV_REGIONS,
     central_slab,
     measure_columns,
@@ -45,7 +42,7 @@ from evaluation.rhlv import (  # noqa: E402
     rhlv_for_vertebra,
     target_heights,
 )
-from evaluation.rhlv_reference import (  # noqa: E402
+from evaluation.rhlv_reference import (
     PUBLISHED_EPSILON,
     published_columns,
     published_means,

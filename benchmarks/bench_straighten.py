@@ -15,19 +15,16 @@ Example:  python benchmarks/bench_straighten.py --repeats 5 [--big]
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = REPO_ROOT.parent / "shared" / "data" / "real"
@@ -35,7 +32,6 @@ REFERENCE_SECONDS = {"sub-verse005": 4.4}  # published implementation on this ma
 
 CHILD = r"""
 import json, resource, sys, time
-sys.path.insert(0, {repo!r})
 from data.image_io import find_case_files
 from straighten.pipeline import straighten_case
 def rss_mb():
@@ -57,7 +53,7 @@ def run_once(case_dir: Path, out: Path) -> dict:
     """Straighten one case in a fresh single-threaded process; return its timing and memory."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    code = CHILD.format(repo=str(REPO_ROOT), case_dir=str(case_dir), out=str(out))
+    code = CHILD.format(case_dir=str(case_dir), out=str(out))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{case_dir}: benchmark run failed:\n{done.stderr[-2000:]}")

@@ -35,14 +35,11 @@ import os
 import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.yardsticks import (  # noqa: E402
+from benchmarks.yardsticks import (
     DTYPES,
     abs_difference_stats,
     conv_yardstick,
@@ -51,12 +48,12 @@ from benchmarks.yardsticks import (  # noqa: E402
     percent_of_yardstick,
     time_interleaved,
 )
-from data.masking import central_slice_range, slice_offset_ratio, target_slice_extent  # noqa: E402
-from models.networks import HealthiVertGenerator  # noqa: E402
-from models.synthesis.plane import PlaneSynthesis, adjacent_labels, synthesize_plane, synthesize_step  # noqa: E402
-from models.synthesis.runner import GeneratorRunner  # noqa: E402
-from models.synthesis.settings import SynthesisSettings  # noqa: E402
-from util.cpu_features import bf16_summary  # noqa: E402
+from data.masking import central_slice_range, slice_offset_ratio, target_slice_extent
+from models.networks import HealthiVertGenerator
+from models.synthesis.plane import PlaneSynthesis, adjacent_labels, synthesize_plane, synthesize_step
+from models.synthesis.runner import GeneratorRunner
+from models.synthesis.settings import SynthesisSettings
+from util.cpu_features import bf16_summary
 
 TARGET = 20
 BODY_ROWS = 26  # body height (rows); discs of 8 rows between bodies

@@ -22,16 +22,13 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-from bench_dataset import write_benchmark_cohort  # noqa: E402
-
-from data.loader import create_dataset  # noqa: E402
-from models import create_model  # noqa: E402
-from options.train_options import TrainOptions  # noqa: E402
-from util.device import seed_everything  # noqa: E402
+from benchmarks.bench_dataset import write_benchmark_cohort
+from data.loader import create_dataset
+from models import create_model
+from options.train_options import TrainOptions
+from util.device import seed_everything
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,18 +27,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-import demo  # noqa: E402
-from evaluation.phantom_truth import accuracy_summary, restrict_to_common, subsets  # noqa: E402
-from pipeline.report_data import demo_summary, load_report_data  # noqa: E402
-from pipeline.run import FULL, DemoConfig, DemoPaths, PipelineRun, StepResult  # noqa: E402
-from pipeline.run_report import write_report  # noqa: E402
-from pipeline.runner import gpu_ids_for  # noqa: E402
-from util.cli import tolerate_unencodable_stdout  # noqa: E402
-from util.fileio import read_json, write_json  # noqa: E402
+import demo
+from evaluation.phantom_truth import accuracy_summary, restrict_to_common, subsets
+from pipeline.report_data import demo_summary, load_report_data
+from pipeline.run import FULL, DemoConfig, DemoPaths, PipelineRun, StepResult
+from pipeline.run_report import write_report
+from pipeline.runner import gpu_ids_for
+from util.cli import tolerate_unencodable_stdout
+from util.fileio import read_json, write_json
 
 BENCHMARK = replace(FULL, cases=12, classifier_epochs=6, classifier_epochs_decay=6, classifier_slices=20,
                     cam_slices=20, gan_epochs=200, gan_epochs_decay=66)

@@ -32,27 +32,24 @@ an item fails, 2 when the fixtures cannot be read.
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nibabel as nib
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.equivalence_table import Row, report  # noqa: E402
-from benchmarks.reference_equivalence_evaluation import check_rhlv, check_svm  # noqa: E402
-from data.aligned_dataset import healthy_labels_by_case  # noqa: E402
-from data.image_io import DEFAULT_WINDOW_HU, window_hu  # noqa: E402
-from data.masking import (  # noqa: E402
+from benchmarks.equivalence_table import Row, report
+from benchmarks.reference_equivalence_evaluation import check_rhlv, check_svm
+from data.aligned_dataset import healthy_labels_by_case
+from data.image_io import DEFAULT_WINDOW_HU, window_hu
+from data.masking import (
     CENTRAL_FRACTION,
     MIN_COMPONENT_PX,
     central_slice_range,
@@ -61,15 +58,15 @@ from data.masking import (  # noqa: E402
     slice_offset_ratio,
     target_slice_extent,
 )
-from models.healthivert_model import HealthiVertModel, central_columns_mask  # noqa: E402
-from models.import_reference_weights import import_reference_weights  # noqa: E402
-from models.networks import HealthiVertGenerator  # noqa: E402
-from models.synthesis.checkpoints import load_generator  # noqa: E402
-from models.synthesis.plane import synthesize_centred, synthesize_plane  # noqa: E402
-from models.synthesis.runner import GeneratorRunner  # noqa: E402
-from models.synthesis.settings import NEIGHBOUR_MIN_PX, SynthesisSettings  # noqa: E402
-from models.synthesis.truncation import truncate_to_grey  # noqa: E402
-from util.protocol import PROTOCOLS  # noqa: E402
+from models.healthivert_model import HealthiVertModel, central_columns_mask
+from models.import_reference_weights import import_reference_weights
+from models.networks import HealthiVertGenerator
+from models.synthesis.checkpoints import load_generator
+from models.synthesis.plane import synthesize_centred, synthesize_plane
+from models.synthesis.runner import GeneratorRunner
+from models.synthesis.settings import NEIGHBOUR_MIN_PX, SynthesisSettings
+from models.synthesis.truncation import truncate_to_grey
+from util.protocol import PROTOCOLS
 
 DEFAULT_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
 FLOAT_TOLERANCE = 1e-4
@@ -80,7 +77,6 @@ REFERENCE = PROTOCOLS["reference"]
 GENERATOR_OUTPUTS = {"coarse_ct": "coarse_ct", "fine_ct": "fine_ct", "coarse_seg": "coarse_neighbour_seg",
                      "fine_seg": "fine_target_seg", "pred1_h_px": "coarse_height", "pred2_h_px": "fine_height"}
 HOOKED_OUTPUTS = ("coarse_ct_preclamp", "fine_ct_preclamp", "contextual_attention")
-
 
 
 def row(item: str, difference: float | str, tolerance: str, passed: bool) -> Row:

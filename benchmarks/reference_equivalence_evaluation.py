@@ -12,27 +12,24 @@ RHLV numbers to 1e-9, RHLV names/grades/splits and all SVM values exact.
     python benchmarks/reference_equivalence_evaluation.py --fixtures DIR
 """
 
+import argparse
+import contextlib
+import io
+import json
+import re
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import tempfile  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from benchmarks.equivalence_table import report  # noqa: E402
-from data.image_io import load_mask  # noqa: E402
-from data.labels import parse_key  # noqa: E402
-from evaluation import RHLV_quantification, SVM_grading  # noqa: E402
-from evaluation.rhlv import plane_heights, target_heights  # noqa: E402
-from evaluation.rhlv_reference import published_slab  # noqa: E402
+from benchmarks.equivalence_table import report
+from data.image_io import load_mask
+from data.labels import parse_key
+from evaluation import RHLV_quantification, SVM_grading
+from evaluation.rhlv import plane_heights, target_heights
+from evaluation.rhlv_reference import published_slab
 
 RHLV_TOLERANCE = 1e-9
 THRESHOLD_FILE = re.compile(r"rhlv_threshold_(\d+(?:\.\d+)?)\.csv$")

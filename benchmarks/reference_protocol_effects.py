@@ -16,23 +16,20 @@ protocols) vs the reference's hard-thresholded mask. Prints a markdown table.
 
 from __future__ import annotations
 
+import argparse
 import sys
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import tempfile  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import models  # noqa: E402
-from benchmarks.reference_equivalence import DEFAULT_FIXTURES, HookedGenerator, band_rows_of, read_json  # noqa: E402
-from data.masking import extend_band_rows  # noqa: E402
-from models.import_reference_weights import import_reference_weights  # noqa: E402
-from models.synthesis.checkpoints import load_generator  # noqa: E402
-from models.synthetic import synthetic_batch  # noqa: E402
+import models
+from benchmarks.reference_equivalence import DEFAULT_FIXTURES, HookedGenerator, band_rows_of, read_json
+from data.masking import extend_band_rows
+from models.import_reference_weights import import_reference_weights
+from models.synthesis.checkpoints import load_generator
+from models.synthetic import synthetic_batch
 
 
 def band_values(values: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Masked 2.5D slices of straightened vertebra crops for HealthiVert-GAN (``--dataset_mode aligned``, DESIGN 4.1).
+"""Masked 2.5D slices of straightened vertebra crops for HealthiVert-GAN (``--dataset_mode aligned``;
+docs/design.md, 'Masked slice').
 
 Each item is one slice of one vertebra, sampled from the central 4/5 of the target's extent along
 the slicing axis (triangular weights peaking at the centre; the centre slice in evaluation). The CT
@@ -91,7 +92,7 @@ def healthy_labels_by_case(split: dict[str, dict[str, int]], max_healthy_grade: 
 
 
 class AlignedDataset(Dataset):
-    """Masked-slice dataset over the healthy vertebrae of one split (DESIGN 4.1)."""
+    """Masked-slice dataset over the healthy vertebrae of one split (docs/design.md, 'Masked slice')."""
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Straightened per-vertebra crops (DESIGN 3.3) and the split JSON (DESIGN 3.5).
+"""Straightened per-vertebra crops and the split JSON (docs/design.md, 'Straightened crops' and 'Split JSON').
 
 A crop is a pair ``<dataroot>/CT/<key>.nii.gz`` (int16 HU) and
 ``<dataroot>/label/<key>.nii.gz`` (uint8 VerSe ids) plus the sidecar
@@ -170,7 +170,7 @@ def default_split_json(dataroot: str | Path) -> Path:
 
 
 def read_split(path: str | Path) -> dict[str, dict[str, int]]:
-    """Read a split JSON ``{"train": {key: grade}, "val": {...}, "test": {...}}`` (DESIGN 3.5).
+    """Read a split JSON ``{"train": {key: grade}, "val": {...}, "test": {...}}`` (docs/design.md, 'Split JSON').
 
     Missing splits are empty; unknown splits, malformed keys and grades outside 0-3 are errors.
     """

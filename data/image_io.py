@@ -57,7 +57,7 @@ class CaseFiles:
 
     @property
     def centroids(self) -> Path:
-        """Where the centroid JSON of DESIGN 3.2 lives."""
+        """Where the centroid JSON (docs/design.md, 'Centroid JSON') lives."""
         return self.folder / f"{self.case}.json"
 
 

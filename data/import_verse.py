@@ -11,17 +11,14 @@ Example:  python data/import_verse.py --verse_root ~/data/verse20 --out DIR
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-
-from tqdm import tqdm  # noqa: E402
-
-from data.image_io import ImageIOError  # noqa: E402
-from data.verse import find_scans, import_scan  # noqa: E402
+from data.image_io import ImageIOError
+from data.verse import find_scans, import_scan
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,16 +9,13 @@ Genant grades). See the ``data/phantoms/`` package for the anatomy and the truth
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-from data.phantoms.cohort import make_cohort  # noqa: E402
-from data.phantoms.spec import parse_vertebra_range  # noqa: E402
-from util.fileio import prepare_output_dir  # noqa: E402
+from data.phantoms.cohort import make_cohort
+from data.phantoms.spec import parse_vertebra_range
+from util.fileio import prepare_output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -243,7 +243,7 @@ def make_masked_slices(ct_slices: np.ndarray, label_slices: np.ndarray, target_l
                        min_component_px: int = MIN_COMPONENT_PX, *,
                        neighbour_labels: Collection[int] | None = None,
                        fill_value: float = BAND_FILL_VALUE, target_is_neighbour: bool = False) -> MaskedSliceBatch:
-    """Masked slices (DESIGN 4.1) of an (N, H, W) stack of slices of one vertebra, vectorized.
+    """Masked slices (docs/design.md, 'Masked slice') of an (N, H, W) stack of slices of one vertebra, vectorized.
 
     Args:
         ct_slices: (N, H, W) CT, rows superior -> inferior (any units; windowed [-1, 1] in training).
@@ -321,7 +321,8 @@ def make_masked_slice(ct_slice: np.ndarray, label_slice: np.ndarray, target_labe
                       min_component_px: int = MIN_COMPONENT_PX, *,
                       neighbour_labels: Collection[int] | None = None,
                       fill_value: float = BAND_FILL_VALUE, target_is_neighbour: bool = False) -> MaskedSlice | None:
-    """Masked slice (DESIGN 4.1) of one (H, W) slice; ``None`` when the target is absent or taller than the band.
+    """Masked slice (docs/design.md, 'Masked slice') of one (H, W) slice; ``None`` when the target is absent or taller
+    than the band.
 
     See :func:`make_masked_slices` for the arguments (single slices instead of stacks).
     """

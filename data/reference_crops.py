@@ -7,9 +7,9 @@ Published layout (its ``straighten_mask_3d.py`` and ``grad_CAM_3d_sagittal.py``)
     <src>/mask_2d/...               (not needed, ignored)
     <heatmaps>/<case>_<v>.nii.gz    float64 CAM in [0, 1] (also <key>_0 / <key>_1)
 
-Our contract (DESIGN 3.3, 3.4): ``CT/`` int16 HU, ``label/`` uint8 ids, a sidecar per
-crop, CAM float32 in ``<cam_out>/<key>.nii.gz``. Array axes are kept as they are (the
-published crops are already rows S->I, columns A->P, slices R->L). The published files
+Our contract (docs/design.md, 'Straightened crops' and 'Attention maps'): ``CT/`` int16 HU,
+``label/`` uint8 ids, a sidecar per crop, CAM float32 in ``<cam_out>/<key>.nii.gz``. Array axes are kept
+as they are (the published crops are already rows S->I, columns A->P, slices R->L). The published files
 carry the original scan's affine, which does not describe the crop grid, so the
 imported crops get a nominal IPL affine of ``spacing_mm`` and a sidecar saying the
 geometry back to the scan is unknown.

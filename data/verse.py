@@ -1,4 +1,5 @@
-"""Lay a VerSe'19/'20 download (BIDS layout) out as ``<out>/raw/<case>/`` (DESIGN 3.1), keeping the official centroids.
+"""Lay a VerSe'19/'20 download (BIDS layout) out as ``<out>/raw/<case>/`` (docs/design.md, 'Raw input'), keeping the
+official centroids.
 
 The download holds, per scan, ``rawdata/sub-<id>/[ses-*/]sub-<id>[_<entities>]_ct.nii.gz`` and, in the
 mirrored ``derivatives/`` tree, ``..._seg-vert_msk.nii.gz`` (vertebra labels, VerSe ids) and

@@ -1,4 +1,4 @@
-"""RHLV table (and height-loss maps) of synthesized vertebrae against the originals (DESIGN 5).
+"""RHLV table (and height-loss maps) of synthesized vertebrae against the originals (docs/design.md, 'RHLV').
 
 Without flags it reads the published layout: ./dataset/straightened/label,
 ./output/label_fake and ./vertebra_data.json (else ./dataset/vertebra_data.json), and writes
@@ -10,28 +10,25 @@ Example:
     python evaluation/RHLV_quantification.py --protocol reference  # the published code's numbers
 """
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-from data.crops import read_split  # noqa: E402
-from data.planes import PLANES  # noqa: E402
-from evaluation.plots import DEFAULT_MAP_VMAX  # noqa: E402
-from evaluation.rhlv import MeasureOptions  # noqa: E402
-from evaluation.rhlv_table import (  # noqa: E402
+from data.crops import read_split
+from data.planes import PLANES
+from evaluation.plots import DEFAULT_MAP_VMAX
+from evaluation.rhlv import MeasureOptions
+from evaluation.rhlv_table import (
     MapSettings,
     default_workers,
     rhlv_tables,
     split_in_file_order,
     write_table,
 )
-from util import published_layout  # noqa: E402
-from util.cli import DefaultsHelpFormatter  # noqa: E402
-from util.fileio import prepare_output_dir  # noqa: E402
-from util.protocol import add_protocol_argument  # noqa: E402
+from util import published_layout
+from util.cli import DefaultsHelpFormatter
+from util.fileio import prepare_output_dir
+from util.protocol import add_protocol_argument
 
 DEFAULT_LABEL_DIR = "./dataset/straightened/label"
 DEFAULT_FAKE_DIR = "./output/label_fake"
@@ -48,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="synthesized label crops <key>.nii.gz (R/N/label_fake); not read by --reference "
                              "neighbours")
     parser.add_argument("--split_json", default=None,
-                        help=f"split JSON (DESIGN 3.5) giving each vertebra's grade and split; default "
-                             f"the first of {DEFAULT_SPLIT_JSON} that exists, else every crop of --label_dir is "
-                             f"measured and Label/Dataset stay empty")
+                        help=f"split JSON (docs/design.md, 'Split JSON') giving each vertebra's grade and split; "
+                             f"default the first of {DEFAULT_SPLIT_JSON} that exists, else every crop of --label_dir "
+                             f"is measured and Label/Dataset stay empty")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output CSV (the neighbour baseline of --reference both "
                                                            "goes to <out stem>_neighbours.csv)")
     parser.add_argument("--reference", choices=("synthesized", "neighbours", "both"), default="synthesized",

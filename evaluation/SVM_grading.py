@@ -1,4 +1,5 @@
-"""Genant grading of RHLV tables with a linear SVM: 5-fold CV on train+test, scored on val (DESIGN 5).
+"""Genant grading of RHLV tables with a linear SVM: 5-fold CV on train+test, scored on val
+(docs/design.md, 'SVM grading').
 
 Writes <out>/grading.json, <out>/grading.txt and <out>/confusion_matrices.png.
 
@@ -12,16 +13,13 @@ Example:
     python evaluation/SVM_grading.py --rhlv R/N/rhlv.csv --out R/N/grading --save_grader R/N/grader.skops
 """
 
+import argparse
 import sys
+import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-import warnings  # noqa: E402
-
-from evaluation.grader import fit_grader, save_grader  # noqa: E402
-from evaluation.grading import (  # noqa: E402
+from evaluation.grader import fit_grader, save_grader
+from evaluation.grading import (
     GradingSettings,
     GradingWarning,
     evaluate_grading,
@@ -29,11 +27,11 @@ from evaluation.grading import (  # noqa: E402
     grading_summary,
     prepare_grading_data,
 )
-from evaluation.plots import grading_confusion_panels, save_confusion_matrices  # noqa: E402
-from evaluation.rhlv_table import read_table  # noqa: E402
-from util.cli import DefaultsHelpFormatter  # noqa: E402
-from util.fileio import atomic_write, prepare_output_dir, write_json  # noqa: E402
-from util.protocol import add_protocol_argument  # noqa: E402
+from evaluation.plots import grading_confusion_panels, save_confusion_matrices
+from evaluation.rhlv_table import read_table
+from util.cli import DefaultsHelpFormatter
+from util.fileio import atomic_write, prepare_output_dir, write_json
+from util.protocol import add_protocol_argument
 
 DEFAULT_RHLV = "evaluation/RHLV_quantification/rhlv.csv"
 DEFAULT_OUT = "evaluation/classification_metric"

@@ -1,1 +1,2 @@
-"""Evaluation of synthesized vertebrae: RHLV quantification, Genant grading and generation metrics (DESIGN 5)."""
+"""Evaluation of synthesized vertebrae: RHLV quantification, Genant grading and generation metrics
+(docs/design.md, 'Quantification and grading')."""

@@ -14,14 +14,11 @@ shown as given). A run whose grading.json is missing or unusable is named on std
 the exit status is then 1 (the table of the other runs is still written).
 """
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-from evaluation.comparison import (  # noqa: E402
+from evaluation.comparison import (
     comparison_markdown,
     comparison_table,
     parse_run_spec,
@@ -29,8 +26,8 @@ from evaluation.comparison import (  # noqa: E402
     same_val_split,
     save_comparison_plot,
 )
-from util.cli import tolerate_unencodable_stdout  # noqa: E402
-from util.fileio import atomic_write  # noqa: E402
+from util.cli import tolerate_unencodable_stdout
+from util.fileio import atomic_write
 
 DEFAULT_LAYOUT = (("healthivert", "healthivert/grading"), ("aotgan", "aotgan/grading"),
                   ("supcon_senet", "supcon_senet/grading"), ("neighbours", "healthivert/grading_neighbours"))

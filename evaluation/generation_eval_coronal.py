@@ -1,14 +1,12 @@
-"""PSNR/SSIM/Dice/IoU/RVD of synthesized vertebrae on healthy val vertebrae, coronal slices (DESIGN 5).
+"""PSNR/SSIM/Dice/IoU/RVD of synthesized vertebrae on healthy val vertebrae, coronal slices
+(docs/design.md, 'Generation metrics').
 
 Same flags and outputs as generation_eval_sagittal.py, on coronal slices [:, y, :].
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluation.generation_eval_sagittal import main as _main  # noqa: E402
+from evaluation.generation_eval_sagittal import main as _main
 
 
 def main(argv: list[str] | None = None) -> int:

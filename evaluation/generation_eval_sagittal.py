@@ -1,4 +1,5 @@
-"""PSNR/SSIM/Dice/IoU/RVD of synthesized vertebrae on healthy val vertebrae, sagittal slices (DESIGN 5).
+"""PSNR/SSIM/Dice/IoU/RVD of synthesized vertebrae on healthy val vertebrae, sagittal slices
+(docs/design.md, 'Generation metrics').
 
 Writes a per-vertebra CSV (--out) and a summary JSON beside it (<out stem>_summary.json).
 
@@ -11,24 +12,21 @@ Example:
         --split_json F --out R/N/generation.csv
 """
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-from data.crops import SPLITS, read_split  # noqa: E402
-from evaluation.generation_metrics import (  # noqa: E402
+from data.crops import SPLITS, read_split
+from evaluation.generation_metrics import (
     IMAGE_METRICS,
     OVERLAP_METRICS,
     GenerationSettings,
     generation_table,
     summarize,
 )
-from util import published_layout  # noqa: E402
-from util.cli import DefaultsHelpFormatter  # noqa: E402
-from util.fileio import atomic_path, prepare_output_dir, write_json  # noqa: E402
+from util import published_layout
+from util.cli import DefaultsHelpFormatter
+from util.fileio import atomic_path, prepare_output_dir, write_json
 
 DEFAULT_DATAROOT = "./dataset/straightened"
 DEFAULT_FAKE_DIR = "./output"
@@ -44,8 +42,8 @@ def build_parser(plane: str) -> argparse.ArgumentParser:
     parser.add_argument("--fake_dir", default=DEFAULT_FAKE_DIR,
                         help="synthesis results: <fake_dir>/{CT_fake,label_fake}/")
     parser.add_argument("--split_json", default=None,
-                        help=f"split JSON with grades (DESIGN 3.5); default: the first of {DEFAULT_SPLIT_JSON} "
-                             "that exists")
+                        help=f"split JSON with grades (docs/design.md, 'Split JSON'); default: the first of "
+                             f"{DEFAULT_SPLIT_JSON} that exists")
     parser.add_argument("--out", default=DEFAULT_OUT.format(plane=plane), help="per-vertebra CSV")
     defaults = GenerationSettings(plane=plane)
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(defaults.splits),

@@ -7,8 +7,8 @@ the target's extent (``data.masking.target_slices``, the selection training and 
 use) that hold more than ``min_slice_voxels`` target voxels; Dice, IoU and relative
 volume difference |V_syn - V_ori| / V_ori of the target label over the whole crop.
 
-Inputs: ``<dataroot>/{CT,label}/<key>.nii.gz`` (DESIGN 3.3) and
-``<fake_dir>/{CT_fake,label_fake}/<key>.nii.gz`` (DESIGN 3.6), both CTs in HU.
+Inputs: ``<dataroot>/{CT,label}/<key>.nii.gz`` (docs/design.md, 'Straightened crops') and
+``<fake_dir>/{CT_fake,label_fake}/<key>.nii.gz`` (docs/design.md, 'Synthesis outputs and provenance'), both CTs in HU.
 Sagittal slices are ``[:, :, z]``, coronal slices ``[:, y, :]``; rows are axis 0.
 """
 
@@ -152,7 +152,8 @@ class GenerationPaths:
 
 
 def generation_paths(dataroot: str | Path, fake_dir: str | Path, key: str) -> GenerationPaths:
-    """Original crop paths (DESIGN 3.3) and synthesized ones (``CT_fake``/``label_fake``, DESIGN 3.6)."""
+    """Original crop paths and synthesized ones (``CT_fake``/``label_fake``;
+    docs/design.md, 'Straightened crops' and 'Synthesis outputs and provenance')."""
     original = crop_paths(dataroot, key)
     fake = OutputLayout(Path(fake_dir))
     return GenerationPaths(original.ct, original.label, fake.ct(key), fake.label(key))

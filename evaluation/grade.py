@@ -8,17 +8,14 @@ Example:
     python evaluation/grade.py --rhlv R/N/rhlv.csv --grader R/N/grader.skops --out R/N/grades.csv
 """
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-from evaluation.grader import grade_features, load_grader  # noqa: E402
-from evaluation.grading import CORONAL_SUFFIX  # noqa: E402
-from evaluation.rhlv import RHLV_FEATURES  # noqa: E402
-from evaluation.rhlv_table import read_table, write_table  # noqa: E402
+from evaluation.grader import grade_features, load_grader
+from evaluation.grading import CORONAL_SUFFIX
+from evaluation.rhlv import RHLV_FEATURES
+from evaluation.rhlv_table import read_table, write_table
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Genant grading from RHLV features with a linear SVM (DESIGN 5).
+"""Genant grading from RHLV features with a linear SVM (docs/design.md, 'SVM grading').
 
 Protocol (the reference implementation's): the vertebrae of the ``train`` and
 ``test`` splits form the cross-validation pool; stratified 5-fold CV splits the
@@ -192,7 +192,7 @@ def grading_folds(pool_y: np.ndarray, n_splits: int = GradingSettings.n_splits, 
 
 
 def make_classifier(scale: bool = True) -> object:
-    """Standardisation (``scale``) + linear SVC with balanced class weights (DESIGN 5)."""
+    """Standardisation (``scale``) + linear SVC with balanced class weights (docs/design.md, 'SVM grading')."""
     svc = SVC(kernel="linear", class_weight="balanced")
     return make_pipeline(StandardScaler(), svc) if scale else svc
 
@@ -215,7 +215,8 @@ def score_predictions(true: np.ndarray, predicted: np.ndarray, classes: Sequence
 def evaluate_grading(data: GradingData, n_splits: int = GradingSettings.n_splits, seed: int = GradingSettings.seed,
                      protocol: str = DEFAULT_PROTOCOL,
                      settings: GradingSettings | None = None) -> dict:
-    """Run the fold protocol; returns the ``grading.json`` content (DESIGN 5 keys plus details).
+    """Run the fold protocol; returns the ``grading.json`` content (the keys of docs/design.md, 'grading.json', plus
+    details).
 
     ``settings`` (when given) replaces ``n_splits``, ``seed`` and ``protocol``. Each fold
     records its positional training rows (``train_positions``) and its predictions on

@@ -1,6 +1,6 @@
-"""Relative Height Loss of the Vertebra (RHLV, DESIGN 5), vectorized over slices and columns.
+"""Relative Height Loss of the Vertebra (RHLV; docs/design.md, 'RHLV'), vectorized over slices and columns.
 
-Crop axes (DESIGN 3.3): axis 0 superior -> inferior (height), axis 1 anterior ->
+Crop axes (docs/design.md, 'Straightened crops'): axis 0 superior -> inferior (height), axis 1 anterior ->
 posterior, axis 2 right -> left. A *column* is a line of voxels along axis 0; its
 height is its count of target voxels (``label == v``) times the axis-0 spacing.
 The *axial height map* (A->P, R->L) holds every column's count. A plane decides how
@@ -53,7 +53,7 @@ RHLV_REGIONS = ("all", "pre", "mid", "post")  # whole body and its anterior, mid
 THIRDS = RHLV_REGIONS[1:]
 REFERENCES = ("synthesized", "neighbours")
 
-# Table columns (DESIGN 5); the first eight are the reference implementation's.
+# Table columns (docs/design.md, 'RHLV table'); the first eight are the reference implementation's.
 RHLV_COLUMNS = [
     "Vertebra", "Label", "Dataset", "All RHLV", "Pre RHLV", "Mid RHLV", "Post RHLV", "Relative Height Label",
     *[f"H_{which}_{region}_mm" for region in RHLV_REGIONS for which in ("syn", "ori")],

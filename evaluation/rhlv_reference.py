@@ -1,4 +1,4 @@
-"""RHLV under ``--protocol reference``: the published code's column rule (DESIGN 5, 4.7).
+"""RHLV under ``--protocol reference``: the published code's column rule (docs/design.md, 'RHLV' and 'Two protocols').
 
 Same inputs, axes and result type as :func:`evaluation.rhlv.rhlv_for_vertebra`; what
 differs (each a protocol choice of the published code, reproduced):

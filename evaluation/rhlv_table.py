@@ -1,4 +1,5 @@
-"""RHLV tables over folders of original and synthesized label crops (DESIGN 3.3, 3.6, 5).
+"""RHLV tables over folders of original and synthesized label crops
+(docs/design.md, 'Straightened crops', 'Synthesis outputs and provenance' and 'RHLV table').
 
 One row per vertebra ``<case>_<v>``: the original crop ``<label_dir>/<key>.nii.gz``,
 the synthesized crop ``<fake_dir>/<key>.nii.gz`` (reference ``synthesized``) or the

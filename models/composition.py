@@ -1,4 +1,4 @@
-"""Height-adaptive composition (SHRM, DESIGN 4.3), vectorized over the batch by row-index arithmetic.
+"""Height-adaptive composition (SHRM; docs/design.md, 'Composition'), vectorized over the batch by row-index arithmetic.
 
 For each sample with target rows [x1, x2] (inclusive; h = x2 - x1 as in the reference) and a
 predicted height h_hat, the generated height is H = max(ceil(h_hat), h), clamped to the band height
@@ -65,7 +65,7 @@ def composition_indices(image_rows: int, target_top: torch.Tensor, target_bottom
 def compose_height_adaptive(original: torch.Tensor, generated: torch.Tensor, target_top: torch.Tensor,
                             target_bottom: torch.Tensor, band_centre: torch.Tensor, generated_height: torch.Tensor,
                             mask_height_px: torch.Tensor | int | None = None) -> torch.Tensor:
-    """Compose the original slice with a generated vertebra of adaptive height (DESIGN 4.3).
+    """Compose the original slice with a generated vertebra of adaptive height (docs/design.md, 'Composition').
 
     Args:
         original: (B,C,H,W) original slice (CT or segmentation) holding the target at rows [x1, x2].

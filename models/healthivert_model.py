@@ -1,4 +1,4 @@
-"""HealthiVert-GAN training model (DESIGN 4.2-4.4) in the pix2pix shape.
+"""HealthiVert-GAN training model (docs/design.md, 'Generator' to 'Discriminators and losses') in the pix2pix shape.
 
 One step: generator forward, height-adaptive composition of coarse and fine CT, then one update of
 each of the three PatchGANs (D1 composed CT, D2 target segmentation, D3 band x central columns of

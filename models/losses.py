@@ -1,4 +1,5 @@
-"""Losses of HealthiVert-GAN (DESIGN 4.4): GAN objectives, gradient penalty, Sobel edges (EEM),
+"""Losses of HealthiVert-GAN (docs/design.md, 'Discriminators and losses'): GAN objectives, gradient penalty, Sobel
+edges (EEM),
 Dice, band-normalised L1 and the relative height error (SHRM)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HealthiVert-GAN networks: the two-stage generator (DESIGN 4.2) and the PatchGAN discriminator.
+"""HealthiVert-GAN networks: the two-stage generator (docs/design.md, 'Generator') and the PatchGAN discriminator.
 
 Generator (DeepFill-v1 style, spectrally normalised conv + ELU, as the reference):
 - coarse stage: (masked CT, offset plane r, band mask) -> coarse CT, sigmoid segmentation of
@@ -209,7 +209,7 @@ class FineGenerator(nn.Module):
 
 
 class HealthiVertGenerator(nn.Module):
-    """Coarse-to-fine HealthiVert generator (DESIGN 4.2).
+    """Coarse-to-fine HealthiVert generator (docs/design.md, 'Generator').
 
     Args:
         ngf: base width (16 in the reference; ~0.99 M parameters).

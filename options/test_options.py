@@ -17,7 +17,7 @@ class TestOptions(BaseOptions):
 
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = BaseOptions.initialize(self, parser)
-        parser.add_argument("--phase", default="test", help="split to run on (DESIGN 3.5)")
+        parser.add_argument("--phase", default="test", help="split to run on (docs/design.md, 'Split JSON')")
         parser.add_argument("--results_dir", default="./results/", help="results go to <results_dir>/<name>/")
         parser.add_argument("--num_test", type=non_negative_float_or_inf, default=math.inf,
                             help="process at most this many vertebrae")

@@ -1,4 +1,5 @@
-"""Vertebra centroids, spine straightening, de-pedicling and per-vertebra crops (DESIGN 3.2, 3.3).
+"""Vertebra centroids, spine straightening, de-pedicling and per-vertebra crops
+(docs/design.md, 'Centroid JSON' and 'Straightened crops').
 
 Library modules:
 
@@ -7,7 +8,7 @@ Library modules:
 - :mod:`straighten.frames` turns that centre line into the straightened sampling grid and maps
   crop voxels back to the scan;
 - :mod:`straighten.pipeline` straightens one case into crops and runs a batch of cases;
-- :mod:`straighten.centroids` writes the centroid JSON of DESIGN 3.2.
+- :mod:`straighten.centroids` writes the centroid JSON (docs/design.md, 'Centroid JSON').
 
 Scripts: ``straighten/location_json_local.py`` and ``straighten/straighten_mask_3d.py``.
 """

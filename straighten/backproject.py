@@ -1,4 +1,5 @@
-"""Map results on a straightened crop back onto the source scan's voxel grid (DESIGN 3.3 sidecars).
+"""Map results on a straightened crop back onto the source scan's voxel grid (the sidecars of
+docs/design.md, 'Straightened crops').
 
 A crop's sidecar records its centre line and sampling; :func:`straighten.frames.world_to_crop_voxel`
 inverts the sampling. Here every voxel of the scan that the crop covers is mapped to its continuous

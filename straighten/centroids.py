@@ -1,4 +1,4 @@
-"""Vertebra centroid JSON (DESIGN 3.2): ``<root>/raw/<case>/<case>.json``.
+"""Vertebra centroid JSON (docs/design.md, 'Centroid JSON'): ``<root>/raw/<case>/<case>.json``.
 
 A list ordered by label of ``{"label", "X", "Y", "Z"}`` (whole-vertebra centroid in voxel
 indices of the mask array, the reference implementation's format) plus ``"world"`` (the same
@@ -26,7 +26,7 @@ def _rounded(values: np.ndarray, digits: int = 4) -> list[float]:
 
 
 def vertebra_record(vertebra: Vertebra, affine: np.ndarray) -> dict[str, Any]:
-    """One JSON entry of DESIGN 3.2 for a measured vertebra."""
+    """One entry of the centroid JSON (docs/design.md, 'Centroid JSON') for a measured vertebra."""
     record: dict[str, Any] = {
         "label": vertebra.label,
         "X": float(vertebra.centroid_voxel[0]),

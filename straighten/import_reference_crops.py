@@ -19,16 +19,13 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-from data.image_io import ImageIOError  # noqa: E402
-from data.reference_crops import import_crop, published_keys  # noqa: E402
-from util.cli import DefaultsHelpFormatter  # noqa: E402
+from data.image_io import ImageIOError
+from data.reference_crops import import_crop, published_keys
+from util.cli import DefaultsHelpFormatter
 
 DEFAULT_CAM_SUBFOLDERS = ("heatmap", "heatmap_CT")  # looked for inside --src
 PUBLISHED_CAM_FOLDER = Path("Attention/heatmap")  # where the published grad_CAM_3d_sagittal.py writes them

@@ -11,18 +11,15 @@ Example:  python straighten/location_json_local.py --root DIR
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-
-from tqdm import tqdm  # noqa: E402
-
-from data.image_io import ImageIOError, list_cases  # noqa: E402
-from data.labels import LABEL_SCHEMES  # noqa: E402
-from straighten.centroids import write_case_centroids  # noqa: E402
+from data.image_io import ImageIOError, list_cases
+from data.labels import LABEL_SCHEMES
+from straighten.centroids import write_case_centroids
 
 
 def build_parser() -> argparse.ArgumentParser:

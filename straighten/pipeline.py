@@ -1,4 +1,5 @@
-"""Straighten one case into per-vertebra crops (DESIGN 3.3), and run a batch of cases in parallel."""
+"""Straighten one case into per-vertebra crops (docs/design.md, 'Straightened crops'), and run a batch of cases in
+parallel."""
 
 from __future__ import annotations
 

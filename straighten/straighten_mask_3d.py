@@ -20,20 +20,17 @@ Example:  python straighten/straighten_mask_3d.py --root DIR --workers 2
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-
-from tqdm import tqdm  # noqa: E402
-
-from data.crops import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM  # noqa: E402
-from data.image_io import ImageIOError  # noqa: E402
-from data.labels import LABEL_SCHEMES  # noqa: E402
-from straighten.pipeline import CaseResult, straighten_root  # noqa: E402
-from util.fileio import OutputDirError, prepare_output_dir  # noqa: E402
+from data.crops import DEFAULT_CROP_SIZE, DEFAULT_SPACING_MM
+from data.image_io import ImageIOError
+from data.labels import LABEL_SCHEMES
+from straighten.pipeline import CaseResult, straighten_root
+from util.fileio import OutputDirError, prepare_output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,11 +8,8 @@ FAIL_AT: ``model`` (building the model), ``save`` (writing a checkpoint; rank 0 
 
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
+import train
 
 FORCED = "forced failure on rank {rank}"
 

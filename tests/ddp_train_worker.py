@@ -6,15 +6,13 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.distributed as dist
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-from models.training import Trainer  # noqa: E402
-from options.train_options import TrainOptions  # noqa: E402
-from util.device import seed_everything  # noqa: E402
-from util.distributed import setup_distributed, teardown_distributed  # noqa: E402
+from models.training import Trainer
+from options.train_options import TrainOptions
+from util.device import seed_everything
+from util.distributed import setup_distributed, teardown_distributed
 
 
 def main() -> int:

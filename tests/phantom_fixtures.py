@@ -42,7 +42,7 @@ def make_test_phantom(
 
     ``fractures`` maps a VerSe label to ``(morphology, loss_ratio)``, e.g.
     ``{20: ("wedge", 0.3)}`` (grade 2). ``spacing_mm`` and ``shape`` are per output
-    array axis. The truth dict is ``case.truth`` (DESIGN 6 keys plus frames, see
+    array axis. The truth dict is ``case.truth`` (the keys of docs/design.md, 'Phantom truth', plus frames, see
     ``data.phantoms``).
     """
     spec = CaseSpec(

@@ -1,4 +1,5 @@
-"""Masked-slice dataset (DESIGN 4.1) on tiny synthetic crops with box-shaped bodies of known heights."""
+"""Masked-slice dataset (docs/design.md, 'Masked slice') on tiny synthetic crops with box-shaped bodies of known
+heights."""
 
 from __future__ import annotations
 

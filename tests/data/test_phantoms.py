@@ -1,4 +1,5 @@
-"""The phantom cohort generator (DESIGN 6): anatomy, truth heights, grades, determinism, I/O round trips."""
+"""The phantom cohort generator (docs/design.md, 'Phantom cohort'): anatomy, truth heights, grades, determinism, I/O
+round trips."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Generation metrics (DESIGN 5) agree with scikit-image called directly; the scripts write CSV + summary."""
+"""Generation metrics (docs/design.md, 'Generation metrics') agree with scikit-image called directly; the scripts write
+CSV + summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SVM Genant grading (DESIGN 5): fold protocol, metrics, warnings and errors."""
+"""SVM Genant grading (docs/design.md, 'SVM grading'): fold protocol, metrics, warnings and errors."""
 
 from __future__ import annotations
 

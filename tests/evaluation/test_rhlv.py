@@ -1,4 +1,5 @@
-"""RHLV quantification (DESIGN 5) on label pairs with a known height loss, and on real straightened labels."""
+"""RHLV quantification (docs/design.md, 'RHLV') on label pairs with a known height loss, and on real straightened
+labels."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def test_flow_to_rgb_range():
 
 # ---------------------------------------------------------------------------------------------- composition
 def loop_compose(original, generated, top, bottom, centre, predicted, mask_height=None):
-    """DESIGN 4.3 one sample and one row at a time."""
+    """Composition (docs/design.md, 'Composition') one sample and one row at a time."""
     out = torch.empty_like(original)
     rows = original.shape[2]
     for b in range(original.shape[0]):

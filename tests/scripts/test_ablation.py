@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.paths import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-
-import ablation  # noqa: E402
-
-from pipeline.run import QUICK, DemoPaths  # noqa: E402
+from benchmarks import ablation
+from pipeline.run import QUICK, DemoPaths
 
 
 def test_flags_and_defaults() -> None:

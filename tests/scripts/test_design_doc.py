@@ -1,4 +1,5 @@
-"""docs/design.md keeps up with the code: its module map names every tracked module, and only modules that exist."""
+"""docs/design.md keeps up with the code: its module map names every tracked module, and only modules that exist;
+every section the code cites exists."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from tests.paths import REPO_ROOT
 DESIGN = REPO_ROOT / "docs" / "design.md"
 UNMAPPED_FOLDERS = ("tests/", "benchmarks/")
 MAP_ROW = re.compile(r"^\|\s*`([^`]+\.py)`\s*\|", re.MULTILINE)
+# a citation: the document's path, a comma, then 'Section' [, 'Section'] [and|to 'Section'], maybe wrapped
+CITATION = re.compile(r"docs/design\.md, ((?:'[^']+'(?:, | and | to )?)+)")
+CITED_FILES = ("*.py", "*.md", "*.toml", "*.sh")
 
 
 def module_map_section(text: str) -> str:
@@ -34,10 +38,11 @@ def unmapped_modules(modules: list[str], text: str) -> list[str]:
     return [module for module in modules if not module.startswith(UNMAPPED_FOLDERS) and module not in mapped]
 
 
-def tracked_modules() -> list[str]:
+def tracked_modules(patterns: tuple[str, ...] = ("*.py",)) -> list[str]:
+    """Tracked files matching ``patterns`` (git pathspecs), relative to the repository root."""
     if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
         pytest.skip("not a git checkout: the tracked modules are unknown")
-    result = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, encoding="utf-8",
+    result = subprocess.run(["git", "ls-files", *patterns], cwd=REPO_ROOT, capture_output=True, encoding="utf-8",
                             check=True)
     return [line for line in result.stdout.splitlines() if line]
 
@@ -58,3 +63,33 @@ def test_the_check_sees_a_module_named_outside_the_map():
             "| `pkg/a.py` | one idea |\n\n## After\n\n| `pkg/c.py` | not in the map |\n")
     modules = ["pkg/a.py", "pkg/b.py", "pkg/c.py", "tests/test_a.py", "benchmarks/bench_a.py"]
     assert unmapped_modules(modules, text) == ["pkg/b.py", "pkg/c.py"]
+
+
+def headings(text: str) -> set[str]:
+    """The section titles of a Markdown text (any level)."""
+    return {match.group(1).strip() for match in re.finditer(r"^#+\s+(.+)$", text, re.MULTILINE)}
+
+
+def cited_sections(text: str) -> set[str]:
+    """The section names cited after ``docs/design.md,`` (quoted, several joined by commas, "and" or "to")."""
+    text = re.sub(r"\s+", " ", text)  # a citation may be wrapped over lines
+    return {name for match in CITATION.finditer(text) for name in re.findall(r"'([^']+)'", match.group(1))}
+
+
+def test_cited_sections_exist():
+    sections = headings(DESIGN.read_text(encoding="utf-8"))
+    missing = {}
+    for path in tracked_modules(CITED_FILES):
+        unknown = cited_sections((REPO_ROOT / path).read_text(encoding="utf-8")) - sections
+        if unknown:
+            missing[path] = sorted(unknown)
+    assert not missing, f"{DESIGN} has no section of these names: {missing}"
+
+
+def test_the_citation_check_reads_every_cited_name():
+    text = ("(DOC, 'Masked slice') and (DOC, 'Generator' to 'Discriminators and losses')\n"
+            "DOC, 'Straightened crops', 'Synthesis outputs and\n    provenance' and 'RHLV table'; "
+            "(DOC,\n'RHLV') and 'not cited'; DOC alone cites nothing").replace("DOC", "docs/design.md")
+    assert cited_sections(text) == {"Masked slice", "Generator", "Discriminators and losses", "Straightened crops",
+                                    "Synthesis outputs and provenance", "RHLV table", "RHLV"}
+    assert headings("# A\n\ntext\n### B c\n#no heading\n") == {"A", "B c"}

@@ -1,4 +1,5 @@
-"""Vertebra centroid JSON (DESIGN 3.2): reference format, RAS mm, body centroids and border flags."""
+"""Vertebra centroid JSON (docs/design.md, 'Centroid JSON'): reference format, RAS mm, body centroids and border
+flags."""
 
 from __future__ import annotations
 

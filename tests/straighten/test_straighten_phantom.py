@@ -1,5 +1,5 @@
-"""Straightening on phantoms with known truth (DESIGN 3.3, 6): heights, centring, verticality, de-pedicle, HU,
-orientation."""
+"""Straightening on phantoms with known truth (docs/design.md, 'Straightened crops' and 'Phantom truth'): heights,
+centring, verticality, de-pedicle, HU, orientation."""
 
 from __future__ import annotations
 
