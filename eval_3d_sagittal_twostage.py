@@ -1,5 +1,5 @@
 """Iterative two-stage synthesis of pseudo-healthy vertebrae for a folder of straightened crops
-(docs/design.md, "Iterative synthesis").
+(docs/design.md, 'Iterative synthesis').
 
     python eval_3d_sagittal_twostage.py --dataroot DIR/straightened --cam_dir DIR/heatmap --name N --results_dir R
     python eval_3d_sagittal_twostage.py ... --plane both --name_coronal NC     # + coronal and fused 2.5D volumes

@@ -1,4 +1,4 @@
-"""Attention (HGAM; docs/design.md "Attention classifier"): a fracture
+"""Attention (HGAM; docs/design.md, 'Attention classifier'): a fracture
 classifier on sagittal slices of the straightened crops and its Grad-CAM++ maps, which the generator
 receives as 1 - CAM.
 

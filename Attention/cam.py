@@ -1,5 +1,5 @@
-"""Grad-CAM++ attention maps of the fracture classifier (HGAM; docs/design.md "Attention maps",
-docs/design.md "Attention classifier").
+"""Grad-CAM++ attention maps of the fracture classifier (HGAM; docs/design.md, 'Attention maps',
+docs/design.md, 'Attention classifier').
 
 For each straightened crop (axes S->I, A->P, R->L), the central ``n_slices``
 sagittal slices ``ct[:, :, z]`` are windowed as in training and passed in

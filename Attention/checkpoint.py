@@ -1,6 +1,6 @@
 """Checkpoint of the fracture classifier: ``<checkpoints_dir>/<name>/classifier.pth``, a plain dict
 (arch, window, weights, options, validation metrics, training crop geometry) loadable with
-``torch.load(weights_only=True)`` (docs/design.md "Checkpoints")."""
+``torch.load(weights_only=True)`` (docs/design.md, 'Checkpoints')."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Networks of the fracture classifier (docs/design.md "Attention classifier").
+"""Networks of the fracture classifier (docs/design.md, 'Attention classifier').
 
 MONAI's SE-ResNet-50 in 2D (``seresnet50``, the paper's) and a small SE-ResNet built from MONAI's SE
 blocks (``small``, for CPU). Both take sagittal slices (B, 1, H, W) and return two logits (0 healthy,

@@ -1,5 +1,5 @@
 """Sagittal training slices of straightened crops, their sampling and augmentation
-(docs/design.md "Attention classifier").
+(docs/design.md, 'Attention classifier').
 
 The classifier sees single sagittal slices ``ct[:, :, z]`` of a crop (rows superior -> inferior,
 columns anterior -> posterior), windowed with :func:`data.image_io.window_hu` to [-1, 1]. Slices are

@@ -1,4 +1,4 @@
-"""Training and validation of the fracture classifier (docs/design.md "Attention classifier"): options,
+"""Training and validation of the fracture classifier (docs/design.md, 'Attention classifier'): options,
 the loop, per-vertebra metrics.
 
 Validation scores are per vertebra: the mean fracture probability over its slices. The AdamW +

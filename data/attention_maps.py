@@ -1,4 +1,4 @@
-"""Attention maps on the crop grid (docs/design.md, "Attention maps"): the one reader of ``<cam_dir>/<key>.nii.gz``.
+"""Attention maps on the crop grid (docs/design.md, 'Attention maps'): the one reader of ``<cam_dir>/<key>.nii.gz``.
 
 A map is float32 in [0, 1] with the label crop's grid (shape and affine); values outside [0, 1] are
 clipped. The training crop cache and the synthesis both read maps through :func:`load_attention_map`.

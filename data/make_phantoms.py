@@ -1,4 +1,4 @@
-"""Generate a synthetic spine CT cohort with known fractures and truth (docs/design.md, Phantom truth).
+"""Generate a synthetic spine CT cohort with known fractures and truth (docs/design.md, 'Phantom truth').
 
     python data/make_phantoms.py --out DIR --cases N --seed S
 

@@ -1,4 +1,4 @@
-"""Masked-slice construction (docs/design.md, Masked slice): the one implementation used by training and inference.
+"""Masked-slice construction (docs/design.md, 'Masked slice'): the one implementation used by training and inference.
 
 A 2-D slice has rows along the height axis (superior -> inferior) and columns along the other
 in-plane axis. For the target vertebra's rows [x1, x2] (inclusive, after removing connected
@@ -27,7 +27,7 @@ from data.planes import plane_axes
 from util.cli import add_option
 from util.settings import FromOptions
 
-BAND_FILL_VALUE = -1.0  # band of the masked CT, windowed units: the reference's uint8 0 (docs/design.md, Masked slice)
+BAND_FILL_VALUE = -1.0  # band of the masked CT, windowed units: the reference's uint8 0 (docs/design.md, 'Masked slice')
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
 MIN_COMPONENT_PX = 50  # pixels of one 2-D slice
 MIN_ISLAND_VOXELS = 50  # voxels of a 3-D slab: smaller target islands do not widen the slice range
@@ -36,7 +36,7 @@ CT_CANVAS_FILL = -1.0  # windowed value of canvas columns outside a coronal slic
 
 @dataclass(frozen=True)
 class MaskingSettings(FromOptions):
-    """How a slice is masked (docs/design.md, Masked slice); the defaults of ``--mask_height``,
+    """How a slice is masked (docs/design.md, 'Masked slice'); the defaults of ``--mask_height``,
     ``--min_component_px`` and ``--hu_window``.
 
     mask_height_mm: band height M in mm (``--mask_height``); :meth:`mask_height_px` converts it to rows.

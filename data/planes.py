@@ -1,4 +1,4 @@
-"""The two slicing planes of a straightened crop and the crop axes they use (docs/design.md, Straightened crops).
+"""The two slicing planes of a straightened crop and the crop axes they use (docs/design.md, 'Straightened crops').
 
 A crop's array axes are (superior -> inferior, anterior -> posterior, right -> left) (``data.crops.CROP_AXES``).
 Every plane's 2-D slices keep the rows (crop axis 0, the height axis):

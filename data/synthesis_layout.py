@@ -1,4 +1,4 @@
-"""Where a synthesis run's volumes live (docs/design.md, "Synthesis outputs and provenance").
+"""Where a synthesis run's volumes live (docs/design.md, 'Synthesis outputs and provenance').
 
 ``<root>/CT_fake/<key>.nii.gz`` (int16 HU) and ``<root>/label_fake/<key>.nii.gz`` (uint8 VerSe ids) on
 the crop grid, and ``<root>/provenance/<key>.json`` (checkpoints, options and inputs they came from).

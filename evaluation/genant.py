@@ -1,6 +1,6 @@
 """Genant's semi-quantitative grading: region names, grade names, thresholds, suggested morphology.
 
-The one copy of the rule (docs/design.md, Genant thresholds). It imports nothing of the project,
+The one copy of the rule (docs/design.md, 'Genant thresholds'). It imports nothing of the project,
 so the phantom generator (``data.phantoms``), ``evaluation.phantom_truth``, ``pipeline.predict`` and
 the plots all use it without pulling in the rest of ``evaluation``.
 

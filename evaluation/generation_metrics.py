@@ -1,4 +1,4 @@
-"""Generation quality of synthesized vertebrae (docs/design.md, Generation metrics).
+"""Generation quality of synthesized vertebrae (docs/design.md, 'Generation metrics').
 
 On healthy (grade 0) val vertebrae, where the synthesized vertebra should equal the
 original: PSNR and SSIM (scikit-image, data range of the original image compared)
@@ -180,7 +180,8 @@ def metrics_for_key(dataroot: str | Path, fake_dir: str | Path, key: str,
 
 def selected_keys(split: dict[str, dict[str, int]], splits: tuple[str, ...] = GenerationSettings.splits,
                   grades: tuple[int, ...] = GenerationSettings.grades) -> list[tuple[str, str, int]]:
-    """``(key, split, grade)`` of the vertebrae to evaluate (default: grade 0 of val, DESIGN 5)."""
+    """``(key, split, grade)`` of the vertebrae to evaluate (default: grade 0 of val;
+    docs/design.md, 'Generation metrics')."""
     return [(key, name, grade) for name in splits for key, grade in split.get(name, {}).items() if grade in grades]
 
 

@@ -1,6 +1,6 @@
 """RHLV tables against the phantom truth: per-region errors, Genant grades and their accuracy.
 
-The truth file is described in docs/design.md, Phantom truth.
+The truth file is described in docs/design.md, 'Phantom truth'.
 
 The phantom generator records, for every vertebra, the true regional height-loss ratios
 ``loss_by_region`` (anterior, middle, posterior: ``1 - post / pre``), their maximum

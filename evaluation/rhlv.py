@@ -70,7 +70,7 @@ REFERENCE_MIN_COMPONENT_FRACTION = 0.0  # the published code counts every voxel 
 
 @dataclass(frozen=True)
 class MeasureOptions(FromOptions):
-    """The RHLV measurement settings, the one place of their defaults (docs/design.md, RHLV).
+    """The RHLV measurement settings, the one place of their defaults (docs/design.md, 'RHLV').
 
     height_threshold: measured columns reach this fraction of the reference's centre column (tau);
     length_divisor: slices within +/- extent // divisor of the centre slice; min_component_fraction:

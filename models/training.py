@@ -3,7 +3,7 @@
 ``train.py`` parses the options, sets up the devices (``util.distributed``) and runs :class:`Trainer`.
 Every epoch draws one slice per healthy ``train`` vertebra; checkpoints (``util.checkpoint``) hold the
 networks, optimizers, schedulers, AMP scalers, progress, per-rank RNG states and options (docs/design.md,
-"Checkpoints"; "Devices and distributed runs" for DDP). Validation on the healthy ``val`` vertebrae
+'Checkpoints'; 'Devices and distributed runs' for DDP). Validation on the healthy ``val`` vertebrae
 reports L1 and PSNR of the band, Dice of the target segmentation and the height error in mm.
 """
 

@@ -54,8 +54,8 @@ class BaseOptions:
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         """Base flags (data, experiment, device, reproducibility)."""
         parser.add_argument("--dataroot", required=True,
-                            help="folder of straightened crops (holds CT/ and label/; docs/design.md, "
-                                 "Straightened crops)")
+                            help="folder of straightened crops (holds CT/ and label/; "
+                                 "docs/design.md, 'Straightened crops')")
         parser.add_argument("--split_json", default=None,
                             help="split JSON {train,val,test: {<case>_<v>: grade}}; "
                                  "if omitted, <dataroot>/../vertebra_data.json")

@@ -15,7 +15,7 @@ class TrainOptions(BaseOptions):
 
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser = BaseOptions.initialize(self, parser)
-        parser.add_argument("--phase", default="train", help="split trained on (docs/design.md, Split JSON)")
+        parser.add_argument("--phase", default="train", help="split trained on (docs/design.md, 'Split JSON')")
         add_schedule_options(parser)  # pix2pix: constant LR for n_epochs, then linear decay over n_epochs_decay
         parser.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
                             help="let cuDNN pick the fastest convolution kernels for the fixed crop size "

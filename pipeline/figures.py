@@ -1,7 +1,7 @@
 """The demo report's figures (matplotlib, no pyplot state): straightened crops with their attention
 maps, original vs pseudo-healthy slices, RHLV against the phantom truth, training losses.
 
-Image axes follow the crop contract (docs/design.md, Straightened crops): a sagittal slice
+Image axes follow the crop contract (docs/design.md, 'Straightened crops'): a sagittal slice
 ``crop[:, :, z]`` is shown with row 0 (superior) at the top and anterior on the left.
 """
 

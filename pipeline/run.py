@@ -1,7 +1,7 @@
 """The demo run's model: its settings, where every artefact goes, and what each step did.
 
 ``DemoConfig`` holds the sizes and budgets (every field maps to a flag of one step script),
-``DemoPaths`` the output layout under ``<out>`` (the file contracts of docs/design.md, Pipeline),
+``DemoPaths`` the output layout under ``<out>`` (the file contracts of docs/design.md, 'Pipeline'),
 ``Step`` one script invocation and ``StepResult`` / ``PipelineRun`` the outcome. The step list is
 ``pipeline.steps``, the subprocess runner ``pipeline.runner``; the report reads a ``PipelineRun``.
 """
@@ -17,7 +17,7 @@ CLASSIFIER_NAME = "classifier"
 GAN_NAME = "healthivert"
 AOT_NAME = "aotgan"
 GRADER_NAME = "supcon_senet"
-GENERATION_MIN_VOXELS_AT_1MM = 400  # docs/design.md, Generation metrics: slices with > 400 target voxels at 1 mm
+GENERATION_MIN_VOXELS_AT_1MM = 400  # docs/design.md, 'Generation metrics': slices with > 400 target voxels at 1 mm
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class DemoConfig:
 
     @property
     def generation_min_slice_voxels(self) -> int:
-        """The 400-voxel slice threshold at 1 mm (docs/design.md, Generation metrics), scaled to the
+        """The 400-voxel slice threshold at 1 mm (docs/design.md, 'Generation metrics'), scaled to the
         crop's voxel area."""
         return max(1, round(GENERATION_MIN_VOXELS_AT_1MM / self.spacing_mm ** 2))
 

@@ -7,7 +7,7 @@ from pipeline.run import AOT_NAME, CLASSIFIER_NAME, GRADER_NAME, DemoConfig, Dem
 
 
 def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step]:
-    """The pipeline as script invocations, in order (the command lines of docs/design.md, Pipeline,
+    """The pipeline as script invocations, in order (the command lines of docs/design.md, 'Pipeline',
     with the demo's sizes)."""
     p = paths
     device = ["--gpu_ids", gpu_ids]

@@ -1,7 +1,7 @@
 """One map over a batch, serial or in a process pool, with one result or one error per item.
 
 Batch steps (phantom cohorts, straightening, RHLV tables) continue past a bad item, name it and
-exit non-zero at the end (docs/design.md, Batch failures and exit codes). ``map_items`` gives each
+exit non-zero at the end (docs/design.md, 'Batch failures and exit codes'). ``map_items`` gives each
 of them the same rules: results come back in input order; an exception of the ``catch`` types
 raised by ``function`` becomes that item's one-line error (``"<Type>: <message>"``) and the batch
 goes on; any other exception propagates, in both modes; a worker process that dies (the pool

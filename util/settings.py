@@ -1,4 +1,4 @@
-"""Typed settings built once from the options (docs/design.md, Settings and defaults).
+"""Typed settings built once from the options (docs/design.md, 'Settings and defaults').
 
 A step's settings are one frozen dataclass whose fields carry the defaults; the flag that sets a
 field takes its default from the field (``default=MaskingSettings.min_component_px``), so each default

@@ -1,4 +1,4 @@
-"""Synthetic spine CT phantoms with known anatomy, fractures and truth (docs/design.md, Phantom truth).
+"""Synthetic spine CT phantoms with known anatomy, fractures and truth (docs/design.md, 'Phantom truth').
 
 A case is built in a physical frame (RAS millimetres): ``spec`` (what defines a case), ``geometry``
 (frames, grids, voxel boxes), ``anatomy`` (one vertebra and its height definition), ``layout``

@@ -4,8 +4,8 @@ A vertebra is a rigid implicit model in its local frame (``data.phantoms.geometr
 origin at the centre of the healthy body, ``superior`` (u) along the spine's centre line,
 ``anterior`` (a) and ``left`` (l) = superior x anterior.
 
-Body height (the truth file's ``height_pre_mm`` / ``height_post_mm``, docs/design.md, Phantom
-truth): the distance along ``superior`` from the lower to the upper endplate surface (endplate
+Body height (the truth file's ``height_pre_mm`` / ``height_post_mm``, docs/design.md,
+'Phantom truth'): the distance along ``superior`` from the lower to the upper endplate surface (endplate
 concavity included), on the mid-sagittal plane of the local frame (l = 0), at the centres of the
 posterior, middle and anterior thirds of the body's antero-posterior extent [-D/2, D/2], i.e. at
 a = -D/3, 0, +D/3 mm (``region_centres_mm``). A fracture scales the local height

@@ -1,7 +1,7 @@
 """A phantom cohort: case plan (every grade and morphology, adjacent fractures), split JSON, batch generation.
 
 ``make_cohort`` writes ``<out>/raw/<case>/`` per case (``data.phantoms.case.write_case``) and
-``<out>/vertebra_data.json`` (docs/design.md, Split JSON); it continues past a failing case and
+``<out>/vertebra_data.json`` (docs/design.md, 'Split JSON'); it continues past a failing case and
 writes the split only when every case succeeded.
 """
 
@@ -112,7 +112,7 @@ def plan_cohort(
 def make_split(
     truths: Sequence[Mapping[str, Any]], seed: int, val_fraction: float = 0.2, test_fraction: float = 0.2
 ) -> dict[str, dict[str, int]]:
-    """Split JSON (docs/design.md, Split JSON) by case: ``{"train"|"val"|"test": {"<case>_<label>": grade}}``.
+    """Split JSON (docs/design.md, 'Split JSON') by case: ``{"train"|"val"|"test": {"<case>_<label>": grade}}``.
 
     Validation and test cases are taken preferably among cases holding every grade of
     the cohort, and only while the training cases keep every grade.

@@ -1,4 +1,4 @@
-"""The phantom truth file's per-vertebra entries (docs/design.md, Phantom truth).
+"""The phantom truth file's per-vertebra entries (docs/design.md, 'Phantom truth').
 
 Keys beyond that section, per vertebra: ``loss_by_region``, ``frame`` (origin and unit axes, RAS),
 ``height_points_ras_mm`` (mid-height points where heights are defined), ``body_depth_mm``,

@@ -1,4 +1,4 @@
-"""Iterative two-stage synthesis of pseudo-healthy vertebrae (inference; docs/design.md, "Iterative synthesis").
+"""Iterative two-stage synthesis of pseudo-healthy vertebrae (inference; docs/design.md, 'Iterative synthesis').
 
 - ``run_settings``: the run's flags, read once from the command line (``SynthesisRunSettings``);
 - ``settings``: masking/composition settings of one trained model (band rows, window, thresholds, protocol);

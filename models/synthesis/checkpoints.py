@@ -1,4 +1,4 @@
-"""Loading the generator of a training checkpoint for the synthesis (docs/design.md, "Checkpoints")."""
+"""Loading the generator of a training checkpoint for the synthesis (docs/design.md, 'Checkpoints')."""
 
 from __future__ import annotations
 

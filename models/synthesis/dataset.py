@@ -1,4 +1,4 @@
-"""Synthesis of a whole crop folder (docs/design.md, "Iterative synthesis" and "Devices and distributed runs").
+"""Synthesis of a whole crop folder (docs/design.md, 'Iterative synthesis' and 'Devices and distributed runs').
 
 Resumes (vertebrae whose outputs came from the same checkpoints, options and inputs are skipped),
 shards the vertebrae over ``torchrun`` ranks, writes the planes and the 2.5D fusion, and collects

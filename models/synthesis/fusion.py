@@ -1,4 +1,4 @@
-"""2.5D fusion of a vertebra's sagittal and coronal syntheses (docs/design.md, "Iterative synthesis").
+"""2.5D fusion of a vertebra's sagittal and coronal syntheses (docs/design.md, 'Iterative synthesis').
 
 Each plane keeps a soft target map (the generator's target probability in generated rows, 1 where the
 original target remains); a voxel is the target where the mean of the two maps exceeds 0.5 (the

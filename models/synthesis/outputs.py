@@ -1,5 +1,5 @@
 """A synthesis run's output folders, the vertebrae it takes, and its summary
-(docs/design.md, "Synthesis outputs and provenance"; the per-file layout is ``data.synthesis_layout``)."""
+(docs/design.md, 'Synthesis outputs and provenance'; the per-file layout is ``data.synthesis_layout``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The iterative synthesis of one vertebra in one plane (docs/design.md, "Iterative synthesis").
+"""The iterative synthesis of one vertebra in one plane (docs/design.md, 'Iterative synthesis').
 
 For one straightened crop (axes S->I, A->P, R->L) and one plane, the slices of the central 4/5 of
 the target's extent along the plane's slicing axis (sagittal: axis 2, coronal: axis 1) go through

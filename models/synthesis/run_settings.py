@@ -1,4 +1,4 @@
-"""The settings of one synthesis run, read once from the command line (docs/design.md, "Iterative synthesis").
+"""The settings of one synthesis run, read once from the command line (docs/design.md, 'Iterative synthesis').
 
 ``eval_3d_sagittal_twostage.py`` (and ``predict.py``) parse their flags into an ``argparse.Namespace``;
 :meth:`SynthesisRunSettings.from_options` reads every flag the synthesis uses, with its default, in one

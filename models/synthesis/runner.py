@@ -1,4 +1,4 @@
-"""Running a generator for inference on stacks of slices (docs/design.md, "Iterative synthesis").
+"""Running a generator for inference on stacks of slices (docs/design.md, 'Iterative synthesis').
 
 Each synthesis step is one pass over all its slices; on GPU they go through the generator at once,
 on CPU in chunks of ``CPU_BATCH_SIZE`` (the generator is compute-bound there, so larger batches gain

@@ -1,4 +1,4 @@
-"""Masking and composition settings of one trained model for the synthesis (docs/design.md, "Iterative synthesis").
+"""Masking and composition settings of one trained model for the synthesis (docs/design.md, 'Iterative synthesis').
 
 The settings come from the checkpoint's training options (``mask_height`` mm, ``hu_window``,
 ``min_component_px``, module switches), falling back to the run's flags (:class:`SynthesisFlags`), then the

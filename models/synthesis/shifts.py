@@ -1,4 +1,4 @@
-"""Moving (N, H, W) slices vertically by whole rows and back (docs/design.md, "Iterative synthesis").
+"""Moving (N, H, W) slices vertically by whole rows and back (docs/design.md, 'Iterative synthesis').
 
 A neighbour step presents each slice as the generator saw it in training, with the neighbour's centre
 row on row H // 2 (``centring_shifts``), then moves the composed slice back (``shift_rows_back``).

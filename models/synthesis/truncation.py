@@ -1,4 +1,4 @@
-"""``--protocol reference``: the reference's uint8 grey truncation of a step's inputs (docs/design.md, "Two protocols").
+"""``--protocol reference``: the reference's uint8 grey truncation of a step's inputs (docs/design.md, 'Two protocols').
 
 The reference converts the CT and the attention map to uint8 grey levels before every step; these
 functions reproduce it on HU slices, including the float32 rounding that makes the reference drop a

@@ -1,4 +1,4 @@
-"""Masked-slice construction (docs/design.md, Masked slice): band placement, row shifting, sampling of slices."""
+"""Masked-slice construction (docs/design.md, 'Masked slice'): band placement, row shifting, sampling of slices."""
 
 from __future__ import annotations
 

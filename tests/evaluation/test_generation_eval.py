@@ -115,7 +115,7 @@ def test_scripts_write_table_and_summary_for_healthy_val_vertebrae(tmp_path: Pat
 
 
 def test_generation_settings_from_the_flags_have_the_documented_defaults() -> None:
-    """docs/design.md, Generation metrics: healthy (grade 0) val vertebrae, slices with > 400 target voxels."""
+    """docs/design.md, 'Generation metrics': healthy (grade 0) val vertebrae, slices with > 400 target voxels."""
     from evaluation.generation_metrics import GenerationSettings
 
     args = generation_eval_sagittal.build_parser("coronal").parse_args([])

@@ -144,7 +144,7 @@ def test_cli_writes_json_text_and_plot(tmp_path: Path, capsys) -> None:
 
 
 def test_grading_settings_from_the_flags_follow_the_protocol() -> None:
-    """docs/design.md, SVM grading: 5 shuffled folds (seed 0) with a per-fold scaler; reference: neither."""
+    """docs/design.md, 'SVM grading': 5 shuffled folds (seed 0) with a per-fold scaler; reference: neither."""
     parse = SVM_grading.build_parser().parse_args
     assert GradingSettings.from_options(parse([])) == GradingSettings(5, 0, True, True)
     reference = GradingSettings.from_options(parse(["--protocol", "reference", "--n_splits", "3", "--seed", "7"]))

@@ -246,7 +246,7 @@ def test_real_label_compression_is_recovered(real_data_dir: Path, label: int, fa
 
 
 def test_measure_settings_from_the_flags_have_the_documented_defaults() -> None:
-    """docs/design.md, RHLV: tau 0.7, +/- extent // 5 slices, islands under 5 % dropped (none under reference)."""
+    """docs/design.md, 'RHLV': tau 0.7, +/- extent // 5 slices, islands under 5 % dropped (none under reference)."""
     from evaluation.rhlv import MeasureOptions
 
     parse = RHLV_quantification.build_parser().parse_args

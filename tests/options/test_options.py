@@ -53,7 +53,7 @@ def test_test_options_and_bad_values(tmp_path: Path) -> None:
 
 
 def test_model_settings_from_the_training_flags_have_the_documented_defaults() -> None:
-    """docs/design.md, Discriminators and losses / AOT-GAN baseline: the published values at batch 1."""
+    """docs/design.md, 'Discriminators and losses' / AOT-GAN baseline: the published values at batch 1."""
     from models.aotgan_model import AOTGANSettings
     from models.base_model import ModelRunSettings, ScheduleSettings
     from models.healthivert_model import HealthiVertSettings

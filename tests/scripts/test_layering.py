@@ -1,4 +1,4 @@
-"""The import layering of docs/design.md, Module map, read from every tracked module's ``import``
+"""The import layering of docs/design.md, 'Module map', read from every tracked module's ``import``
 statements (ast): util imports only util, data only data and util, no library package imports a
 step script or a benchmark, and no two packages (or modules) import each other in a cycle."""
 
@@ -17,7 +17,7 @@ from tests.paths import REPO_ROOT
 STEP_SCRIPTS = frozenset({"train", "demo", "predict", "eval_3d_sagittal_twostage"})
 LIBRARY_PACKAGES = frozenset({"Attention", "data", "evaluation", "models", "options", "pipeline", "straighten", "util"})
 MAY_IMPORT = {"util": frozenset({"util"}), "data": frozenset({"data", "util"})}
-# The phantom generator takes the Genant rule and grades from evaluation (docs/design.md, Module map);
+# The phantom generator takes the Genant rule and grades from evaluation (docs/design.md, 'Module map');
 # that module imports nothing of the project but util, so the edge closes no cycle.
 EXCEPTIONS = {"data": frozenset({"evaluation.genant"})}
 UNCHECKED_FOLDERS = ("tests/",)
@@ -76,7 +76,7 @@ def resolve(name: str, modules: set[str]) -> str:
 
 
 def layering_violations(imports: Iterable[Import]) -> list[str]:
-    """Imports that break the rules of docs/design.md, Module map, each named with file and line."""
+    """Imports that break the rules of docs/design.md, 'Module map', each named with file and line."""
     problems = []
     for imp in imports:
         source = package_of(imp.path)
