@@ -27,7 +27,8 @@ from data.planes import plane_axes
 from util.cli import add_option
 from util.settings import FromOptions
 
-BAND_FILL_VALUE = -1.0  # band of the masked CT, windowed units: the reference's uint8 0 (docs/design.md, 'Masked slice')
+# band of the masked CT, windowed units: the reference's uint8 0 (docs/design.md, 'Masked slice')
+BAND_FILL_VALUE = -1.0
 CENTRAL_FRACTION = 0.8  # slices are sampled from the central 4/5 of the target's extent
 MIN_COMPONENT_PX = 50  # pixels of one 2-D slice
 MIN_ISLAND_VOXELS = 50  # voxels of a 3-D slab: smaller target islands do not widen the slice range
