@@ -222,13 +222,15 @@ def test_training_synthesis_and_generation_metrics_score_the_same_slices(tmp_pat
     import warnings
 
     import torch
-    from models.iterative_synthesis import GeneratorRunner, SynthesisSettings, synthesize_plane
 
     from data.aligned_dataset import AlignedDataset
     from data.crops import crop_affine, write_crop
     from data.labels import split_key, vertebra_name
     from evaluation.generation_metrics import generation_metrics, scored_slices
     from models.networks import GeneratorOutput
+    from models.synthesis.plane import synthesize_plane
+    from models.synthesis.runner import GeneratorRunner
+    from models.synthesis.settings import SynthesisSettings
     from tests.synthetic_crops import CROP_SIZE, SPACING_MM, WIDE_WINDOW
     from util.fileio import write_json
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
 import torch
 
-from models.base_model import get_scheduler
+from models.base_model import ScheduleSettings, get_scheduler
 
 LR = 2e-4
 
@@ -16,7 +15,7 @@ LR = 2e-4
 def lrs(policy: str, epochs: int, metrics: list[float] | None = None, **options) -> list[float]:
     """The first group's rate before any step and after each of ``epochs`` scheduler steps (one per epoch)."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=LR)
-    scheduler = get_scheduler(optimizer, argparse.Namespace(lr_policy=policy, **options))
+    scheduler = get_scheduler(optimizer, ScheduleSettings(lr_policy=policy, **options))
     rates = [optimizer.param_groups[0]["lr"]]
     for epoch in range(epochs):
         optimizer.step()  # no gradient: the weights stay, the scheduler sees the usual order
