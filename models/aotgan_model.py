@@ -23,7 +23,6 @@ its Dice term are ours (AOT-GAN paints images only): RHLV needs the synthesized 
 from __future__ import annotations
 
 import argparse
-import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from models.healthivert_model import HealthiVertModel, HealthiVertSettings, add_
 from models.losses import dice_coefficient
 from models.networks import init_weights
 from util.cli import add_option
+from util.distributed import launch_environment
 from util.fileio import read_torch_file
 from util.settings import FromOptions
 
@@ -60,7 +60,7 @@ def load_vgg19(path: str | None, device: torch.device) -> VGG19Features | None:
     the file is not given or absent."""
     reason = "no --vgg19_weights given" if not path else None if Path(path).is_file() else f"{path} not found"
     if reason is not None:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if launch_environment().rank == 0:
             print(f"AOT-GAN: perceptual and style losses off ({reason}; VGG19 weights are never downloaded)")
         return None
     state = read_torch_file(path, map_location="cpu")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from data import loader as dataset_loader
 from data.planes import PLANES
 from models.base_model import ModelRunSettings
 from util import published_layout
-from util.distributed import parse_gpu_ids
+from util.distributed import launch_environment, parse_gpu_ids
 from util.fileio import atomic_write, write_json
 from util.protocol import add_protocol_argument
 from util.settings import options_to_dict
@@ -171,13 +170,13 @@ class BaseOptions:
             self.parser.error(f"--num_threads must be >= 0, got {opt.num_threads}")
         if opt.cam_dir is None and published_layout.cam_dir_for(opt.dataroot) is not None:
             opt.cam_dir = str(published_layout.CAM_DIR)
-            if int(os.environ.get("RANK", "0")) == 0:
+            if launch_environment().rank == 0:
                 print(f"note: attention maps from {opt.cam_dir} (published layout; --cam_dir chooses another)",
                       file=sys.stderr)
         if opt.cam_dir and not Path(opt.cam_dir).is_dir():
             self.parser.error(f"--cam_dir {opt.cam_dir}: folder not found "
                               "(leave the flag out to run without attention)")
         self.validate(opt)
-        if save and int(os.environ.get("RANK", 0)) == 0:
+        if save and launch_environment().rank == 0:
             self.save_options(opt)
         return opt

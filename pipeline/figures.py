@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from Attention.localisation import localise
 from data.crops import load_crop
 from data.image_io import ImageIOError, load_ct, load_mask
+from data.synthesis_layout import OutputLayout
 from evaluation.genant import GENANT_THRESHOLDS
 from evaluation.phantom_truth import RHLV_COLUMN_OF_REGION, accuracy_summary
 from pipeline.html import format_value as fmt
@@ -104,8 +105,7 @@ def synthesis_figure(dataroot: Path, results: Path, examples: Sequence[Example])
     (mid-sagittal slice of the crop)."""
     panels = []
     for example in examples:
-        fake_ct = results / "CT_fake" / f"{example.key}.nii.gz"
-        fake_label = results / "label_fake" / f"{example.key}.nii.gz"
+        fake_ct, fake_label = OutputLayout(results).ct(example.key), OutputLayout(results).label(example.key)
         if not (fake_ct.is_file() and fake_label.is_file()):
             continue
         try:

@@ -3,6 +3,7 @@ the demo's sizes (``DemoConfig``) and the run's output layout (``DemoPaths``).""
 
 from __future__ import annotations
 
+from data.synthesis_layout import OutputLayout
 from pipeline.run import AOT_NAME, CLASSIFIER_NAME, GRADER_NAME, DemoConfig, DemoPaths, Step
 
 
@@ -50,9 +51,9 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
         Step("synthesis", "eval_3d_sagittal_twostage.py",
              [*gan_common, "--results_dir", str(p.results.parent), "--eval"],
              f"{p.results}/{{CT_fake,label_fake}}/", (p.checkpoints / p.name / "latest.pth",),
-             (p.results / "label_fake", p.results / "CT_fake")),
+             (OutputLayout(p.results).label_dir, OutputLayout(p.results).ct_dir)),
         Step("RHLV", "evaluation/RHLV_quantification.py",
-             ["--label_dir", str(p.dataroot / "label"), "--fake_dir", str(p.results / "label_fake"),
+             ["--label_dir", str(p.dataroot / "label"), "--fake_dir", str(OutputLayout(p.results).label_dir),
               "--split_json", str(p.split_json), "--out", str(p.rhlv), "--reference", "both",
               "--maps", str(p.maps), "--workers", str(config.workers)],
              f"{p.rhlv}, {p.rhlv_neighbours}, {p.maps}/", (p.dataroot / "label",), (p.rhlv, p.rhlv_neighbours)),
@@ -68,7 +69,7 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
         Step("generation metrics", "evaluation/generation_eval_sagittal.py",
              ["--dataroot", str(p.dataroot), "--fake_dir", str(p.results), "--split_json", str(p.split_json),
               "--out", str(p.generation), "--min_slice_voxels", str(config.generation_min_slice_voxels)],
-             f"{p.generation}, {p.generation_summary}", (p.results / "CT_fake",), (p.generation_summary,)),
+             f"{p.generation}, {p.generation_summary}", (OutputLayout(p.results).ct_dir,), (p.generation_summary,)),
     ]
     return steps + comparison_steps(config, paths, gpu_ids) if config.compare else steps
 
