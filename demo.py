@@ -32,8 +32,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, StepResult
-from pipeline.runner import gpu_ids_for, log_tail, prepare_out_dir, run_step
+from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun
+from pipeline.runner import gpu_ids_for, log_tail, prepare_out_dir, run_step, skipped_result
 from pipeline.steps import build_steps
 from util.fileio import OutputDirError, write_json
 
@@ -53,10 +53,8 @@ def run_pipeline(config: DemoConfig, root: Path, gpu_ids: str = "-1", overwrite:
     for index, step in enumerate(steps, start=1):
         if echo:
             print(f"[{index:2d}/{len(steps)}] {step.name:<26} ", end="", flush=True)
-        missing = [path for path in step.inputs if not path.exists()]
-        if missing:
-            result = StepResult(step.name, step.display(), step.artefact,
-                                log=f"skipped: {missing[0]} is missing")
+        result = skipped_result(step)
+        if result is not None:
             run.steps.append(result)
             if echo:
                 print(f"skipped      ({result.log})", flush=True)

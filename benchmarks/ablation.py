@@ -38,7 +38,7 @@ from Attention.localisation import summary_lines
 from evaluation.phantom_truth import accuracy_summary, subsets
 from pipeline.report_data import load_report_data
 from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, Step, StepResult
-from pipeline.runner import gpu_ids_for, prepare_out_dir, run_step
+from pipeline.runner import gpu_ids_for, prepare_out_dir, run_step, skipped_result
 from pipeline.steps import build_steps
 from util.cli import tolerate_unencodable_stdout
 from util.fileio import atomic_write, prepare_output_dir, read_json, write_json
@@ -100,11 +100,7 @@ def run_steps(steps: Sequence[Step], log_dir: Path, threads: int | None,
     log_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for index, step in enumerate(steps, start=first_index):
-        missing = [path for path in step.inputs if not path.exists()]
-        if missing:
-            result = StepResult(step.name, step.display(), step.artefact, log=f"skipped: {missing[0]} is missing")
-        else:
-            result = run_step(step, log_dir, index, threads=threads)
+        result = skipped_result(step) or run_step(step, log_dir, index, threads=threads)
         print(f"  {step.name:<22} {result.status:<10} {result.wall_s:7.1f} s  log: {result.log}", flush=True)
         results.append(result)
     return results

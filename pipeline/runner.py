@@ -42,6 +42,14 @@ def last_log_line(path: str | Path) -> str:
     return tail.splitlines()[-1].strip() if tail else ""
 
 
+def skipped_result(step: Step) -> StepResult | None:
+    """The result of a step whose inputs are missing (an earlier step failed), naming the first; else ``None``."""
+    missing = [path for path in step.inputs if not path.exists()]
+    if not missing:
+        return None
+    return StepResult(step.name, step.display(), step.artefact, log=f"skipped: {missing[0]} is missing")
+
+
 def run_step(step: Step, log_dir: Path, index: int, verbose: bool = False, threads: int | None = None,
              heartbeat: Callable[[str], None] | None = None) -> StepResult:
     """Run one step from the repository root; stdout and stderr go to ``log_dir/<NN>_<name>.log``

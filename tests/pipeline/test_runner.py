@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.run import Step
-from pipeline.runner import log_tail, prepare_out_dir, run_step, step_environment
+from pipeline.runner import log_tail, prepare_out_dir, run_step, skipped_result, step_environment
 
 
 def _python_step(tmp_path: Path, name: str, code: str, outputs: tuple[Path, ...] = ()) -> Step:
@@ -58,3 +58,14 @@ def test_out_dir_with_an_earlier_run_needs_overwrite(tmp_path: Path) -> None:
     assert not (tmp_path / "raw").exists() and not (tmp_path / "demo_summary.json").exists()
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
+
+
+def test_a_step_whose_input_is_missing_is_skipped_naming_the_first_missing_path(tmp_path: Path) -> None:
+    present, absent = tmp_path / "crops", tmp_path / "maps"
+    present.mkdir()
+    step = Step("attention maps", "Attention/grad_CAM_3d_sagittal.py", [], "maps/", (present, absent), ())
+    result = skipped_result(step)
+    assert result is not None and result.name == "attention maps" and result.status == "skipped"
+    assert result.log == f"skipped: {absent} is missing"
+    absent.mkdir()
+    assert skipped_result(step) is None
