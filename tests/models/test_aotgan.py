@@ -263,7 +263,7 @@ def test_two_process_gloo_ddp_aotgan_gives_identical_weights(cohort: tuple[Path,
 
     dataroot, split = cohort
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
+               str(REPO_ROOT / "tests" / "workers" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
                "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY, *AOT_TINY,
                "--max_dataset_size", "4", "--val_freq", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}

@@ -109,7 +109,7 @@ def test_bad_input_stops_with_one_line(cohort: tuple[Path, Path], tmp_path: Path
 def test_two_process_gloo_ddp_gives_identical_weights(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     dataroot, split = cohort
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
+               str(REPO_ROOT / "tests" / "workers" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
                "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY,
                "--max_dataset_size", "4", "--val_freq", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}

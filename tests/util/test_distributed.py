@@ -41,6 +41,9 @@ TINY = ["--gpu_ids", "-1", "--num_threads", "0", "--ngf", "2", "--ndf", "4", "--
 HANG_TIMEOUT_S = 240  # a hang shows as this timeout; a working run ends long before
 
 
+FAULT_WORKER = REPO_ROOT / "tests" / "workers" / "ddp_fault_worker.py"
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return write_synthetic_cohort(tmp_path_factory.mktemp("ddp_cohort"))
@@ -222,7 +225,7 @@ def test_bad_train_split_ends_every_rank_with_the_message(cohort: tuple[Path, Pa
 @pytest.mark.parametrize("fail_rank, fail_at", [("1", "model"), ("0", "save")])
 def test_forced_failure_on_one_rank_ends_both_with_its_message(cohort: tuple[Path, Path], tmp_path: Path,
                                                                fail_rank: str, fail_at: str) -> None:
-    results = run_ranks(REPO_ROOT / "tests" / "ddp_fault_worker.py", train_args(cohort, tmp_path, "fault"),
+    results = run_ranks(FAULT_WORKER, train_args(cohort, tmp_path, "fault"),
                         extra_env={"FAIL_RANK": fail_rank, "FAIL_AT": fail_at})
     for result in results:
         assert result.returncode == 1, result.stderr[-2000:]
@@ -232,7 +235,7 @@ def test_forced_failure_on_one_rank_ends_both_with_its_message(cohort: tuple[Pat
 @pytest.mark.slow
 def test_failure_inside_a_training_step_ends_both_ranks(cohort: tuple[Path, Path], tmp_path: Path) -> None:
     """Rank 1 fails while rank 0 waits in a DDP all-reduce: both must end (no 30-min Gloo wait)."""
-    results = run_ranks(REPO_ROOT / "tests" / "ddp_fault_worker.py", train_args(cohort, tmp_path, "stepfault"),
+    results = run_ranks(FAULT_WORKER, train_args(cohort, tmp_path, "stepfault"),
                         extra_env={"FAIL_RANK": "1", "FAIL_AT": "step"})
     assert all(r.returncode != 0 for r in results)
     assert "train.py: error: forced failure on rank 1" in results[1].stderr

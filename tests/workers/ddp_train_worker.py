@@ -1,6 +1,6 @@
 """Run the trainer (``models.training.Trainer``) under torchrun and save each rank's final weights (DDP test).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_train_worker.py OUT_DIR <train.py flags>
+    python -m torch.distributed.run --nproc_per_node 2 tests/workers/ddp_train_worker.py OUT_DIR <train.py flags>
 """
 
 import sys

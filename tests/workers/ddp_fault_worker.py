@@ -1,6 +1,6 @@
 """Run ``train.main`` with a ValueError forced on one rank (for the no-hang tests).
 
-    FAIL_RANK=1 FAIL_AT=model python tests/ddp_fault_worker.py <train.py flags>   # RANK etc. set by the test
+    FAIL_RANK=1 FAIL_AT=model python tests/workers/ddp_fault_worker.py <train.py flags>   # RANK etc. set by the test
 
 FAIL_AT: ``model`` (building the model), ``save`` (writing a checkpoint; rank 0 only writes) or
 ``step`` (the first training step, inside DDP collectives).
@@ -10,6 +10,7 @@ import os
 import sys
 
 import train
+from models import training
 
 FORCED = "forced failure on rank {rank}"
 
@@ -22,9 +23,9 @@ def main() -> int:
     if os.environ.get("RANK") == os.environ.get("FAIL_RANK"):
         where = os.environ.get("FAIL_AT", "model")
         if where == "model":
-            train.create_model = fail
+            training.create_model = fail
         elif where == "save":
-            train.save_checkpoint = fail
+            training.save_checkpoint = fail
         elif where == "step":
             from models.healthivert_model import HealthiVertModel
 
