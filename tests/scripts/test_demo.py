@@ -97,7 +97,6 @@ def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.
     assert not run.ok
 
 
-@pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path: Path, repo_root: Path) -> None:
     """The one end-to-end run: every step script through ``python demo.py --quick``; the summary and the
     report hold the numbers of the run's own RHLV tables against its phantom truth."""
