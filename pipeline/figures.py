@@ -104,8 +104,9 @@ def synthesis_figure(dataroot: Path, results: Path, examples: Sequence[Example])
     """Per example (rows): original CT, pseudo-healthy CT, original labels, pseudo-healthy labels
     (mid-sagittal slice of the crop)."""
     panels = []
+    layout = OutputLayout(results)
     for example in examples:
-        fake_ct, fake_label = OutputLayout(results).ct(example.key), OutputLayout(results).label(example.key)
+        fake_ct, fake_label = layout.ct(example.key), layout.label(example.key)
         if not (fake_ct.is_file() and fake_label.is_file()):
             continue
         try:

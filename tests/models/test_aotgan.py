@@ -30,8 +30,7 @@ from models.composition import compose_height_adaptive
 from models.synthesis.checkpoints import load_generator
 from models.synthesis.runner import GeneratorRunner
 from models.synthetic import synthetic_batch
-from tests.paths import REPO_ROOT
-from tests.scripts.test_train import TINY, assert_same_weights, loss_rows
+from tests.scripts.test_train import TINY, assert_same_weights, loss_rows, train_two_gloo_ranks
 from tests.synthetic_crops import write_synthetic_cohort
 from util.checkpoint import load_checkpoint
 
@@ -257,22 +256,6 @@ def test_aotgan_checkpoint_drives_the_iterative_synthesis(cohort: tuple[Path, Pa
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp_aotgan_gives_identical_weights(cohort: tuple[Path, Path], tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    dataroot, split = cohort
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "workers" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
-               "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY, *AOT_TINY,
-               "--max_dataset_size", "4", "--val_freq", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, encoding="utf-8", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    assert rank0["world_size"] == 2
-    assert_same_weights(rank0["nets"], rank1["nets"])
-    saved = load_checkpoint(tmp_path / "ddp" / "latest.pth")
+    saved, rank0 = train_two_gloo_ranks(*cohort, tmp_path, [*TINY, *AOT_TINY])
     assert saved["progress"]["total_iters"] == 2
     assert_same_weights(saved["model"]["nets"], rank0["nets"])

@@ -105,21 +105,26 @@ def test_bad_input_stops_with_one_line(cohort: tuple[Path, Path], tmp_path: Path
     assert "latest.pth: checkpoint not found" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_two_process_gloo_ddp_gives_identical_weights(cohort: tuple[Path, Path], tmp_path: Path) -> None:
-    dataroot, split = cohort
+def train_two_gloo_ranks(dataroot: Path, split: Path, out: Path, flags: list[str]) -> tuple[dict, dict]:
+    """Train 4 vertebrae with ``flags`` on two Gloo ranks (torchrun, ``tests/workers/ddp_train_worker.py``) into
+    ``out/ddp``; assert both ranks end with the same weights; return the checkpoint and rank 0's saved state."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests" / "workers" / "ddp_train_worker.py"), str(tmp_path), "--dataroot", str(dataroot),
-               "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(tmp_path), *TINY,
+               str(REPO_ROOT / "tests" / "workers" / "ddp_train_worker.py"), str(out), "--dataroot", str(dataroot),
+               "--split_json", str(split), "--name", "ddp", "--checkpoints_dir", str(out), *flags,
                "--max_dataset_size", "4", "--val_freq", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, encoding="utf-8", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    rank0 = torch.load(out / "rank0.pt", weights_only=True)
+    rank1 = torch.load(out / "rank1.pt", weights_only=True)
     assert rank0["world_size"] == 2
     assert_same_weights(rank0["nets"], rank1["nets"])
-    saved = load_checkpoint(tmp_path / "ddp" / "latest.pth")
+    return load_checkpoint(out / "ddp" / "latest.pth"), rank0
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_gives_identical_weights(cohort: tuple[Path, Path], tmp_path: Path) -> None:
+    saved, rank0 = train_two_gloo_ranks(*cohort, tmp_path, TINY)
     # 4 vertebrae, 2 ranks x batch 2 -> 1 iteration per epoch, 2 epochs
     assert saved["progress"]["total_iters"] == 2
     assert_same_weights(saved["model"]["nets"], rank0["nets"])
