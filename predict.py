@@ -33,6 +33,7 @@ from evaluation.rhlv import REFERENCES
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from Attention.cam import CAM_NORMALISATIONS, CAM_WINDOWS
     from pipeline.predict import PredictSettings
 
     defaults = PredictSettings
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epoch", default=defaults.epoch, help="checkpoint to load (<epoch>.pth)")
     parser.add_argument("--classifier", default=None,
                         help="fracture classifier name for attention maps (default: none, zero attention)")
+    parser.add_argument("--cam_normalise", choices=CAM_NORMALISATIONS, default=defaults.cam_normalise,
+                        help="--normalise of the attention maps: use the value the generator's training maps had "
+                             "(demo.py: volume)")
+    parser.add_argument("--cam_windows", choices=CAM_WINDOWS, default=defaults.cam_windows,
+                        help="--windows of the attention maps (Attention/grad_CAM_3d_sagittal.py)")
     parser.add_argument("--grader", type=Path, default=None,
                         help="grader of SVM_grading.py --save_grader (default: Genant's 20/25/40 %% thresholds)")
     parser.add_argument("--reference", choices=REFERENCES, default=defaults.reference,

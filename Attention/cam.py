@@ -2,12 +2,14 @@
 docs/design.md, 'Attention classifier').
 
 For each straightened crop (axes S->I, A->P, R->L), the central ``n_slices``
-sagittal slices ``ct[:, :, z]`` are windowed as in training and passed in
-batches through the classifier; Grad-CAM++ (``grad-cam`` package) for the
-fracture class is taken at the last convolutional block, resized to the slice
-and min-max normalised per slice to [0, 1] (``--normalise volume``: divided by the crop's maximum
-instead). All other slices are zero, and so are the rows outside the classifier's view when it was
-trained with ``--view_mm``. The map
+sagittal slices ``ct[:, :, z]`` are prepared as in training (``Attention.slices.SliceInput``, read from
+the checkpoint: window, view, vertebra margin) and passed in batches through the classifier;
+Grad-CAM++ (``grad-cam`` package) for the fracture class is taken at the last convolutional block,
+resized to the slice and min-max normalised per slice to [0, 1] (``--normalise volume``: divided by the
+maximum over the slices instead). All other slices are zero, and so are the rows outside the
+classifier's view when it was trained with ``--view_mm``; with ``--windows vertebrae`` (the default for
+such a classifier) the view is centred on each vertebra of the crop in turn and each window's map is
+weighted by that vertebra's fracture probability. The map
 is written as ``<out>/<key>.nii.gz`` (float32, the crop's grid and affine) with
 a PNG montage ``<out>/<key>.png`` of the map over the CT.
 
@@ -36,10 +38,10 @@ from torch import nn
 from tqdm import tqdm
 
 from Attention.checkpoint import checkpoint_path, load_classifier
-from Attention.localisation import DEFAULT_SLACK_VOXELS, localise, summarise
+from Attention.localisation import DEFAULT_SLACK_VOXELS, LOCALISATION_FILE, localise, summarise
 from Attention.networks import FRACTURE_CLASS, cam_target_layer
-from Attention.slices import central_sagittal_slices, sagittal_slices, view_rows
-from data.crops import crop_paths, list_crop_keys, load_crop, require_listed_crops
+from Attention.slices import SliceInput, central_sagittal_slices
+from data.crops import Crop, crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import ImageIOError, load_ct, save_nifti, window_hu
 from data.labels import parse_key
 from util import published_layout
@@ -51,17 +53,20 @@ LOGGER = logging.getLogger(__name__)
 
 DEFAULT_N_SLICES = 30
 CAM_NORMALISATIONS = ("slice", "volume")
+CAM_WINDOWS = ("auto", "target", "vertebrae")
 MONTAGE_PANELS = 6
 
 
 @dataclass
 class CamResult:
     """Attention map of one crop: ``volume`` float32 (D0, D1, D2) in [0, 1], non-zero only in
-    sagittal slices [start, stop); ``fracture_probability`` is the mean over those slices."""
+    sagittal slices [start, stop); ``fracture_probability`` is the target's mean over those slices,
+    ``vertebra_probability`` the same for every vertebra that got a window (label -> probability)."""
 
     volume: np.ndarray
     slice_range: tuple[int, int]
     fracture_probability: float
+    vertebra_probability: dict[int, float]
 
 
 def minmax_per_slice(maps: np.ndarray) -> np.ndarray:
@@ -120,19 +125,72 @@ def fracture_cam(model: nn.Module, images: torch.Tensor, batch_size: int,
     return (maps / peak if peak > 0 else np.zeros_like(maps)), np.concatenate(probabilities)
 
 
-def cam_volume(model: nn.Module, ct_hu: np.ndarray, window: tuple[float, float],
-               n_slices: int = DEFAULT_N_SLICES, batch_size: int = 16, view_mm: float = 0.0,
-               row_spacing_mm: float = 1.0, normalise: str = "slice") -> CamResult:
-    """Attention map of one crop (S->I, A->P, R->L, HU) on the crop's grid, zero outside the
-    central ``n_slices`` sagittal slices and, with ``view_mm`` > 0 (the classifier's view), outside the
-    central rows spanning ``view_mm`` (rows ``row_spacing_mm`` apart)."""
-    start, stop = central_sagittal_slices(ct_hu.shape[2], n_slices)
-    rows = view_rows(ct_hu.shape[0], row_spacing_mm, view_mm)
-    images = torch.from_numpy(sagittal_slices(ct_hu, range(start, stop), window, rows))
-    maps, probabilities = fracture_cam(model, images, batch_size, normalise)
-    volume = np.zeros(ct_hu.shape, dtype=np.float32)
-    volume[rows[0]:rows[1], :, start:stop] = np.moveaxis(maps, 0, 2)
-    return CamResult(volume, (start, stop), float(probabilities.mean()))
+def resolve_windows(windows: str, slice_input: SliceInput) -> str:
+    """``"target"`` or ``"vertebrae"`` for a ``--windows`` choice: ``auto`` is ``vertebrae`` for a classifier
+    with a view (``view_mm`` > 0), else ``target``. A classifier of whole slices has no window to move."""
+    if windows not in CAM_WINDOWS:
+        raise ValueError(f"unknown --windows {windows!r}; choose one of {list(CAM_WINDOWS)}")
+    if windows == "auto":
+        return "vertebrae" if slice_input.view_mm > 0 else "target"
+    if windows == "vertebrae" and slice_input.view_mm <= 0:
+        raise ValueError("--windows vertebrae needs a classifier trained with --view_mm > 0 "
+                         "(one of whole slices sees every vertebra at once)")
+    return windows
+
+
+def vertebra_windows(label_map: np.ndarray, target_label: int,
+                     target_rows: tuple[int, int]) -> dict[int, tuple[int, int]]:
+    """Rows of the classifier's view centred on each vertebra of a crop (S->I, A->P, R->L labels).
+
+    The target gets ``target_rows`` (the view as in training: the crop is centred on it); every other
+    vertebra wholly inside the crop (not touching its first or last row) gets the same rows moved by the
+    difference between its mean row and the target's, when they fit in the crop.
+    """
+    labels = np.asarray(label_map)
+    n_rows = labels.shape[0]
+    rows_of = {int(v): np.nonzero(labels == v)[0] for v in np.unique(labels) if v > 0}
+    windows = {int(target_label): target_rows}
+    if int(target_label) not in rows_of:
+        return windows
+    target_centre = float(rows_of[int(target_label)].mean())
+    for label, rows in rows_of.items():
+        if label == int(target_label) or rows.min() == 0 or rows.max() == n_rows - 1:
+            continue
+        shift = int(round(float(rows.mean()) - target_centre))
+        start, stop = target_rows[0] + shift, target_rows[1] + shift
+        if 0 <= start and stop <= n_rows:
+            windows[label] = (start, stop)
+    return windows
+
+
+def cam_volume(model: nn.Module, crop: Crop, slice_input: SliceInput, n_slices: int = DEFAULT_N_SLICES,
+               batch_size: int = 16, normalise: str = "slice", windows: str = "target") -> CamResult:
+    """Attention map of one crop (S->I, A->P, R->L) on the crop's grid, zero outside the central
+    ``n_slices`` sagittal slices.
+
+    ``windows`` ``"target"``: one map on the classifier's view of the target (all rows for a classifier of
+    whole slices), scaled by ``normalise``. ``"vertebrae"``: the view is centred on each vertebra of the
+    crop in turn (:func:`vertebra_windows`); each window's map, scaled by ``normalise``, is multiplied by
+    that vertebra's fracture probability, and overlapping windows keep the larger value, so a healthy
+    neighbour gets a weak map and a fractured one a strong map.
+    """
+    start, stop = central_sagittal_slices(crop.ct_hu.shape[2], n_slices)
+    target_rows = slice_input.rows(crop.ct_hu.shape[0], float(crop.spacing_mm[0]))
+    mode = resolve_windows(windows, slice_input)
+    rows_by_label = (vertebra_windows(crop.label_map, crop.label, target_rows) if mode == "vertebrae"
+                     else {int(crop.label): target_rows})
+    volume = np.zeros(crop.ct_hu.shape, dtype=np.float32)
+    probabilities: dict[int, float] = {}
+    for label, rows in rows_by_label.items():
+        images = torch.from_numpy(slice_input.slices(crop.ct_hu, crop.label_map, crop.spacing_mm, range(start, stop),
+                                                     rows))
+        maps, slice_probabilities = fracture_cam(model, images, batch_size, normalise)
+        probabilities[label] = float(slice_probabilities.mean())
+        if mode == "vertebrae":
+            maps = maps * np.float32(probabilities[label])
+        placed = volume[rows[0]:rows[1], :, start:stop]
+        np.maximum(placed, np.moveaxis(maps, 0, 2), out=placed)
+    return CamResult(volume, (start, stop), probabilities[int(crop.label)], probabilities)
 
 
 def save_montage(path: str | Path, ct_hu: np.ndarray, cam: np.ndarray, slice_range: tuple[int, int],
@@ -183,6 +241,11 @@ def cam_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalise", choices=CAM_NORMALISATIONS, default="slice",
                         help="slice: min-max per sagittal slice (the published code); volume: by the crop's maximum, "
                              "so slices without fracture evidence keep weak maps")
+    parser.add_argument("--windows", choices=CAM_WINDOWS, default="auto",
+                        help="target: one map on the classifier's view of the target (the published map for a "
+                             "classifier of whole slices); vertebrae: the view centred on each vertebra of the crop "
+                             "in turn, each map times that vertebra's fracture probability, so fractured neighbours "
+                             "are marked too; auto: vertebrae for a classifier trained with --view_mm, else target")
     parser.add_argument("--keys", nargs="+", default=None, metavar="KEY",
                         help="only these crops (<case>_<v>); default: every crop under --dataroot")
     parser.add_argument("--overwrite", action="store_true", help="recompute maps that already exist")
@@ -217,31 +280,42 @@ def default_cam_dir(dataroot: str | Path) -> Path:
     return Path(dataroot).parent / "heatmap"
 
 
+def case_truth(truth_dir: Path | None, case: str) -> dict[int, dict[str, Any]]:
+    """``{label: {"grade", "morphology"}}`` of every vertebra in the phantom truth file
+    ``<truth_dir>/<case>/<case>_truth.json`` ({} when there is none)."""
+    path = None if truth_dir is None else Path(truth_dir) / case / f"{case}_truth.json"
+    if path is None or not path.is_file():
+        return {}
+    return {int(v["label"]): {"grade": int(v["grade"]), "morphology": v["morphology"]}
+            for v in read_json(path).get("vertebrae", [])}
+
+
 def vertebra_truth(truth_dir: Path | None, key: str) -> dict[str, Any]:
     """``{"fractured", "grade", "morphology"}`` of vertebra ``key`` from its case's phantom truth file,
     or Nones when there is none (or it does not list the vertebra)."""
     case, label = parse_key(key)
-    path = None if truth_dir is None else Path(truth_dir) / case / f"{case}_truth.json"
-    if path is not None and path.is_file():
-        for vertebra in read_json(path).get("vertebrae", []):
-            if int(vertebra["label"]) == label:
-                return {"fractured": int(vertebra["grade"]) > 0, "grade": int(vertebra["grade"]),
-                        "morphology": vertebra["morphology"]}
-    return {"fractured": None, "grade": None, "morphology": None}
+    vertebra = case_truth(truth_dir, case).get(label)
+    if vertebra is None:
+        return {"fractured": None, "grade": None, "morphology": None}
+    return {"fractured": vertebra["grade"] > 0, **vertebra}
 
 
 def localisation_records(opt: argparse.Namespace, keys: Sequence[str], out: Path) -> dict[str, dict[str, Any]]:
-    """Localisation of each map ``<out>/<key>.nii.gz`` that exists on its crop's target label, with the
-    vertebra's truth (``vertebra_truth``)."""
+    """Localisation of each map ``<out>/<key>.nii.gz`` that exists on its crop's target label (and, with a
+    phantom truth, on every fractured body of the crop), with the vertebra's truth (``vertebra_truth``)."""
     truth_dir = opt.truth_dir if opt.truth_dir is not None else Path(opt.dataroot).parent / "raw"
     records = {}
     for key in keys:
         map_path = out / f"{key}.nii.gz"
         if not map_path.is_file():
             continue
+        case, _ = parse_key(key)
+        truth = case_truth(truth_dir, case)
         try:
-            crop = load_crop(opt.dataroot, key)
-            measure = localise(load_ct(map_path).array, crop.label_map == crop.label, opt.slack)
+            crop = load_crop(opt.dataroot, key, need_ct=False)
+            fractured_labels = [label for label, v in truth.items() if v["grade"] > 0]
+            fractured = np.isin(crop.label_map, fractured_labels) if truth else None
+            measure = localise(load_ct(map_path).array, crop.label_map == crop.label, opt.slack, fractured)
         except (ImageIOError, OSError, ValueError) as err:
             LOGGER.error("%s: localisation not computed: %s", key, err)
             continue
@@ -252,8 +326,9 @@ def localisation_records(opt: argparse.Namespace, keys: Sequence[str], out: Path
 def write_localisation(out: Path, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Write ``localisation.json`` (per vertebra and ``summarise``) and ``localisation.csv`` into ``out``."""
     summary = summarise(records)
-    write_json(out / "localisation.json", {"vertebrae": records, "summary": summary})
-    columns = ["mass_share", "peak_in_target", "mean_value", "body_fraction", "fractured", "grade", "morphology"]
+    write_json(out / LOCALISATION_FILE, {"vertebrae": records, "summary": summary})
+    columns = ["mass_share", "peak_in_target", "mean_value", "body_fraction", "fracture_mass_share",
+               "peak_on_fracture", "fractured", "grade", "morphology"]
     with atomic_write(out / "localisation.csv", encoding="utf-8") as handle:
         handle.write(",".join(["key", *columns]) + "\n")
         for key, record in records.items():
@@ -261,18 +336,17 @@ def write_localisation(out: Path, records: dict[str, dict[str, Any]]) -> dict[st
     return summary
 
 
-def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, window: tuple[float, float],
-             view_mm: float) -> float:
+def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, slice_input: SliceInput) -> float:
     """Compute and write the map (and PNG) of one crop into ``out``; returns its fracture probability."""
     paths = crop_paths(opt.dataroot, key)
     missing = [str(p) for p in (paths.ct, paths.label) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{key}: crop file not found: {', '.join(missing)}")
     crop = load_crop(opt.dataroot, key)
-    result = cam_volume(model, crop.ct_hu, window, opt.n_slices, opt.batch_size, view_mm,
-                        float(crop.spacing_mm[0]), opt.normalise)
+    result = cam_volume(model, crop, slice_input, opt.n_slices, opt.batch_size, opt.normalise, opt.windows)
     if not opt.no_png:
-        save_montage(out / f"{key}.png", crop.ct_hu, result.volume, result.slice_range, crop.spacing_mm, window,
+        save_montage(out / f"{key}.png", crop.ct_hu, result.volume, result.slice_range, crop.spacing_mm,
+                     slice_input.window,
                      f"{key}  p(fracture) = {result.fracture_probability:.2f}")
     save_nifti(result.volume, crop.affine, out / f"{key}.nii.gz", dtype=np.float32)
     return result.fracture_probability
@@ -288,8 +362,8 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
     seed_everything(opt.seed)
     device = resolve_device(opt.gpu_ids)
     model, checkpoint = load_classifier(checkpoint_path(opt.checkpoints_dir, opt.name), device)
-    window = (float(checkpoint["window_hu"][0]), float(checkpoint["window_hu"][1]))
-    view_mm = float(checkpoint.get("view_mm", 0.0))  # checkpoints written before the view have none
+    slice_input = SliceInput.from_checkpoint(checkpoint)
+    resolve_windows(opt.windows, slice_input)
     out = prepare_output_dir(Path(opt.out) if opt.out is not None else default_cam_dir(opt.dataroot),
                              "attention map folder (--out)")
     keys = list(opt.keys) if opt.keys else list_crop_keys(opt.dataroot)
@@ -304,7 +378,7 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
             skipped.append(key)
             continue
         try:
-            probabilities[key] = _map_one(model, opt, key, out, window, view_mm)
+            probabilities[key] = _map_one(model, opt, key, out, slice_input)
             written.append(key)
         except (OSError, ValueError) as err:
             failed[key] = str(err)
@@ -328,7 +402,7 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
 
 
 __all__ = [
-    "CamResult", "cam_parser", "localisation_records", "vertebra_truth", "write_localisation", "cam_volume",
-    "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
-    "parse_cam_options", "save_montage",
+    "CamResult", "cam_parser", "case_truth", "localisation_records", "vertebra_truth", "write_localisation",
+    "cam_volume", "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
+    "parse_cam_options", "resolve_windows", "save_montage", "vertebra_windows",
 ]

@@ -11,7 +11,14 @@ still counts). :func:`localise` returns
 - ``mean_value``: the map's mean value over the whole array (a map of ones everywhere gives 1); for
   a healthy vertebra, the smaller the better (the generator's attention input is 1 - CAM).
 
-The first two are the measure for fractured vertebrae, the third for healthy ones.
+The first two are the measure for fractured vertebrae, the third for healthy ones. A map that marks
+every fracture of the crop (``grad_CAM_3d_sagittal.py --windows vertebrae``) may rightly peak on a
+fractured neighbour; given the mask of all fractured bodies in the crop (the target's included),
+:func:`localise` also returns
+
+- ``fracture_mass_share``: the map's mass on the fractured bodies (same slack) over its total mass;
+- ``peak_on_fracture``: whether its maximum lies on one of them.
+
 :func:`summarise` aggregates per-vertebra records, overall and per morphology.
 """
 
@@ -25,6 +32,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, generate_binary_structure
 
 DEFAULT_SLACK_VOXELS = 2
+LOCALISATION_FILE = "localisation.json"  # written beside the maps by Attention/grad_CAM_3d_sagittal.py
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class Localisation:
     peak_in_target: bool | None
     mean_value: float
     body_fraction: float
+    fracture_mass_share: float | None = None
+    peak_on_fracture: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,19 +60,27 @@ def target_body(target: np.ndarray, slack_voxels: int = DEFAULT_SLACK_VOXELS) ->
     return binary_dilation(target, structure=structure, iterations=int(slack_voxels))
 
 
-def localise(cam: np.ndarray, target: np.ndarray, slack_voxels: int = DEFAULT_SLACK_VOXELS) -> Localisation:
-    """Localisation of attention map ``cam`` on the boolean ``target`` mask (same shape)."""
+def localise(cam: np.ndarray, target: np.ndarray, slack_voxels: int = DEFAULT_SLACK_VOXELS,
+             fractured: np.ndarray | None = None) -> Localisation:
+    """Localisation of attention map ``cam`` on the boolean ``target`` mask (same shape) and, when the
+    boolean mask of every ``fractured`` body of the crop is given, on the fractures."""
     cam = np.clip(np.asarray(cam, dtype=np.float64), 0.0, None)
     target = np.asarray(target, dtype=bool)
-    if cam.shape != target.shape:
-        raise ValueError(f"attention map of shape {cam.shape} does not match the target mask {target.shape}")
+    for name, mask in (("target", target), ("fractured", fractured)):
+        if mask is not None and np.shape(mask) != cam.shape:
+            raise ValueError(f"attention map of shape {cam.shape} does not match the {name} mask {np.shape(mask)}")
     body = target_body(target, slack_voxels)
     total = float(cam.sum())
     body_fraction = float(body.mean()) if body.size else 0.0
     if total <= 0.0:
         return Localisation(None, None, 0.0, body_fraction)
     peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    return Localisation(float(cam[body].sum()) / total, bool(body[peak]), float(cam.mean()), body_fraction)
+    fracture_share = peak_on_fracture = None
+    if fractured is not None:
+        fracture_bodies = target_body(fractured, slack_voxels)
+        fracture_share, peak_on_fracture = float(cam[fracture_bodies].sum()) / total, bool(fracture_bodies[peak])
+    return Localisation(float(cam[body].sum()) / total, bool(body[peak]), float(cam.mean()), body_fraction,
+                        fracture_share, peak_on_fracture)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -84,6 +102,11 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         summary["fractured"] = {"n": len(fractured), "mean_mass_share": _mean(r["mass_share"] for r in fractured),
                                 "peak_in_target": int(sum(peaks)),
                                 "peak_in_target_fraction": float(np.mean(peaks)) if peaks else None}
+        on_fracture = [r["peak_on_fracture"] for r in fractured if r.get("peak_on_fracture") is not None]
+        if on_fracture:
+            summary["fractured"].update({
+                "mean_fracture_mass_share": _mean(r.get("fracture_mass_share") for r in fractured),
+                "peak_on_fracture": int(sum(on_fracture)), "peak_on_fracture_fraction": float(np.mean(on_fracture))})
     if healthy:
         summary["healthy"] = {"n": len(healthy), "mean_value": _mean(r["mean_value"] for r in healthy)}
     if unknown:
@@ -111,6 +134,9 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
             f = part["fractured"]
             text.append(f"fractured: peak in target {f['peak_in_target']}/{f['n']}, "
                         f"mean mass share {_fmt(f['mean_mass_share'])}")
+            if "peak_on_fracture" in f:
+                text.append(f"peak on a fractured body (target or neighbour) {f['peak_on_fracture']}/{f['n']}, "
+                            f"mean mass share on fractured bodies {_fmt(f['mean_fracture_mass_share'])}")
         if "healthy" in part:
             text.append(f"healthy: mean map value {_fmt(part['healthy']['mean_value'])}")
         if "unknown" in part:
@@ -125,5 +151,5 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-__all__ = ["DEFAULT_SLACK_VOXELS", "Localisation", "aggregate", "localise", "summarise", "summary_lines",
-           "target_body"]
+__all__ = ["DEFAULT_SLACK_VOXELS", "LOCALISATION_FILE", "Localisation", "aggregate", "localise", "summarise",
+           "summary_lines", "target_body"]

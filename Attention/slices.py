@@ -11,6 +11,13 @@ With a *view* of ``view_mm`` > 0, each slice keeps only its central rows spannin
 is centred on the target, so the view is the target and its discs): in a crop of five vertebrae the
 label of the centre one is ambiguous when a neighbour is fractured; in the view it is not. ``view_mm``
 0 keeps whole slices (the published code's input).
+
+With a *vertebra margin* of ``margin_mm`` >= 0, every voxel farther than ``margin_mm`` from a labelled
+vertebra is set to the window's lower bound (air) before windowing, so the classifier sees the
+vertebrae and their endplates' surroundings, not the ribs, organs and soft tissue; ``None`` keeps the
+whole slice (the published code's input). :class:`SliceInput` holds the window, the view and the
+margin: one object, recorded in the classifier checkpoint, builds the slices for training and for the
+attention maps.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -51,17 +60,65 @@ def view_rows(n_rows: int, row_spacing_mm: float, view_mm: float) -> tuple[int, 
     return central_sagittal_slices(n_rows, max(1, int(round(view_mm / row_spacing_mm))))
 
 
+def vertebra_neighbourhood(label_map: np.ndarray, spacing_mm: Sequence[float], margin_mm: float) -> np.ndarray:
+    """Boolean mask of the voxels at most ``margin_mm`` (Euclidean, in mm with the voxel ``spacing_mm``
+    per axis) from a labelled voxel (label > 0) of ``label_map``; all False when nothing is labelled."""
+    labelled = np.asarray(label_map) > 0
+    if not labelled.any():
+        return labelled
+    return distance_transform_edt(~labelled, sampling=[float(s) for s in spacing_mm]) <= float(margin_mm)
+
+
 def sagittal_slices(ct_hu: np.ndarray, slice_indices: Sequence[int],
                     window: tuple[float, float] = DEFAULT_WINDOW_HU,
-                    rows: tuple[int, int] | None = None) -> np.ndarray:
+                    rows: tuple[int, int] | None = None, keep: np.ndarray | None = None) -> np.ndarray:
     """Windowed sagittal slices ``ct[rows[0]:rows[1], :, z]`` as float32 (N, 1, rows, D1) in [-1, 1].
 
     ``ct_hu`` is a crop (S->I, A->P, R->L) in HU; rows of each slice run S->I, columns A->P;
-    ``rows`` None: all rows.
+    ``rows`` None: all rows. ``keep`` (boolean, the crop's shape): voxels outside it become -1 (the
+    window's lower bound).
     """
     start, stop = rows if rows is not None else (0, np.shape(ct_hu)[0])
-    picked = np.asarray(ct_hu)[start:stop, :, list(slice_indices)]
-    return np.ascontiguousarray(np.moveaxis(window_hu(picked, window), 2, 0)[:, None])
+    picked = window_hu(np.asarray(ct_hu)[start:stop, :, list(slice_indices)], window)
+    if keep is not None:
+        picked = np.where(np.asarray(keep)[start:stop, :, list(slice_indices)], picked, np.float32(-1.0))
+    return np.ascontiguousarray(np.moveaxis(picked, 2, 0)[:, None])
+
+
+@dataclass(frozen=True)
+class SliceInput:
+    """What the classifier sees of a crop: HU ``window`` mapped to [-1, 1], the central ``view_mm`` of
+    the rows (0: all rows) and, with ``margin_mm`` not None, only the voxels within ``margin_mm`` of a
+    labelled vertebra (the rest set to air)."""
+
+    window: tuple[float, float] = DEFAULT_WINDOW_HU
+    view_mm: float = 0.0
+    margin_mm: float | None = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> SliceInput:
+        """The input of a classifier checkpoint (written before the view or the margin: none)."""
+        margin = checkpoint.get("vertebra_margin_mm")
+        return cls((float(checkpoint["window_hu"][0]), float(checkpoint["window_hu"][1])),
+                   float(checkpoint.get("view_mm", 0.0)), None if margin is None else float(margin))
+
+    def rows(self, n_rows: int, row_spacing_mm: float) -> tuple[int, int]:
+        """``(start, stop)`` of the viewed rows of a crop with ``n_rows`` rows ``row_spacing_mm`` apart."""
+        return view_rows(n_rows, row_spacing_mm, self.view_mm)
+
+    def keep_mask(self, label_map: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray | None:
+        """The voxels the classifier sees (None: all)."""
+        if self.margin_mm is None:
+            return None
+        return vertebra_neighbourhood(label_map, spacing_mm, self.margin_mm)
+
+    def slices(self, ct_hu: np.ndarray, label_map: np.ndarray, spacing_mm: Sequence[float],
+               slice_indices: Sequence[int], rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Classifier input (N, 1, rows, D1) of the sagittal slices ``slice_indices`` of a crop (S->I, A->P,
+        R->L; HU and labels), on ``rows`` (default: the view centred in the crop)."""
+        if rows is None:
+            rows = self.rows(np.shape(ct_hu)[0], float(spacing_mm[0]))
+        return sagittal_slices(ct_hu, slice_indices, self.window, rows, self.keep_mask(label_map, spacing_mm))
 
 
 def body_slice_indices(label_map: np.ndarray, label: int, start: int, stop: int, min_body_px: int) -> list[int]:
@@ -81,10 +138,8 @@ class VertebraSlices:
 
 
 def load_vertebra_slices(dataroot: str | Path, grades: dict[str, int], fracture_grade: int, n_slices: int,
-                         min_body_px: int, window: tuple[float, float], view_mm: float = 0.0,
-                         ) -> tuple[list[VertebraSlices], list[str]]:
-    """Windowed sagittal slices of every vertebra in ``grades`` (key -> Genant grade), the central
-    ``view_mm`` of their rows (0: all rows).
+                         min_body_px: int, slice_input: SliceInput) -> tuple[list[VertebraSlices], list[str]]:
+    """Classifier input slices (``slice_input``) of every vertebra in ``grades`` (key -> Genant grade).
 
     Returns the loaded vertebrae and the keys skipped because no central slice holds
     ``min_body_px`` voxels of the body. A missing or unreadable crop raises an error naming the
@@ -100,8 +155,7 @@ def load_vertebra_slices(dataroot: str | Path, grades: dict[str, int], fracture_
             LOGGER.warning("%s: no central sagittal slice has %d body voxels; vertebra skipped", key, min_body_px)
             skipped.append(key)
             continue
-        rows = view_rows(crop.ct_hu.shape[0], float(crop.spacing_mm[0]), view_mm)
-        slices = sagittal_slices(crop.ct_hu, indices, window, rows)[:, 0].astype(np.float16)
+        slices = slice_input.slices(crop.ct_hu, crop.label_map, crop.spacing_mm, indices)[:, 0].astype(np.float16)
         vertebrae.append(VertebraSlices(key, grade, grade >= fracture_grade, slices))
     shapes = {v.slices.shape[1:] for v in vertebrae}
     if len(shapes) > 1:
@@ -169,6 +223,6 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     ])
 
 
-__all__ = ["SliceDataset", "VertebraSlices", "body_slice_indices", "central_sagittal_slices", "load_vertebra_slices",
-           "loss_class_weights", "random_shift", "random_vertical_flip", "sagittal_slices", "sample_weights",
-           "view_rows"]
+__all__ = ["SliceDataset", "SliceInput", "VertebraSlices", "body_slice_indices", "central_sagittal_slices",
+           "load_vertebra_slices", "loss_class_weights", "random_shift", "random_vertical_flip", "sagittal_slices",
+           "sample_weights", "vertebra_neighbourhood", "view_rows"]

@@ -27,6 +27,7 @@ from Attention.checkpoint import checkpoint_path, save_classifier, training_crop
 from Attention.networks import ARCHS, FRACTURE_CLASS, build_classifier
 from Attention.slices import (
     SliceDataset,
+    SliceInput,
     VertebraSlices,
     load_vertebra_slices,
     loss_class_weights,
@@ -125,6 +126,10 @@ def classifier_parser() -> argparse.ArgumentParser:
                         help="classify only the central rows of each slice spanning this many mm (the target "
                              "vertebra and its discs: a fractured neighbour then no longer makes the target's label "
                              "ambiguous, and the attention maps stay on the target); 0: whole slices, as published")
+    parser.add_argument("--vertebra_margin_mm", type=float, default=None,
+                        help="classify only the voxels within this many mm of a labelled vertebra (the rest set to "
+                             "air): the classifier then answers from the vertebrae, not from ribs, organs and soft "
+                             "tissue, and its attention maps stay on them; default: whole slices, as published")
     parser.add_argument("--hu_window", type=float, nargs=2, default=list(DEFAULT_WINDOW_HU), metavar=("LOW", "HIGH"),
                         help="HU window mapped to [-1, 1]")
     parser.add_argument("--balance", choices=("sampler", "loss"), default="sampler",
@@ -174,6 +179,8 @@ def parse_classifier_options(argv: Sequence[str] | None = None) -> argparse.Name
         parser.error("--n_epochs + --n_epochs_decay must be >= 1")
     if opt.view_mm < 0:
         parser.error("--view_mm must be >= 0")
+    if opt.vertebra_margin_mm is not None and opt.vertebra_margin_mm < 0:
+        parser.error("--vertebra_margin_mm must be >= 0")
     if opt.hu_window[1] <= opt.hu_window[0]:
         parser.error("--hu_window: HIGH must exceed LOW")
     if opt.split_json is None:
@@ -224,11 +231,12 @@ def train_classifier(opt: argparse.Namespace) -> dict[str, Any]:
     split = read_split(opt.split_json)
     require_listed_crops(opt.dataroot, sorted({*split["train"], *split["val"]}), opt.split_json)
     out_dir = prepare_output_dir(Path(opt.checkpoints_dir) / opt.name, "classifier folder (--checkpoints_dir/--name)")
-    window = (float(opt.hu_window[0]), float(opt.hu_window[1]))
+    slice_input = SliceInput((float(opt.hu_window[0]), float(opt.hu_window[1])), float(opt.view_mm),
+                             opt.vertebra_margin_mm)
     train_set, skipped_train = load_vertebra_slices(opt.dataroot, split["train"], opt.fracture_grade, opt.n_slices,
-                                                    opt.min_body_px, window, opt.view_mm)
+                                                    opt.min_body_px, slice_input)
     val_set, skipped_val = load_vertebra_slices(opt.dataroot, split["val"], opt.fracture_grade, opt.n_slices,
-                                                opt.min_body_px, window, opt.view_mm)
+                                                opt.min_body_px, slice_input)
     _require_both_classes(train_set, opt.split_json, opt.fracture_grade)
     if not val_set:
         LOGGER.warning("%s: no usable 'val' vertebra; validation metrics are not computed", opt.split_json)

@@ -57,13 +57,14 @@ def attention_on_target(cam_slice: np.ndarray, target: np.ndarray) -> float | No
     return localise(cam_slice, target).mass_share
 
 
-def attention_title(cam_slice: np.ndarray, target: np.ndarray) -> str:
+def attention_title(cam_slice: np.ndarray, target: np.ndarray, fractured: bool = True) -> str:
     """Panel title: the map's maximum, how much of it lies on the target body and whether its peak does
-    (``Attention.localisation.localise``), flagged when less than half of it or its peak misses the body."""
+    (``Attention.localisation.localise``); for a ``fractured`` target flagged when less than half of it
+    or its peak misses the body (a healthy target's map should be weak, wherever it lies)."""
     measure = localise(cam_slice, target)
     if measure.mass_share is None:
         return "attention: none (all zero)"
-    misses = measure.mass_share < ATTENTION_ON_TARGET or not measure.peak_in_target
+    misses = fractured and (measure.mass_share < ATTENTION_ON_TARGET or not measure.peak_in_target)
     flag = "  MISSES TARGET" if misses else ""
     peak = "peak on target" if measure.peak_in_target else "peak off target"
     return f"attention max {float(np.max(cam_slice)):.2f}, {peak}\n{100 * measure.mass_share:.0f}% on target{flag}"
@@ -93,7 +94,7 @@ def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Examp
         ct_axis.contour(crop.label_map[:, :, z] == crop.label, levels=[0.5], colors="yellow", linewidths=0.8)
         cam_axis = figure.add_subplot(2, len(panels), len(panels) + column + 1)
         _show(cam_axis, crop.ct_hu[:, :, z], spacing,
-              attention_title(cam[:, :, z], crop.label_map[:, :, z] == crop.label),
+              attention_title(cam[:, :, z], crop.label_map[:, :, z] == crop.label, example.grade > 0),
               cmap="gray", vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
         cam_axis.imshow(cam[:, :, z], aspect=spacing[0] / spacing[1], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
     figure.tight_layout()

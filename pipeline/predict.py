@@ -68,6 +68,8 @@ class PredictSettings(FromOptions):
     body_mask: Path | None = None
     grader: Path | None = None
     classifier: str | None = None
+    cam_normalise: str = "slice"
+    cam_windows: str = "auto"
     checkpoints_dir: Path = Path("checkpoints")
     epoch: str = "latest"
     gpu_ids: str = "-1"
@@ -200,7 +202,7 @@ def _attention_maps(settings: PredictSettings, dataroot: Path, out: Path) -> dic
 
     opt = parse_cam_options(["--dataroot", str(dataroot), "--name", str(settings.classifier), "--checkpoints_dir",
                              str(settings.checkpoints_dir), "--out", str(out), "--gpu_ids", settings.gpu_ids,
-                             "--no_png"])
+                             "--normalise", settings.cam_normalise, "--windows", settings.cam_windows, "--no_png"])
     return dict(generate_maps(opt)["failed"])
 
 

@@ -25,7 +25,9 @@ class DemoConfig:
     """Sizes and budgets of one demo run (every field maps to a flag of one pipeline script).
 
     crop_size: straightened crop shape (S->I, A->P, R->L voxels); spacing_mm: isotropic crop voxel size.
-    classifier_*: Attention/train_classifier.py; cam_slices: Attention/grad_CAM_3d_sagittal.py;
+    classifier_*: Attention/train_classifier.py (a 40 mm view of the target and only the voxels within 4 mm of a
+    vertebra, docs/design.md, 'Attention classifier'; view 0 and margin None: the published whole slices);
+    cam_*: Attention/grad_CAM_3d_sagittal.py;
     gan_*: train.py (epochs = passes over the healthy training vertebrae, one slice each);
     svm_folds: evaluation/SVM_grading.py --n_splits. compare: also run the baselines (``--compare``):
     aot_*: train.py --model aotgan (same epochs and batch as HealthiVert-GAN); grader_*:
@@ -37,11 +39,15 @@ class DemoConfig:
     seed: int = 1
     crop_size: tuple[int, int, int] = (64, 64, 32)
     spacing_mm: float = 2.0
-    classifier_epochs: int = 4
-    classifier_epochs_decay: int = 4
+    classifier_epochs: int = 10
+    classifier_epochs_decay: int = 10
     classifier_slices: int = 16
     classifier_slices_per_vertebra: int = 8
+    classifier_view_mm: float = 40.0
+    classifier_vertebra_margin_mm: float | None = 4.0
     cam_slices: int = 16
+    cam_normalise: str = "volume"
+    cam_windows: str = "vertebrae"
     gan_ngf: int = 8
     gan_ndf: int = 16
     gan_batch_size: int = 4

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from Attention.localisation import LOCALISATION_FILE, summary_lines
 from data.crops import split_of
 from evaluation.phantom_truth import GRADES, accuracy_summary, restrict_to_common, subsets, threshold_confusion
 from pipeline.figures import attention_figure, loss_figure, scatter_figure, synthesis_figure
@@ -29,6 +30,14 @@ from pipeline.run import PipelineRun
 from util.fileio import read_json
 from util.html import html_document, write_html
 
+
+def localisation_section(path: Path) -> str:
+    """Where the cohort's attention maps point (``grad_CAM_3d_sagittal.py``'s ``localisation.json``), as a
+    preformatted block; a note when the maps have no such summary."""
+    if not path.is_file():
+        return "<p class='missing'>(no localisation summary of the attention maps)</p>"
+    lines = summary_lines(read_json(path)["summary"])
+    return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
 
 def cohort_section(truth: pd.DataFrame, run: PipelineRun, split: dict[str, dict[str, int]] | None) -> str:
     """One row per case: split, orientation, spacing, vertebrae and the fractures with their truth."""
@@ -205,12 +214,11 @@ def build_html(run: PipelineRun, summary: dict[str, Any], data: ReportData) -> s
     sections.append(("Straightened crops and attention maps",
                      "<p>Mid-sagittal slice of the straightened CT crop (superior at the top, anterior on the left; "
                      "the target body outlined in yellow) and the classifier's Grad-CAM++ map, titled with the share "
-                     "of the map on the target body.</p>"
-                     "<p class='warn'>Known limitation: Grad-CAM++ of a small classifier often puts its attention "
-                     "outside the fractured body (on an endplate, a neighbour or the background); panels marked "
-                     "MISSES TARGET show it. There the generator's 1 &minus; CAM input does not mark the fractured "
-                     "region as unreliable, so the synthesis may keep part of the fracture: read those vertebrae's "
-                     "RHLV with care.</p>"
+                     "of the map on the target body. Each vertebra's map is weighted by its fracture probability, "
+                     "so a fractured neighbour is marked too: the generator reads 1 &minus; CAM outside the masked "
+                     "band and so trusts the healthy neighbours more than the fractured ones. A fractured target "
+                     "whose map misses its body is marked MISSES TARGET.</p>"
+                     + localisation_section(paths.heatmap / LOCALISATION_FILE)
                      + image_tag(figure_data_uri(attention) if attention else None, "crops and attention maps")))
     synthesis = synthesis_figure(paths.dataroot, paths.results, examples) if examples else None
     sections.append(("Original vs pseudo-healthy",

@@ -13,6 +13,8 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
     p = paths
     device = ["--gpu_ids", gpu_ids]
     crop = [str(n) for n in config.crop_size]
+    margin = ([] if config.classifier_vertebra_margin_mm is None
+              else ["--vertebra_margin_mm", str(config.classifier_vertebra_margin_mm)])
     gan_common = ["--dataroot", str(p.dataroot), "--split_json", str(p.split_json), "--cam_dir", str(p.heatmap),
                   "--name", p.name, "--checkpoints_dir", str(p.checkpoints), "--ngf", str(config.gan_ngf),
                   "--seed", str(config.seed), "--num_threads", "0", *device]  # progress bars feed the heartbeat
@@ -33,13 +35,14 @@ def build_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list[Step
               "--n_epochs", str(config.classifier_epochs), "--n_epochs_decay", str(config.classifier_epochs_decay),
               "--n_slices", str(config.classifier_slices),
               "--slices_per_vertebra", str(config.classifier_slices_per_vertebra),
+              "--view_mm", str(config.classifier_view_mm), *margin,
               "--seed", str(config.seed), *device],
              f"{p.checkpoints / CLASSIFIER_NAME}/classifier.pth", (p.dataroot / "label",),
              (p.checkpoints / CLASSIFIER_NAME / "classifier.pth",)),
         Step("attention maps", "Attention/grad_CAM_3d_sagittal.py",
              ["--dataroot", str(p.dataroot), "--name", CLASSIFIER_NAME, "--checkpoints_dir", str(p.checkpoints),
-              "--out", str(p.heatmap), "--n_slices", str(config.cam_slices), "--no_png", "--seed", str(config.seed),
-              *device],
+              "--out", str(p.heatmap), "--n_slices", str(config.cam_slices), "--normalise", config.cam_normalise,
+              "--windows", config.cam_windows, "--no_png", "--seed", str(config.seed), *device],
              f"{p.heatmap}/<key>.nii.gz", (p.checkpoints / CLASSIFIER_NAME / "classifier.pth",), (p.heatmap,)),
         Step("training", "train.py",
              [*gan_common, "--ndf", str(config.gan_ndf), "--batch_size", str(config.gan_batch_size),

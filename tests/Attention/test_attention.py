@@ -10,13 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from Attention.cam import cam_volume, fracture_cam, generate_maps, minmax_per_slice, parse_cam_options
+from Attention.cam import (
+    cam_volume,
+    fracture_cam,
+    generate_maps,
+    minmax_per_slice,
+    parse_cam_options,
+    resolve_windows,
+    vertebra_windows,
+)
 from Attention.checkpoint import checkpoint_path, load_classifier
 from Attention.grad_CAM_3d_sagittal import main as grad_cam_main
 from Attention.networks import build_classifier
-from Attention.slices import central_sagittal_slices, sagittal_slices
+from Attention.slices import SliceInput, central_sagittal_slices, sagittal_slices
 from Attention.training import parse_classifier_options, train_classifier
-from data.crops import crop_affine, crop_paths, load_crop, write_crop
+from data.crops import Crop, crop_affine, crop_paths, load_crop, write_crop
 from data.labels import split_key, vertebra_name
 
 CROP_SIZE = (64, 48, 40)  # (S->I, A->P, R->L) voxels; 40 slices so that 10 lie outside the central 30
@@ -79,6 +87,13 @@ def write_synthetic_cohort(root: Path, n_cases: int, seed: int) -> dict[str, dic
     return split
 
 
+def synthetic_crop_object(rng: np.random.Generator, target_label: int, fractured: set[int]) -> Crop:
+    """:func:`synthetic_crop` as a ``data.crops.Crop`` (1 mm voxels)."""
+    ct, labels = synthetic_crop(rng, target_label, fractured)
+    affine = crop_affine(SPACING_MM, np.zeros(3), CROP_SIZE)
+    return Crop(split_key("syn", target_label), "syn", target_label, labels, ct, affine, {})
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> dict[str, Path]:
     """A synthetic straightened cohort, its split JSON and a briefly trained small classifier."""
@@ -120,9 +135,9 @@ def test_minmax_per_slice():
 def test_cam_volume_on_both_archs(arch):
     torch.manual_seed(0)
     model = build_classifier(arch).eval()
-    ct, _ = synthetic_crop(np.random.default_rng(0), 21, {21})
-    result = cam_volume(model, ct, (-300.0, 800.0), n_slices=6, batch_size=4)
-    assert result.volume.shape == ct.shape and result.volume.dtype == np.float32
+    crop = synthetic_crop_object(np.random.default_rng(0), 21, {21})
+    result = cam_volume(model, crop, SliceInput((-300.0, 800.0)), n_slices=6, batch_size=4)
+    assert result.volume.shape == crop.ct_hu.shape and result.volume.dtype == np.float32
     assert result.slice_range == (17, 23)
     assert np.all(result.volume[:, :, :17] == 0) and np.all(result.volume[:, :, 23:] == 0)
     assert 0.0 <= result.volume.min() and result.volume.max() <= 1.0
@@ -142,10 +157,76 @@ def test_volume_normalisation_keeps_relative_strength_and_the_view_limits_the_ma
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
     with pytest.raises(ValueError, match="unknown CAM normalisation 'max'"):
         fracture_cam(model, images, 4, "max")
-    result = cam_volume(model, ct, (-300.0, 800.0), n_slices=6, batch_size=4, view_mm=24.0, row_spacing_mm=1.0,
-                        normalise="volume")
+    crop = synthetic_crop_object(np.random.default_rng(1), 21, {21})
+    result = cam_volume(model, crop, SliceInput((-300.0, 800.0), view_mm=24.0), n_slices=6, batch_size=4,
+                        normalise="volume", windows="target")
     assert np.all(result.volume[:20] == 0) and np.all(result.volume[44:] == 0)  # central 24 of 64 rows
     assert result.volume[20:44, :, 17:23].max() == pytest.approx(1.0)
+
+
+def test_vertebra_windows_are_the_view_moved_to_each_whole_vertebra():
+    labels = np.zeros((64, 8, 4), dtype=np.uint8)
+    labels[0:6] = 19  # touches the first row: truncated by the crop, no window
+    labels[10:24] = 20  # mean row 16.5
+    labels[26:40] = 21  # the target, mean row 32.5
+    labels[42:56] = 22  # mean row 48.5
+    labels[58:63] = 23  # its window would end at row 68 > 64
+    assert vertebra_windows(labels, 21, (22, 42)) == {21: (22, 42), 20: (6, 26), 22: (38, 58)}
+    assert vertebra_windows(labels, 30, (22, 42)) == {30: (22, 42)}  # target absent: only its own view
+
+
+def test_windows_choice_follows_the_classifier_view():
+    assert resolve_windows("auto", SliceInput(view_mm=40.0)) == "vertebrae"
+    assert resolve_windows("auto", SliceInput()) == "target"
+    assert resolve_windows("target", SliceInput(view_mm=40.0)) == "target"
+    with pytest.raises(ValueError, match="needs a classifier trained with --view_mm"):
+        resolve_windows("vertebrae", SliceInput())
+    with pytest.raises(ValueError, match="unknown --windows 'all'"):
+        resolve_windows("all", SliceInput(view_mm=40.0))
+
+
+class _FixedProbability(torch.nn.Module):
+    """A classifier whose fracture logit is a per-image constant read off the image's mean (for tests):
+    brighter windows are 'more fractured'; its feature map ``layer4`` is the image itself (a 1x1
+    convolution of weight 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        identity = torch.nn.Conv2d(1, 1, 1)
+        torch.nn.init.ones_(identity.weight)
+        torch.nn.init.zeros_(identity.bias)
+        self.layer4 = torch.nn.Sequential(identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.layer4(x)
+        score = 8.0 * features.mean(dim=(1, 2, 3))
+        return torch.stack([-score, score], dim=1)
+
+
+def test_vertebra_windows_weight_each_map_by_that_vertebras_fracture_probability():
+    crop = synthetic_crop_object(np.random.default_rng(2), 21, {21})
+    view = SliceInput((-300.0, 800.0), view_mm=20.0)
+    model = _FixedProbability().eval()
+    result = cam_volume(model, crop, view, n_slices=6, batch_size=4, normalise="volume", windows="vertebrae")
+    assert set(result.vertebra_probability) == {20, 21, 22}
+    assert result.fracture_probability == result.vertebra_probability[21]
+    alone = cam_volume(model, crop, view, n_slices=6, batch_size=4, normalise="volume", windows="target")
+    assert alone.fracture_probability == pytest.approx(result.fracture_probability)
+    target_rows = view.rows(CROP_SIZE[0], 1.0)
+    windows = vertebra_windows(crop.label_map, 21, target_rows)
+    for label, (start, stop) in windows.items():
+        own = result.volume[start:stop, :, 17:23]  # each window's peak is its vertebra's probability
+        outside_others = np.ones(CROP_SIZE[0], dtype=bool)
+        for other, (o_start, o_stop) in windows.items():
+            if other != label:
+                outside_others[o_start:o_stop] = False
+        rows = np.flatnonzero(outside_others[start:stop])
+        assert own[rows].max() <= result.vertebra_probability[label] + 1e-6
+    assert result.volume.max() == pytest.approx(max(result.vertebra_probability.values()), rel=1e-5)
+    outside = np.ones(CROP_SIZE[0], dtype=bool)
+    for start, stop in windows.values():
+        outside[start:stop] = False
+    assert np.all(result.volume[outside] == 0)
 
 
 def test_training_writes_weights_only_checkpoint_and_metrics(cohort):
@@ -202,7 +283,8 @@ def test_maps_follow_the_checkpoint_view(cohort, tmp_path):
     checkpoint_path(viewed, "syn").parent.mkdir(parents=True)
     torch.save(state, checkpoint_path(viewed, "syn"))
     key = split_key("syn002", 22)
-    opt = cam_options(cohort, tmp_path / "heatmap", "--keys", key, "--no_png", "--normalise", "volume")
+    opt = cam_options(cohort, tmp_path / "heatmap", "--keys", key, "--no_png", "--normalise", "volume",
+                      "--windows", "target")
     opt.checkpoints_dir = viewed
     generate_maps(opt)
     cam = np.asarray(nib.load(tmp_path / "heatmap" / f"{key}.nii.gz").dataobj)

@@ -17,11 +17,10 @@ import pytest
 import torch
 
 from Attention.checkpoint import checkpoint_path, load_classifier
-from Attention.slices import load_vertebra_slices
+from Attention.slices import SliceInput, load_vertebra_slices
 from Attention.training import evaluate
 from data.aligned_dataset import AlignedDataset
 from data.crops import list_crop_keys, load_crop, read_split
-from data.image_io import DEFAULT_WINDOW_HU
 from data.labels import split_key
 from data.phantoms.cohort import make_cohort
 from straighten.pipeline import straighten_root
@@ -88,7 +87,7 @@ def test_classifier_separates_held_out_phantoms(trained):
     model, checkpoint = load_classifier(checkpoint_path(trained["checkpoints"], "phantom_cls"))
     assert checkpoint["arch"] == "small"
     vertebrae, skipped = load_vertebra_slices(trained["dataroot"], held_out(trained["split_json"]), 1, N_SLICES,
-                                              50, DEFAULT_WINDOW_HU)
+                                              50, SliceInput.from_checkpoint(checkpoint))
     assert not skipped
     metrics = evaluate(model, vertebrae, torch.device("cpu"), 16)
     assert metrics["n_fractured"] >= 4 and metrics["n_healthy"] >= 4

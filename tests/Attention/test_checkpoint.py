@@ -10,10 +10,11 @@ import torch
 
 from Attention.checkpoint import checkpoint_path, load_classifier, plain_options, save_classifier
 from Attention.networks import build_classifier
+from Attention.slices import SliceInput
 
 
 def _options() -> argparse.Namespace:
-    return argparse.Namespace(arch="small", hu_window=[-1000.0, 2000.0], view_mm=40.0,
+    return argparse.Namespace(arch="small", hu_window=[-1000.0, 2000.0], view_mm=40.0, vertebra_margin_mm=4.0,
                               dataroot=Path("d/straightened"), n_slices=30)
 
 
@@ -27,7 +28,10 @@ def test_round_trip_predicts_the_same(tmp_path):
                     crop_geometry={"crop_size": [64, 48, 40], "crop_spacing_mm": [1.0, 1.0, 1.0]})
     raw = torch.load(path, weights_only=True)
     assert raw["epoch"] == 3 and raw["window_hu"] == [-1000.0, 2000.0] and raw["crop_size"] == [64, 48, 40]
-    assert raw["view_mm"] == 40.0
+    assert raw["view_mm"] == 40.0 and raw["vertebra_margin_mm"] == 4.0
+    assert SliceInput.from_checkpoint(raw) == SliceInput((-1000.0, 2000.0), 40.0, 4.0)
+    older = {k: v for k, v in raw.items() if k not in ("view_mm", "vertebra_margin_mm")}
+    assert SliceInput.from_checkpoint(older) == SliceInput((-1000.0, 2000.0), 0.0, None)  # whole slices
     assert raw["options"]["dataroot"] == "d/straightened" and "fracture_probability" not in raw["metrics"]
     loaded, checkpoint = load_classifier(path)
     images = torch.randn(2, 1, 32, 32)

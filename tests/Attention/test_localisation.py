@@ -37,6 +37,26 @@ def test_map_on_the_neighbour_has_share_zero_and_peak_out() -> None:
     assert measure.peak_in_target is False
 
 
+def test_a_map_on_a_fractured_neighbour_counts_as_on_a_fracture_not_on_the_target() -> None:
+    target, neighbour = target_and_neighbour()
+    cam = np.where(neighbour, 0.9, 0.0) + np.where(target, 0.3, 0.0)
+    both = localise(cam, target, fractured=target | neighbour)
+    target_mass, neighbour_mass = 0.3 * target.sum(), 0.9 * neighbour.sum()
+    assert both.mass_share == pytest.approx(target_mass / (target_mass + neighbour_mass))
+    assert both.peak_in_target is False and both.peak_on_fracture is True
+    assert both.fracture_mass_share == pytest.approx(1.0)
+    healthy_neighbour = localise(cam, target, fractured=target)  # only the target is fractured
+    assert healthy_neighbour.peak_on_fracture is False
+    assert healthy_neighbour.fracture_mass_share == pytest.approx(healthy_neighbour.mass_share)
+    assert localise(cam, target).peak_on_fracture is None  # no truth: not measured
+    with pytest.raises(ValueError, match="fractured mask"):
+        localise(cam, target, fractured=np.zeros((4, 4), dtype=bool))
+    summary = aggregate([{**both.as_dict(), "fractured": True}, {**healthy_neighbour.as_dict(), "fractured": True}])
+    assert summary["fractured"]["peak_on_fracture"] == 1 and summary["fractured"]["peak_in_target"] == 0
+    assert summary["fractured"]["mean_fracture_mass_share"] == pytest.approx(
+        (1.0 + healthy_neighbour.fracture_mass_share) / 2)
+
+
 def test_uniform_map_share_is_the_volume_fraction_of_the_dilated_body() -> None:
     target, _ = target_and_neighbour()
     measure = localise(np.full(SHAPE, 0.3), target, slack_voxels=2)
@@ -86,3 +106,4 @@ def test_report_panels_use_the_same_measure() -> None:
     assert "peak on target" in attention_title(cam, target) and "MISSES" not in attention_title(cam, target)
     cam[0, 0] = 1.5  # the peak moves off the body
     assert "peak off target" in attention_title(cam, target) and "MISSES TARGET" in attention_title(cam, target)
+    assert "MISSES TARGET" not in attention_title(cam, target, fractured=False)  # a healthy target: no flag

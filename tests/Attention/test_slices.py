@@ -8,6 +8,7 @@ import torch
 
 from Attention.slices import (
     SliceDataset,
+    SliceInput,
     VertebraSlices,
     body_slice_indices,
     central_sagittal_slices,
@@ -16,6 +17,7 @@ from Attention.slices import (
     random_vertical_flip,
     sagittal_slices,
     sample_weights,
+    vertebra_neighbourhood,
     view_rows,
 )
 
@@ -53,6 +55,30 @@ def test_sagittal_slices_keep_rows_superior_inferior_and_window():
     assert np.all(images[0, 0, 0] == 1.0) and np.all(images[0, 0, 1:] == -1.0) and np.all(images[1] == -1.0)
     rows = sagittal_slices(ct, [2], window=(-1000.0, 3000.0), rows=(0, 2))
     assert rows.shape == (1, 1, 2, 3) and np.all(rows[0, 0, 0] == 1.0) and np.all(rows[0, 0, 1] == -1.0)
+
+
+def test_vertebra_neighbourhood_is_a_distance_in_mm_per_axis():
+    labels = np.zeros((9, 9, 9), dtype=np.uint8)
+    labels[4, 4, 4] = 20
+    near = vertebra_neighbourhood(labels, (1.0, 2.0, 3.0), margin_mm=2.5)
+    assert near[4, 4, 4] and near[6, 4, 4] and not near[7, 4, 4]  # 2 mm in, 3 mm out along S->I
+    assert near[4, 5, 4] and not near[4, 6, 4]  # 2 mm in, 4 mm out along A->P
+    assert not near[4, 4, 5]  # 3 mm along R->L
+    assert near[5, 5, 4] == (np.hypot(1.0, 2.0) <= 2.5)
+    assert not vertebra_neighbourhood(np.zeros((3, 3, 3)), (1.0, 1.0, 1.0), 5.0).any()
+
+
+def test_slice_input_sets_voxels_far_from_the_vertebrae_to_air_and_keeps_the_view():
+    ct = np.full((20, 6, 4), 500.0, dtype=np.float32)
+    labels = np.zeros(ct.shape, dtype=np.uint8)
+    labels[8:12, 2:4, :] = 20
+    whole = SliceInput((-1000.0, 1000.0)).slices(ct, labels, (2.0, 2.0, 2.0), [1])
+    assert whole.shape == (1, 1, 20, 6) and np.allclose(whole, 0.5)
+    masked = SliceInput((-1000.0, 1000.0), view_mm=16.0, margin_mm=2.0).slices(ct, labels, (2.0, 2.0, 2.0), [1, 2])
+    assert masked.shape == (2, 1, 8, 6)  # 16 mm = 8 central rows (6..14)
+    kept = vertebra_neighbourhood(labels, (2.0, 2.0, 2.0), 2.0)[6:14, :, 1]
+    assert np.allclose(masked[0, 0][kept], 0.5) and np.all(masked[0, 0][~kept] == -1.0)
+    assert kept[2:6, 1:5].all() and not kept[0].any() and not kept[:, 0].any()
 
 
 def _vertebrae(counts: list[tuple[bool, int]]) -> list[VertebraSlices]:

@@ -63,10 +63,12 @@ def test_loss_figure_plots_each_logged_term_against_iterations(small_run: Pipeli
 def test_attention_panels_show_the_localisation_of_each_example(small_run: PipelineRun, tmp_path: Path) -> None:
     examples = _examples(small_run)
     heatmaps = tmp_path / "heatmap"
-    for number, example in enumerate(examples):  # the first example's map points below the body
+    fractured_miss = next(i for i, e in enumerate(examples) if e.grade > 0)
+    healthy_miss = next(i for i, e in enumerate(examples) if e.grade == 0)
+    for number, example in enumerate(examples):  # two examples' maps point below the body
         crop = load_crop(small_run.paths.dataroot, example.key)
         cam = np.zeros(crop.label_map.shape, dtype=np.float32)
-        if number == 0:
+        if number in (fractured_miss, healthy_miss):
             cam[58:62] = 1.0  # rows far below the target (and the stray target voxels near row 2)
         else:
             cam[crop.label_map == crop.label] = 1.0
@@ -76,8 +78,10 @@ def test_attention_panels_show_the_localisation_of_each_example(small_run: Pipel
     assert len(titles) == 2 * len(examples)
     assert [t.split("\n")[0] for t in titles[::2]] == [e.title.split(", ")[0] for e in examples]  # CT on top
     attention = titles[1::2]
-    assert attention[0] == "attention max 1.00, peak off target\n0% on target  MISSES TARGET"
-    assert all("100% on target" in t and "MISSES" not in t for t in attention[1:])
+    assert attention[fractured_miss] == "attention max 1.00, peak off target\n0% on target  MISSES TARGET"
+    assert attention[healthy_miss] == "attention max 1.00, peak off target\n0% on target"  # healthy: not flagged
+    assert all("100% on target" in t and "MISSES" not in t for i, t in enumerate(attention)
+               if i not in (fractured_miss, healthy_miss))
 
 
 def test_attention_title_reports_the_localisation_measure() -> None:

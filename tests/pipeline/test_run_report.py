@@ -16,7 +16,7 @@ import pytest
 from pipeline.html import PNG_URI_PREFIX
 from pipeline.report_data import demo_summary
 from pipeline.run import PipelineRun
-from pipeline.run_report import run_status_html, write_report
+from pipeline.run_report import localisation_section, run_status_html, write_report
 from tests.pipeline.small_run import write_small_run
 from tests.pipeline.test_html import decode_png
 
@@ -165,3 +165,23 @@ def test_a_run_without_artefacts_still_gets_a_page_that_says_what_is_missing(tmp
     attention = page.sections["Straightened crops and attention maps"]
     assert attention["missing"] == 0 and len(attention["images"]) == 1  # crops shown, maps all zero
     assert not np.isnan(decode_png(attention["images"][0]["src"])).any()
+
+
+def test_localisation_section_prints_the_maps_summary(tmp_path: Path) -> None:
+    from Attention.cam import write_localisation
+
+    records = {"a_20": {"mass_share": 0.6, "peak_in_target": True, "mean_value": 0.1, "body_fraction": 0.05,
+                        "fracture_mass_share": 0.7, "peak_on_fracture": True, "fractured": True, "grade": 2,
+                        "morphology": "wedge"},
+               "a_21": {"mass_share": 0.2, "peak_in_target": False, "mean_value": 0.1, "body_fraction": 0.05,
+                        "fracture_mass_share": 0.5, "peak_on_fracture": True, "fractured": True, "grade": 1,
+                        "morphology": "wedge"},
+               "a_22": {"mass_share": 0.1, "peak_in_target": False, "mean_value": 0.02, "body_fraction": 0.05,
+                        "fracture_mass_share": None, "peak_on_fracture": None, "fractured": False, "grade": 0,
+                        "morphology": "none"}}
+    write_localisation(tmp_path, records)
+    text = localisation_section(tmp_path / "localisation.json")
+    assert "peak in target 1/2, mean mass share 0.400" in text
+    assert "peak on a fractured body (target or neighbour) 2/2, mean mass share on fractured bodies 0.600" in text
+    assert "healthy: mean map value 0.020" in text
+    assert "no localisation summary" in localisation_section(tmp_path / "absent.json")

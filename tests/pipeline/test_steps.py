@@ -58,3 +58,23 @@ def test_display_is_the_command_a_user_types(tmp_path: Path) -> None:
     assert step.display().startswith("python data/make_phantoms.py --out ")
     assert f"'{tmp_path / 'a b'}'" in step.display()  # quoted for the shell
     assert step.command()[1:] == [step.script, *step.args]
+
+
+def test_classifier_and_map_steps_pass_the_view_margin_and_windows_the_scripts_accept(tmp_path: Path) -> None:
+    from Attention.cam import parse_cam_options
+    from Attention.training import parse_classifier_options
+
+    paths = DemoPaths(tmp_path)
+    paths.root.mkdir(exist_ok=True)
+    paths.split_json.write_text("{}", encoding="utf-8")
+    steps = {s.script: s for s in build_steps(QUICK, paths, "-1")}
+    classifier = parse_classifier_options(steps["Attention/train_classifier.py"].args)
+    assert (classifier.view_mm, classifier.vertebra_margin_mm) == (QUICK.classifier_view_mm,
+                                                                   QUICK.classifier_vertebra_margin_mm) == (40.0, 4.0)
+    maps = parse_cam_options(steps["Attention/grad_CAM_3d_sagittal.py"].args)
+    assert (maps.normalise, maps.windows) == ("volume", "vertebrae")
+    published = replace(QUICK, classifier_view_mm=0.0, classifier_vertebra_margin_mm=None, cam_normalise="slice",
+                        cam_windows="target")
+    whole = {s.script: s for s in build_steps(published, paths, "-1")}
+    assert "--vertebra_margin_mm" not in whole["Attention/train_classifier.py"].args
+    assert parse_classifier_options(whole["Attention/train_classifier.py"].args).vertebra_margin_mm is None

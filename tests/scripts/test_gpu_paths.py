@@ -19,7 +19,7 @@ TINY = ["--num_threads", "0", "--ngf", "2", "--ndf", "4", "--mask_height", "16",
 
 
 def test_grad_cam_reports_cuda_oom_per_vertebra_and_goes_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def map_one(_model, _opt, key, _out, _window, _view_mm) -> float:
+    def map_one(_model, _opt, key, _out, _slice_input) -> float:
         if key == "big_20":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return 0.25
@@ -32,7 +32,7 @@ def test_grad_cam_reports_cuda_oom_per_vertebra_and_goes_on(monkeypatch: pytest.
     monkeypatch.setattr(cam, "_map_one", map_one)
     opt = argparse.Namespace(seed=0, gpu_ids="-1", checkpoints_dir=str(tmp_path), name="cls", out=tmp_path / "maps",
                              dataroot=str(tmp_path), keys=["big_20", "small_21"], overwrite=False, batch_size=16,
-                             truth_dir=None, slack=2)
+                             truth_dir=None, slack=2, windows="auto")
     summary = cam.generate_maps(opt)
     assert summary["written"] == ["small_21"]
     assert summary["failed"]["big_20"] == ("out of GPU memory on cpu with --batch_size 16: pass a smaller "
