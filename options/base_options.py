@@ -74,7 +74,7 @@ class BaseOptions:
         parser.add_argument("--dist_timeout", type=float, default=240.0,
                             help="torchrun: minutes a rank may wait for the others (e.g. while rank 0 builds the "
                                  "crop cache) before the job is aborted")
-        parser.add_argument("--model", default="healthivert", help="model to use (models.create_model)")
+        parser.add_argument("--model", default=models.ModelChoice.model, help="model to use (models.create_model)")
         parser.add_argument("--dataset_mode", default="aligned", help="dataset to use (data/<mode>_dataset.py)")
         parser.add_argument("--plane", default="sagittal", choices=list(PLANES),
                             help="slice plane: sagittal slices [:, :, z] or coronal slices [:, y, :]")
