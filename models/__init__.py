@@ -22,7 +22,7 @@ MODEL_ALIASES = {"pix2pix": "healthivert"}  # the published code's --model name 
 
 @dataclass(frozen=True)
 class ModelChoice(FromOptions):
-    """The model ``--model`` names (a key of :data:`MODELS` or :data:`MODEL_ALIASES`), with its default."""
+    """Which registered model to build: ``--model``, a key of :data:`MODELS` or :data:`MODEL_ALIASES`."""
 
     model: str = "healthivert"
 
