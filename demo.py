@@ -122,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         config = replace(config, seed=args.seed)
     if args.gan_epochs is not None:
         config = replace(config, gan_epochs=args.gan_epochs, gan_epochs_decay=max(0, args.gan_epochs // 3))
-    if getattr(args, "compare", False):
+    if args.compare:
         config = replace(config, compare=True)
     return config
 

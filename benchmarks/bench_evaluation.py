@@ -30,6 +30,7 @@ import pandas as pd
 
 from data.crops import crop_affine
 from data.image_io import load_mask, save_nifti
+from data.synthesis_layout import OutputLayout
 from evaluation import SVM_grading
 from evaluation.rhlv import RHLV_COLUMNS, MeasureOptions, rhlv_for_vertebra
 from evaluation.rhlv_table import rhlv_tables, write_table
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        label_dir, fake_dir = Path(folder) / "label", Path(folder) / "label_fake"
+        label_dir, fake_dir = Path(folder) / "label", OutputLayout(Path(folder)).label_dir
         affine = crop_affine(1.0, np.zeros(3), pairs[0][1].shape)
         for copy in range(args.table_copies):
             for key, healthy, original, _ in pairs:

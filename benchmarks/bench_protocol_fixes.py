@@ -33,6 +33,7 @@ import pandas as pd
 
 from data.image_io import load_mask
 from data.labels import parse_key
+from data.synthesis_layout import OutputLayout
 from evaluation.grading import GradingSettings, evaluate_grading, feature_table, prepare_grading_data
 from evaluation.rhlv import (
     RHLV_REGIONS,
@@ -84,7 +85,7 @@ def rhlv_effects(fixtures: Path, threshold: float) -> pd.DataFrame:
         key = case["vertebra"]
         label = parse_key(key)[1]
         original = load_mask(folder / "label" / f"{key}.nii.gz").array
-        synthesized = load_mask(folder / "label_fake" / f"{key}.nii.gz").array
+        synthesized = load_mask(OutputLayout(folder).label(key)).array
         truth = case["design_mean_relative_loss"]
         for variant in RHLV_VARIANTS:
             rhlv = variant_rhlv(original, synthesized, label, variant, threshold)
@@ -151,7 +152,7 @@ def timing(fixtures: Path, repeats: int) -> tuple[float, float]:
     folder, reference, ours = fixtures / "rhlv", [], []
     for path in sorted((folder / "label").glob("*.nii.gz")):
         label = parse_key(path.name[: -len(".nii.gz")])[1]
-        original, synthesized = load_mask(path).array, load_mask(folder / "label_fake" / path.name).array
+        original, synthesized = load_mask(path).array, load_mask(OutputLayout(folder).label_dir / path.name).array
         pair = (original, synthesized, label)
         reference.append(cpu_ms(lambda pair=pair: rhlv_reference_for_vertebra(*pair), repeats))
         ours.append(cpu_ms(lambda pair=pair: rhlv_for_vertebra(*pair), repeats))

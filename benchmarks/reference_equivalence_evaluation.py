@@ -27,6 +27,7 @@ import pandas as pd
 from benchmarks.equivalence_table import report
 from data.image_io import load_mask
 from data.labels import parse_key
+from data.synthesis_layout import OutputLayout
 from evaluation import RHLV_quantification, SVM_grading
 from evaluation.rhlv import plane_heights, target_heights
 from evaluation.rhlv_reference import published_slab
@@ -104,7 +105,8 @@ def check_rhlv(fixtures: Path) -> list[dict]:
     """Our RHLV table (``--protocol reference``) against every ``rhlv/rhlv_threshold_<t>.csv``."""
     folder = Path(fixtures) / "rhlv"
     info = folder / "dataset_info.json"
-    for path in (folder / "label", folder / "label_fake", info):
+    fake_labels = OutputLayout(folder).label_dir
+    for path in (folder / "label", fake_labels, info):
         if not path.exists():
             return [_missing("RHLV", path)]
     tables = sorted((float(m.group(1)), p) for p in folder.glob("rhlv_threshold_*.csv")
@@ -120,7 +122,7 @@ def check_rhlv(fixtures: Path) -> list[dict]:
             out = Path(tmp) / f"rhlv_{threshold:g}.csv"
             status, message = _run_quietly(RHLV_quantification.main, [
                 "--protocol", "reference", "--label_dir", str(folder / "label"),
-                "--fake_dir", str(folder / "label_fake"), "--split_json", str(info), "--out", str(out),
+                "--fake_dir", str(fake_labels), "--split_json", str(info), "--out", str(out),
                 "--height_threshold", repr(threshold), "--length_divisor", str(LENGTH_DIVISOR), "--workers", "1"])
             if status != 0 or not out.is_file():
                 rows.append(_row(what, f"RHLV_quantification.py failed: {message}", "runs", False))

@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from data.crops import CachedCrop, CropCache, crop_paths, default_split_json, read_split, require_listed_crops
 from data.image_io import ImageIOError, window_hu
 from data.labels import parse_key
+from data.loader import LoaderSettings
 from data.masking import (
     CENTRAL_FRACTION,
     CT_CANVAS_FILL,
@@ -55,6 +56,47 @@ from data.masking import (
 from data.planes import PLANES
 from util.cli import add_option
 from util.protocol import Protocol
+from util.settings import FromOptions
+
+
+def _path_or_none(value: str | Path | None) -> Path | None:
+    """``Path(value)``, or ``None`` for an absent or empty option."""
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True)
+class AlignedDatasetSettings(FromOptions):
+    """The data flags of the masked-slice dataset (docs/design.md, 'Settings and defaults').
+
+    split_json: split file (``None``: ``<dataroot>/../vertebra_data.json``); cache_dir: decoded-crop cache
+    (``None``: ``<dataroot>/.cache/crops``); cam_dir: attention maps ``<key>.nii.gz`` (``None``: all zeros);
+    max_dataset_size: at most this many healthy vertebrae of the split, by sorted key (``inf``: all);
+    max_healthy_grade: Genant grade up to which a vertebra counts as healthy; seed: a slice is drawn
+    with ``(seed, epoch, index)`` (the loader's ``--seed``).
+    """
+
+    split_json: Path | None = None
+    cache_dir: Path | None = None
+    cam_dir: Path | None = None
+    max_dataset_size: float = math.inf
+    max_healthy_grade: int = 1
+    seed: int = LoaderSettings.seed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split_json", _path_or_none(self.split_json))
+        object.__setattr__(self, "cache_dir", _path_or_none(self.cache_dir))
+        object.__setattr__(self, "cam_dir", _path_or_none(self.cam_dir))
+        object.__setattr__(self, "max_dataset_size", float(self.max_dataset_size))
+        object.__setattr__(self, "max_healthy_grade", int(self.max_healthy_grade))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def split_path(self, dataroot: str | Path) -> Path:
+        """The split JSON: ``split_json``, else ``<dataroot>/../vertebra_data.json``."""
+        return self.split_json or default_split_json(dataroot)
+
+    def limit(self, keys: list[str]) -> list[str]:
+        """The first ``max_dataset_size`` of ``keys`` (all when it is ``inf``)."""
+        return keys if self.max_dataset_size == math.inf else keys[: int(self.max_dataset_size)]
 
 
 @dataclass
@@ -98,8 +140,9 @@ class AlignedDataset(Dataset):
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
         """Dataset flags (pix2pix convention); flags another setter already defined are kept."""
         add_masking_options(parser)
-        add_option(parser, "--max_healthy_grade", type=int, default=1, choices=[0, 1, 2, 3],
-                            help="vertebrae with a Genant grade up to this count as healthy (trained on / neighbours)")
+        add_option(parser, "--max_healthy_grade", type=int, default=AlignedDatasetSettings.max_healthy_grade,
+                   choices=[0, 1, 2, 3],
+                   help="vertebrae with a Genant grade up to this count as healthy (trained on / neighbours)")
         return parser
 
     def __init__(self, opt: argparse.Namespace, phase: str | None = None, random_slices: bool | None = None,
@@ -120,23 +163,23 @@ class AlignedDataset(Dataset):
         self.masking = MaskingSettings.from_options(opt)
         self.window = self.masking.hu_window
         self.min_component_px = self.masking.min_component_px
-        self.seed = int(getattr(opt, "seed", 0))
-        split_path = Path(opt.split_json) if getattr(opt, "split_json", None) else default_split_json(opt.dataroot)
+        self.settings = AlignedDatasetSettings.from_options(opt)
+        split_path = self.settings.split_path(opt.dataroot)
         split = read_split(split_path)
         if not any(split.values()):
             raise ValueError(f"{split_path}: the split is empty (no vertebra in train, val or test)")
         if not split.get(self.phase):
             raise ValueError(f"{split_path}: split {self.phase!r} lists no vertebra")
-        keys = healthy_keys(split, self.phase, opt.max_healthy_grade)
+        max_grade = self.settings.max_healthy_grade
+        keys = healthy_keys(split, self.phase, max_grade)
         if not keys:
             raise ValueError(f"{split_path}: split {self.phase!r} has no healthy vertebra "
-                             f"(Genant grade <= {opt.max_healthy_grade}; see --max_healthy_grade)")
-        max_size = getattr(opt, "max_dataset_size", math.inf)
-        keys = keys[: int(max_size)] if max_size != math.inf else keys
+                             f"(Genant grade <= {max_grade}; see --max_healthy_grade)")
+        keys = self.settings.limit(keys)
         self.protocol = Protocol.from_options(opt)
-        self.neighbours = healthy_labels_by_case(split, opt.max_healthy_grade,
+        self.neighbours = healthy_labels_by_case(split, max_grade,
                                                  [self.phase] if self.protocol.neighbours_same_split else None)
-        self.cache = CropCache(opt.dataroot, getattr(opt, "cache_dir", None), getattr(opt, "cam_dir", None))
+        self.cache = CropCache(opt.dataroot, self.settings.cache_dir, self.settings.cam_dir)
         self._check_files_exist(keys, split_path)
         self.entries = self._index(keys, show_progress)
         self._warn_missing_attention(keys)
@@ -213,13 +256,13 @@ class AlignedDataset(Dataset):
         return VertebraEntry(key, case, label, first, last, candidates, probabilities, centre)
 
     def _warn_missing_attention(self, keys: list[str]) -> None:
-        cam_dir = getattr(self.opt, "cam_dir", None)
-        if not cam_dir:
+        cam_dir = self.settings.cam_dir
+        if cam_dir is None:
             warnings.warn("no --cam_dir given: attention maps are all zeros (no fracture attention)", stacklevel=3)
             return
-        missing = [key for key in keys if not (Path(cam_dir) / f"{key}.nii.gz").is_file()]
+        missing = [key for key in keys if not (cam_dir / f"{key}.nii.gz").is_file()]
         if missing:
-            warnings.warn(f"{Path(cam_dir)}: {len(missing)} of {len(keys)} attention maps missing "
+            warnings.warn(f"{cam_dir}: {len(missing)} of {len(keys)} attention maps missing "
                           f"(e.g. {missing[0]}.nii.gz); using zeros for them", stacklevel=3)
 
     def __len__(self) -> int:
@@ -230,7 +273,7 @@ class AlignedDataset(Dataset):
         centre."""
         if not self.random_slices:
             return entry.centre
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = np.random.default_rng([self.settings.seed, epoch, index])
         return int(rng.choice(entry.candidates, p=entry.probabilities))
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:

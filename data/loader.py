@@ -13,11 +13,14 @@ import argparse
 import importlib
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DistributedSampler
 
 from util.distributed import main_rank_first, rank_and_size
+from util.settings import FromOptions
 
 
 def find_dataset_using_name(dataset_name: str) -> type:
@@ -39,6 +42,34 @@ def find_dataset_using_name(dataset_name: str) -> type:
 def get_option_setter(dataset_name: str) -> Callable[[argparse.ArgumentParser, bool], argparse.ArgumentParser]:
     """The dataset's ``modify_commandline_options(parser, is_train)``."""
     return find_dataset_using_name(dataset_name).modify_commandline_options
+
+
+@dataclass(frozen=True)
+class LoaderSettings(FromOptions):
+    """How the loader batches and orders a dataset (docs/design.md, 'Settings and defaults').
+
+    batch_size: items per batch (per process under ``torchrun``); num_threads: DataLoader worker processes
+    (0: load in the main process); gpu_ids: ``--gpu_ids`` as parsed (pinned memory when it names a GPU);
+    serial_batches: keep the dataset's order in the training phase instead of shuffling; seed: each epoch's
+    order is seeded by ``(seed, epoch)`` (also the default of ``--seed``).
+    """
+
+    batch_size: int
+    num_threads: int
+    gpu_ids: Any
+    serial_batches: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+        object.__setattr__(self, "num_threads", int(self.num_threads))
+        object.__setattr__(self, "serial_batches", bool(self.serial_batches))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @property
+    def pin_memory(self) -> bool:
+        """Pin batches in page-locked memory (a GPU run with CUDA available)."""
+        return torch.cuda.is_available() and bool(self.gpu_ids)
 
 
 class EpochSampler(DistributedSampler):
@@ -74,16 +105,16 @@ def collate_float32(items: list[dict]) -> dict:
 class DatasetLoader:
     """pix2pix ``CustomDatasetDataLoader``: a dataset, its sampler and a ``DataLoader``."""
 
-    def __init__(self, opt: argparse.Namespace, dataset: torch.utils.data.Dataset, shuffle: bool) -> None:
+    def __init__(self, settings: LoaderSettings, dataset: torch.utils.data.Dataset, shuffle: bool) -> None:
         rank, world_size = rank_and_size()
         self.dataset = dataset
-        self.batch_size = int(opt.batch_size)
-        self.sampler = EpochSampler(dataset, world_size, rank, shuffle, int(getattr(opt, "seed", 0)))
-        workers = int(opt.num_threads)
+        self.batch_size = settings.batch_size
+        self.sampler = EpochSampler(dataset, world_size, rank, shuffle, settings.seed)
+        workers = settings.num_threads
         self.dataloader = torch.utils.data.DataLoader(
             dataset, batch_size=self.batch_size, sampler=self.sampler, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=torch.cuda.is_available() and bool(opt.gpu_ids),
-            generator=torch.Generator().manual_seed(int(getattr(opt, "seed", 0))), collate_fn=collate_float32,
+            persistent_workers=workers > 0, pin_memory=settings.pin_memory,
+            generator=torch.Generator().manual_seed(settings.seed), collate_fn=collate_float32,
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -116,6 +147,7 @@ def create_dataset(opt: argparse.Namespace, phase: str | None = None, shuffle: b
     a progress bar while indexing unless ``show_progress`` is False.
     """
     phase = phase or opt.phase
+    settings = LoaderSettings.from_options(opt)
     dataset_class = find_dataset_using_name(opt.dataset_mode)
     rank, _ = rank_and_size()
 
@@ -127,5 +159,5 @@ def create_dataset(opt: argparse.Namespace, phase: str | None = None, shuffle: b
 
     dataset = main_rank_first(build)
     if shuffle is None:
-        shuffle = phase == "train" and not getattr(opt, "serial_batches", False)
-    return DatasetLoader(opt, dataset, shuffle)
+        shuffle = phase == "train" and not settings.serial_batches
+    return DatasetLoader(settings, dataset, shuffle)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data.crops import read_split
 from data.planes import PLANES
+from data.synthesis_layout import OutputLayout
 from evaluation.plots import DEFAULT_MAP_VMAX
 from evaluation.rhlv import MeasureOptions
 from evaluation.rhlv_table import (
@@ -31,7 +32,7 @@ from util.fileio import prepare_output_dir
 from util.protocol import add_protocol_argument
 
 DEFAULT_LABEL_DIR = "./dataset/straightened/label"
-DEFAULT_FAKE_DIR = "./output/label_fake"
+DEFAULT_FAKE_DIR = f"./{OutputLayout(published_layout.OUTPUT_DIR).label_dir}"  # ./output/label_fake
 DEFAULT_SPLIT_JSON = " or ".join(str(p) for p in published_layout.SPLIT_JSON_CANDIDATES)
 DEFAULT_OUT = "evaluation/RHLV_quantification/rhlv.csv"
 

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from models.aotgan_model import AOTGANModel
 from models.base_model import BaseModel
 from models.healthivert_model import HealthiVertModel
+from util.settings import FromOptions
 
 MODELS: dict[str, type[BaseModel]] = {"healthivert": HealthiVertModel, "aotgan": AOTGANModel}
 MODEL_ALIASES = {"pix2pix": "healthivert"}  # the published code's --model name for the same model
+
+
+@dataclass(frozen=True)
+class ModelChoice(FromOptions):
+    """Which registered model to build: ``--model``, a key of :data:`MODELS` or :data:`MODEL_ALIASES`."""
+
+    model: str = "healthivert"
 
 
 def find_model_using_name(name: str) -> type[BaseModel]:
@@ -32,9 +41,9 @@ def get_option_setter(name: str) -> Callable[[argparse.ArgumentParser, bool], ar
 
 
 def create_model(opt: argparse.Namespace) -> BaseModel:
-    """Instantiate the model named ``opt.model`` (default ``healthivert``) from the options."""
-    return find_model_using_name(getattr(opt, "model", "healthivert"))(opt)
+    """Instantiate the model named ``opt.model`` (absent: :class:`ModelChoice`'s default) from the options."""
+    return find_model_using_name(ModelChoice.from_options(opt).model)(opt)
 
 
-__all__ = ["MODELS", "AOTGANModel", "BaseModel", "HealthiVertModel", "create_model", "find_model_using_name",
-           "get_option_setter"]
+__all__ = ["MODELS", "AOTGANModel", "BaseModel", "HealthiVertModel", "ModelChoice", "create_model",
+           "find_model_using_name", "get_option_setter"]

@@ -22,7 +22,17 @@ from typing import Any
 
 import torch
 
+from util.settings import FromOptions
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class AmpSettings(FromOptions):
+    """``--amp`` (autocast on) and ``--amp_dtype`` (auto, bf16 or fp16), with their defaults."""
+
+    amp: bool = False
+    amp_dtype: str = "auto"
 
 
 def add_amp_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -31,7 +41,7 @@ def add_amp_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.add_argument("--amp", action="store_true",
                             help="mixed precision: autocast with float32 master weights (see --amp_dtype)")
     if "--amp_dtype" not in parser._option_string_actions:
-        parser.add_argument("--amp_dtype", default="auto", choices=["auto", *AMP_DTYPES],
+        parser.add_argument("--amp_dtype", default=AmpSettings.amp_dtype, choices=["auto", *AMP_DTYPES],
                             help="--amp type: bf16 (no loss scaling; CPU and bfloat16 GPUs), fp16 (GPU, with one "
                                  "loss scaler per network), auto: bf16 where supported, else fp16")
     return parser
@@ -69,9 +79,9 @@ class MixedPrecision:
 
     @classmethod
     def from_options(cls, opt: argparse.Namespace, device: torch.device) -> MixedPrecision:
-        """From ``opt.amp`` and ``opt.amp_dtype`` (absent: off / auto)."""
-        return cls(device, resolve_amp_dtype(bool(getattr(opt, "amp", False)), getattr(opt, "amp_dtype", "auto"),
-                                             device))
+        """From ``opt.amp`` and ``opt.amp_dtype`` (absent: the :class:`AmpSettings` defaults)."""
+        settings = AmpSettings.from_options(opt)
+        return cls(device, resolve_amp_dtype(bool(settings.amp), settings.amp_dtype, device))
 
     @property
     def enabled(self) -> bool:

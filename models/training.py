@@ -24,6 +24,7 @@ from torch import nn
 
 from data.loader import DatasetLoader, create_dataset
 from models import create_model
+from models.healthivert_model import HealthiVertSettings
 from util.checkpoint import (
     Progress,
     checkpoint_path,
@@ -62,7 +63,8 @@ def uses_sync_batchnorm(name: str, opt: argparse.Namespace, device: torch.device
     The gradient penalty differentiates the critic twice and SyncBatchNorm has no double backward, so
     with ``--gan_mode wgangp`` the discriminators keep per-GPU batch statistics.
     """
-    is_critic = name.startswith("D") and getattr(opt, "gan_mode", "vanilla") == "wgangp"
+    gan_mode = HealthiVertSettings.from_options(opt).gan_mode  # the default where --gan_mode is absent (AOT-GAN)
+    is_critic = name.startswith("D") and gan_mode == "wgangp"
     return device.type == "cuda" and not is_critic
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import models
 from data import loader as dataset_loader
+from data.aligned_dataset import AlignedDatasetSettings
 from data.planes import PLANES
 from models.base_model import ModelRunSettings
 from util import published_layout
@@ -73,7 +74,7 @@ class BaseOptions:
         parser.add_argument("--dist_timeout", type=float, default=240.0,
                             help="torchrun: minutes a rank may wait for the others (e.g. while rank 0 builds the "
                                  "crop cache) before the job is aborted")
-        parser.add_argument("--model", default="healthivert", help="model to use (models.create_model)")
+        parser.add_argument("--model", default=models.ModelChoice.model, help="model to use (models.create_model)")
         parser.add_argument("--dataset_mode", default="aligned", help="dataset to use (data/<mode>_dataset.py)")
         parser.add_argument("--plane", default="sagittal", choices=list(PLANES),
                             help="slice plane: sagittal slices [:, :, z] or coronal slices [:, y, :]")
@@ -82,7 +83,8 @@ class BaseOptions:
                             help="DataLoader worker processes (0: load in the main process)")
         parser.add_argument("--serial_batches", action="store_true",
                             help="take vertebrae in order instead of shuffling")
-        parser.add_argument("--max_dataset_size", type=non_negative_float_or_inf, default=math.inf,
+        parser.add_argument("--max_dataset_size", type=non_negative_float_or_inf,
+                            default=AlignedDatasetSettings.max_dataset_size,
                             help="use at most this many vertebrae (sorted by key)")
         parser.add_argument("--cache_dir", default=None,
                             help="decoded-crop cache folder, rebuilt when a crop changes; "
@@ -93,7 +95,8 @@ class BaseOptions:
         parser.add_argument("--load_iter", type=int, default=ModelRunSettings.load_iter,
                             help="if > 0, load the checkpoint saved at this iteration (iter_<n>.pth) "
                                  "instead of --epoch")
-        parser.add_argument("--seed", type=int, default=0, help="random seed (Python, NumPy, PyTorch, data sampling)")
+        parser.add_argument("--seed", type=int, default=dataset_loader.LoaderSettings.seed,
+                            help="random seed (Python, NumPy, PyTorch, data sampling)")
         parser.add_argument("--deterministic", action="store_true",
                             help="bitwise repeatable kernels on one device (slower)")
         parser.add_argument("--verbose", action="store_true", help="print network sizes and more")

@@ -6,6 +6,7 @@ import argparse
 
 from models.base_model import add_schedule_options
 from options.base_options import BaseOptions
+from util.visualizer import VisualizerSettings
 
 
 class TrainOptions(BaseOptions):
@@ -36,14 +37,15 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--print_freq", type=int, default=100, help="log losses every this many iterations")
         parser.add_argument("--display_freq", type=int, default=400,
                             help="save sample visuals (HTML, TensorBoard) every this many iterations")
-        parser.add_argument("--display_ncols", type=int, default=4, help="images per row on the HTML page and visdom")
+        parser.add_argument("--display_ncols", type=int, default=VisualizerSettings.display_ncols,
+                            help="images per row on the HTML page and visdom")
         parser.add_argument("--no_html", action="store_true", help="do not write <checkpoints_dir>/<name>/web/")
         parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard events")
         parser.add_argument("--use_visdom", action="store_true",
                             help="also show visuals and losses in visdom (if installed)")
-        parser.add_argument("--display_server", default="http://localhost", help="visdom server")
-        parser.add_argument("--display_port", type=int, default=8097, help="visdom port")
-        parser.add_argument("--display_env", default="main", help="visdom environment")
+        parser.add_argument("--display_server", default=VisualizerSettings.display_server, help="visdom server")
+        parser.add_argument("--display_port", type=int, default=VisualizerSettings.display_port, help="visdom port")
+        parser.add_argument("--display_env", default=VisualizerSettings.display_env, help="visdom environment")
         parser.add_argument("--no_progress", action="store_true", help="no progress bar")
         # validation
         parser.add_argument("--val_freq", type=int, default=5,

@@ -87,6 +87,7 @@ def comparison_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list
                   "--aot_blocks", str(config.aot_blocks), "--seed", str(config.seed), "--num_threads", "0",
                   "--no_progress", *device]
     folds = ["--n_splits", str(config.svm_folds), "--seed", str(config.seed)]
+    aot_outputs = OutputLayout(p.aot_results)
     return [
         Step("AOT-GAN training", "train.py",
              [*aot_common, "--ndf", str(config.gan_ndf), "--batch_size", str(config.gan_batch_size),
@@ -97,12 +98,12 @@ def comparison_steps(config: DemoConfig, paths: DemoPaths, gpu_ids: str) -> list
         Step("AOT-GAN synthesis", "eval_3d_sagittal_twostage.py",
              [*aot_common, "--results_dir", str(p.aot_results.parent), "--eval"],
              f"{p.aot_results}/{{CT_fake,label_fake}}/", (aot_checkpoint,),
-             (p.aot_results / "label_fake", p.aot_results / "CT_fake")),
+             (aot_outputs.label_dir, aot_outputs.ct_dir)),
         Step("AOT-GAN RHLV", "evaluation/RHLV_quantification.py",
-             ["--label_dir", str(p.dataroot / "label"), "--fake_dir", str(p.aot_results / "label_fake"),
+             ["--label_dir", str(p.dataroot / "label"), "--fake_dir", str(aot_outputs.label_dir),
               "--split_json", str(p.split_json), "--out", str(p.aot_results / "rhlv.csv"),
               "--workers", str(config.workers)],
-             f"{p.aot_results / 'rhlv.csv'}", (p.aot_results / "label_fake",), (p.aot_results / "rhlv.csv",)),
+             f"{p.aot_results / 'rhlv.csv'}", (aot_outputs.label_dir,), (p.aot_results / "rhlv.csv",)),
         Step("AOT-GAN SVM grading", "evaluation/SVM_grading.py",
              ["--rhlv", str(p.aot_results / "rhlv.csv"), "--out", str(p.aot_results / "grading"), *folds],
              f"{p.aot_results / 'grading'}/grading.json", (p.aot_results / "rhlv.csv",),

@@ -12,6 +12,7 @@ import csv
 import time
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 
 from util.fileio import atomic_write
 from util.html import HTML
+from util.settings import FromOptions
 
 MAX_HTML_STEPS = 50  # the HTML page shows the newest this many saved steps
 
@@ -75,12 +77,43 @@ class CsvLog:
             writer.writerow(row)
 
 
+@dataclass(frozen=True)
+class VisualizerSettings(FromOptions):
+    """What the training logs write (docs/design.md, 'Settings and defaults'); the defaults of the logging flags.
+
+    checkpoints_dir / name: the run folder ``<checkpoints_dir>/<name>``; no_html, no_tensorboard: skip the
+    HTML page / the TensorBoard events; display_ncols: images per row on the HTML page; use_visdom and
+    display_server, display_port, display_env: the visdom connection.
+    """
+
+    checkpoints_dir: str
+    name: str
+    no_html: bool = False
+    no_tensorboard: bool = False
+    display_ncols: int = 4
+    use_visdom: bool = False
+    display_server: str = "http://localhost"
+    display_port: int = 8097
+    display_env: str = "main"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "display_ncols", int(self.display_ncols))
+        object.__setattr__(self, "display_port", int(self.display_port))
+        if self.display_ncols < 1:
+            raise ValueError(f"--display_ncols {self.display_ncols}: expected at least 1")
+
+    @property
+    def folder(self) -> Path:
+        """The run folder that receives the logs."""
+        return Path(self.checkpoints_dir) / self.name
+
+
 class Visualizer:
     """Loss/metric logging and sample visuals for one experiment (rank 0)."""
 
     def __init__(self, opt: argparse.Namespace, resume_iters: int | None = None) -> None:
-        self.opt = opt
-        self.folder = Path(opt.checkpoints_dir) / opt.name
+        self.settings = VisualizerSettings.from_options(opt)
+        self.folder = self.settings.folder
         self.folder.mkdir(parents=True, exist_ok=True)
         base = ["time", "epoch", "epoch_iter", "total_iters", "lr", "iter_time_s", "data_time_s"]
         self.loss_log = CsvLog(self.folder / "loss_log.csv", base)
@@ -92,13 +125,13 @@ class Visualizer:
             for log in (self.loss_log, self.val_log):
                 log.path.unlink(missing_ok=True)
         self.writer = None
-        if not getattr(opt, "no_tensorboard", False):
+        if not self.settings.no_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.folder / "tensorboard"), purge_step=resume_iters)
         self.web_dir = self.folder / "web"
-        self.use_html = not getattr(opt, "no_html", False)
-        self.visdom = self._connect_visdom() if getattr(opt, "use_visdom", False) else None
+        self.use_html = not self.settings.no_html
+        self.visdom = self._connect_visdom() if self.settings.use_visdom else None
 
     def _connect_visdom(self) -> Any:
         try:
@@ -107,8 +140,8 @@ class Visualizer:
             warnings.warn("--use_visdom: visdom is not installed (pip install visdom); continuing without it",
                           stacklevel=3)
             return None
-        return visdom.Visdom(server=self.opt.display_server, port=self.opt.display_port, env=self.opt.display_env,
-                             raise_exceptions=False)
+        return visdom.Visdom(server=self.settings.display_server, port=self.settings.display_port,
+                             env=self.settings.display_env, raise_exceptions=False)
 
     def log_losses(self, epoch: int, epoch_iter: int, total_iters: int, losses: OrderedDict[str, float],
                    lr: float, iter_time: float, data_time: float) -> None:
@@ -153,13 +186,13 @@ class Visualizer:
 
     def _write_page(self) -> None:
         """index.html: newest first, one row of images per saved step (``--display_ncols`` per row)."""
-        page = HTML(self.web_dir, f"Experiment {self.opt.name}", refresh=60)
+        page = HTML(self.web_dir, f"Experiment {self.settings.name}", refresh=60)
         files = sorted((self.web_dir / "images").glob("epoch*_iter*_*.png"), reverse=True)
         steps: OrderedDict[str, list[Path]] = OrderedDict()
         for path in files:
             stamp = "_".join(path.stem.split("_")[:2])
             steps.setdefault(stamp, []).append(path)
-        ncols = max(int(getattr(self.opt, "display_ncols", 4)), 1)
+        ncols = self.settings.display_ncols
         for stamp, paths in list(steps.items())[:MAX_HTML_STEPS]:
             page.add_header(stamp.replace("_", " "))
             paths = sorted(paths)

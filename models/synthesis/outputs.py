@@ -13,15 +13,33 @@ from data.crops import default_split_json, list_crop_keys, read_split
 from data.planes import PLANES
 from data.synthesis_layout import OutputLayout
 from util.distributed import gather_objects
+from util.settings import FromOptions
 
 PLANE_MODES = (*PLANES, "both")
 
 
+@dataclass(frozen=True)
+class SynthesisFolder(FromOptions):
+    """``--output_dir``, ``--results_dir`` and ``--name`` of a synthesis run (``None``: not given)."""
+
+    output_dir: str | None = None
+    results_dir: str | None = None
+    name: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """``output_dir`` when set, else ``<results_dir>/<name>``."""
+        if self.output_dir:
+            return Path(self.output_dir)
+        if self.results_dir is None or self.name is None:
+            raise ValueError("--results_dir and --name are required without --output_dir")
+        return Path(self.results_dir) / self.name
+
+
 def synthesis_dir(opt: argparse.Namespace) -> Path:
     """The folder receiving ``CT_fake/`` and ``label_fake/``: ``opt.output_dir`` when set, else
-    ``<results_dir>/<name>``."""
-    output_dir = getattr(opt, "output_dir", None)
-    return Path(output_dir) if output_dir else Path(opt.results_dir) / opt.name
+    ``<results_dir>/<name>`` (:class:`SynthesisFolder`)."""
+    return SynthesisFolder.from_options(opt).path
 
 
 def output_layouts(root: str | Path, plane_mode: str) -> dict[str, OutputLayout]:

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import data.crops
-from data.aligned_dataset import AlignedDataset
+from data.aligned_dataset import AlignedDataset, AlignedDatasetSettings
 from data.crops import CropCache, crop_affine, crop_paths, write_crop
 from data.image_io import ImageIOError, save_nifti, window_hu
-from data.loader import create_dataset, find_dataset_using_name
+from data.loader import LoaderSettings, create_dataset, find_dataset_using_name
 from data.masking import BAND_FILL_VALUE, central_slice_range, mask_height_rows
 from tests.synthetic_crops import (
     BODY_COLS,
@@ -219,3 +219,45 @@ def test_bad_inputs_fail_before_training(tmp_path: Path) -> None:
     write_json(bad_split, {"val": {"syn001_19": 0}})
     with pytest.raises(ValueError, match="split 'train' lists no vertebra"):
         AlignedDataset(dataset_options(dataroot, bad_split), show_progress=False)
+
+
+# ------------------------------------------------------------------ settings built from the command line
+def test_dataset_and_loader_settings_take_the_training_flags() -> None:
+    from options.train_options import TrainOptions
+
+    defaults = TrainOptions().gather_options(["--dataroot", "."])
+    assert AlignedDatasetSettings.from_options(defaults) == AlignedDatasetSettings(None, None, None, math.inf, 1, 0)
+    loader = LoaderSettings.from_options(defaults)
+    assert (loader.batch_size, loader.num_threads, loader.serial_batches, loader.seed) == (1, 4, False, 0)
+    given = TrainOptions().gather_options(
+        ["--dataroot", ".", "--split_json", "s.json", "--cache_dir", "c", "--cam_dir", "maps", "--max_dataset_size",
+         "7", "--max_healthy_grade", "2", "--seed", "5", "--serial_batches", "--batch_size", "3", "--num_threads", "0"])
+    assert AlignedDatasetSettings.from_options(given) == \
+        AlignedDatasetSettings(Path("s.json"), Path("c"), Path("maps"), 7.0, 2, 5)
+    loader = LoaderSettings.from_options(given)
+    assert (loader.batch_size, loader.num_threads, loader.serial_batches, loader.seed) == (3, 0, True, 5)
+
+
+def test_absent_data_options_keep_the_field_defaults() -> None:
+    assert AlignedDatasetSettings.from_options({}) == AlignedDatasetSettings()
+    assert AlignedDatasetSettings.from_options({"split_json": "", "cam_dir": ""}).cam_dir is None  # empty: not given
+    loader = LoaderSettings.from_options({"batch_size": 2, "num_threads": 0, "gpu_ids": []})
+    assert (loader.serial_batches, loader.seed, loader.pin_memory) == (False, 0, False)  # no GPU named: not pinned
+    with pytest.raises(ValueError, match="--batch_size"):
+        LoaderSettings.from_options({"num_threads": 0, "gpu_ids": []})
+
+
+def test_dataset_settings_choose_the_split_file_and_limit_the_vertebrae(tmp_path: Path) -> None:
+    settings = AlignedDatasetSettings(max_dataset_size=2)
+    assert settings.limit(["a_1", "b_2", "c_3"]) == ["a_1", "b_2"]
+    assert AlignedDatasetSettings().limit(["a_1", "b_2", "c_3"]) == ["a_1", "b_2", "c_3"]  # inf: all
+    assert settings.split_path(tmp_path / "straightened") == tmp_path / "vertebra_data.json"
+    assert AlignedDatasetSettings(split_json="x.json").split_path(tmp_path) == Path("x.json")
+
+
+def test_max_dataset_size_keeps_the_first_healthy_vertebrae_by_key(cohort: tuple[Path, Path]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        everything = AlignedDataset(dataset_options(*cohort), show_progress=False)
+        limited = AlignedDataset(dataset_options(*cohort, max_dataset_size=2.0), show_progress=False)
+    assert [e.key for e in limited.entries] == [e.key for e in everything.entries][:2]

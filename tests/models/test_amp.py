@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
 from models import healthivert_model
-from models.amp import MixedPrecision, resolve_amp_dtype
+from models.amp import AmpSettings, MixedPrecision, add_amp_options, resolve_amp_dtype
 from models.synthetic import synthetic_batch
 from tests.models.test_models import build_model
 
@@ -18,6 +20,16 @@ def test_amp_dtype_resolution_and_errors() -> None:
     assert resolve_amp_dtype(True, "bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="--amp_dtype fp16 needs a GPU"):
         resolve_amp_dtype(True, "fp16", cpu)
+
+
+def test_amp_settings_take_the_flags_and_absent_ones_keep_their_default() -> None:
+    parser = add_amp_options(argparse.ArgumentParser())
+    assert AmpSettings.from_options(parser.parse_args([])) == AmpSettings(False, "auto")
+    assert AmpSettings.from_options(parser.parse_args(["--amp", "--amp_dtype", "bf16"])) == AmpSettings(True, "bf16")
+    assert AmpSettings.from_options({}) == AmpSettings()  # a checkpoint saved before --amp existed
+    cpu = torch.device("cpu")
+    assert MixedPrecision.from_options({}, cpu) == MixedPrecision(cpu, None)
+    assert MixedPrecision.from_options(parser.parse_args(["--amp"]), cpu).dtype == torch.bfloat16  # auto on CPU
 
 
 def test_cpu_amp_runs_generator_and_all_three_discriminators_in_bf16_with_fp32_weights() -> None:

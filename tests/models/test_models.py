@@ -134,6 +134,18 @@ def test_registry_and_options():
         models.get_option_setter("cycle_gan")
 
 
+def test_model_choice_takes_the_model_flag_and_an_absent_one_keeps_the_default() -> None:
+    from options.train_options import TrainOptions
+
+    assert models.ModelChoice.from_options(TrainOptions().gather_options(["--dataroot", "."])).model == "healthivert"
+    chosen = TrainOptions().gather_options(["--dataroot", ".", "--model", "aotgan"])
+    assert models.ModelChoice.from_options(chosen).model == "aotgan"
+    without_flag = model_options(is_train=False)
+    del without_flag.model  # a parser built from the model's own flags only
+    assert models.ModelChoice.from_options(without_flag) == models.ModelChoice()
+    assert isinstance(models.create_model(without_flag), models.HealthiVertModel)
+
+
 def test_model_step_visuals_and_losses():
     torch.manual_seed(0)
     model = build_model("--gan_mode", "wgangp")

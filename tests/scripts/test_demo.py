@@ -77,7 +77,7 @@ def test_truth_table_requires_truth_files(tmp_path: Path) -> None:
 
 
 def test_config_overrides_and_quick_preset() -> None:
-    args = Namespace(quick=True, cases=5, seed=3, gan_epochs=9)
+    args = Namespace(quick=True, cases=5, seed=3, gan_epochs=9, compare=False)
     config = demo.config_from_args(args)
     assert (config.cases, config.seed, config.gan_epochs, config.gan_epochs_decay) == (5, 3, 9, 3)
     assert config.vertebrae == QUICK.vertebrae

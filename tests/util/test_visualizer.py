@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from util.visualizer import CsvLog, Visualizer, tensor_to_image
+from util.visualizer import CsvLog, Visualizer, VisualizerSettings, tensor_to_image
 
 
 def options(tmp_path: Path, **overrides) -> argparse.Namespace:
@@ -120,3 +120,21 @@ def test_tensorboard_receives_the_losses_lr_and_validation(tmp_path: Path) -> No
     events.Reload()
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     assert scalars == {"loss/G_L1": [(5, 0.5)], "lr": [(5, pytest.approx(0.01))], "val/psnr": [(5, 30.0)]}
+
+
+def test_visualizer_settings_take_the_training_flags_and_absent_ones_keep_their_default(tmp_path: Path) -> None:
+    from options.train_options import TrainOptions
+
+    defaults = VisualizerSettings.from_options(TrainOptions().gather_options(["--dataroot", "."]))
+    assert defaults == VisualizerSettings("./checkpoints", "HealthiVert_experiment", False, False, 4, False,
+                                          "http://localhost", 8097, "main")
+    given = VisualizerSettings.from_options(TrainOptions().gather_options(
+        ["--dataroot", ".", "--checkpoints_dir", str(tmp_path), "--name", "run", "--no_html", "--no_tensorboard",
+         "--display_ncols", "3", "--use_visdom", "--display_port", "9000", "--display_env", "e"]))
+    assert (given.folder, given.no_html, given.no_tensorboard, given.display_ncols) == (tmp_path / "run", True, True, 3)
+    assert (given.use_visdom, given.display_port, given.display_env) == (True, 9000, "e")
+    assert VisualizerSettings.from_options({"checkpoints_dir": "c", "name": "n"}) == VisualizerSettings("c", "n")
+    with pytest.raises(ValueError, match="--name"):
+        VisualizerSettings.from_options({"checkpoints_dir": "c"})
+    with pytest.raises(ValueError, match="--display_ncols 0"):
+        VisualizerSettings("c", "n", display_ncols=0)

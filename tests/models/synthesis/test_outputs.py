@@ -15,6 +15,10 @@ def test_output_folder_is_output_dir_else_results_dir_and_name(tmp_path: Path) -
     given = argparse.Namespace(output_dir=str(tmp_path / "out"), results_dir=str(tmp_path / "R"), name="N")
     assert synthesis_dir(given) == tmp_path / "out"
     assert synthesis_dir(argparse.Namespace(results_dir=str(tmp_path / "R"), name="N")) == tmp_path / "R" / "N"
+    assert synthesis_dir({"results_dir": "R", "name": "N", "output_dir": ""}) == Path("R") / "N"  # empty: not given
+    assert synthesis_dir({"output_dir": "O"}) == Path("O")  # no --results_dir/--name needed then
+    with pytest.raises(ValueError, match="--results_dir and --name"):
+        synthesis_dir(argparse.Namespace(name="N"))
 
 
 def test_plane_both_writes_sagittal_at_the_root_coronal_and_fused_below(tmp_path: Path) -> None:
