@@ -39,10 +39,10 @@ class DemoConfig:
     seed: int = 1
     crop_size: tuple[int, int, int] = (64, 64, 32)
     spacing_mm: float = 2.0
-    classifier_epochs: int = 10
-    classifier_epochs_decay: int = 10
+    classifier_epochs: int = 20
+    classifier_epochs_decay: int = 20
     classifier_slices: int = 16
-    classifier_slices_per_vertebra: int = 8
+    classifier_slices_per_vertebra: int = 16
     classifier_view_mm: float = 40.0
     classifier_vertebra_margin_mm: float | None = 4.0
     cam_slices: int = 16

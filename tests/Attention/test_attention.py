@@ -351,3 +351,22 @@ def test_training_without_crops_is_a_clear_error(tmp_path):
     opt = classifier_options(tmp_path / "straightened", split_json, tmp_path / "ck", "none")
     with pytest.raises(ValueError, match="split.json: 4 crop file.* not found: .*nocase_20.nii.gz"):
         train_classifier(opt)
+
+
+def test_with_a_vertebra_margin_voxels_far_from_the_vertebrae_do_not_change_the_map_or_probability():
+    torch.manual_seed(0)
+    model = build_classifier("small").eval()
+    crop = synthetic_crop_object(np.random.default_rng(4), 21, {21})
+    margin = SliceInput((-300.0, 800.0), view_mm=30.0, margin_mm=3.0)
+    far = ~margin.keep_mask(crop.label_map, crop.spacing_mm)
+    assert far.any() and (~far).any()
+    changed = Crop(crop.key, crop.case, crop.label, crop.label_map,
+                   np.where(far, np.random.default_rng(5).normal(500.0, 300.0, crop.ct_hu.shape), crop.ct_hu),
+                   crop.affine, crop.sidecar)
+    first, second = (cam_volume(model, c, margin, n_slices=6, batch_size=4, normalise="volume")
+                     for c in (crop, changed))
+    np.testing.assert_array_equal(first.volume, second.volume)
+    assert first.vertebra_probability == second.vertebra_probability
+    whole = SliceInput((-300.0, 800.0), view_mm=30.0)  # without the margin the same change does change the map
+    assert not np.array_equal(cam_volume(model, crop, whole, n_slices=6, batch_size=4, normalise="volume").volume,
+                              cam_volume(model, changed, whole, n_slices=6, batch_size=4, normalise="volume").volume)
