@@ -61,12 +61,14 @@ MONTAGE_PANELS = 6
 class CamResult:
     """Attention map of one crop: ``volume`` float32 (D0, D1, D2) in [0, 1], non-zero only in
     sagittal slices [start, stop); ``fracture_probability`` is the target's mean over those slices,
-    ``vertebra_probability`` the same for every vertebra that got a window (label -> probability)."""
+    ``vertebra_probability`` the same for every vertebra that got a window (label -> probability);
+    ``target_volume`` the target's window alone (equal to ``volume`` with one window)."""
 
     volume: np.ndarray
     slice_range: tuple[int, int]
     fracture_probability: float
     vertebra_probability: dict[int, float]
+    target_volume: np.ndarray
 
 
 def minmax_per_slice(maps: np.ndarray) -> np.ndarray:
@@ -180,6 +182,7 @@ def cam_volume(model: nn.Module, crop: Crop, slice_input: SliceInput, n_slices: 
     rows_by_label = (vertebra_windows(crop.label_map, crop.label, target_rows) if mode == "vertebrae"
                      else {int(crop.label): target_rows})
     volume = np.zeros(crop.ct_hu.shape, dtype=np.float32)
+    target_volume = volume
     probabilities: dict[int, float] = {}
     for label, rows in rows_by_label.items():
         images = torch.from_numpy(slice_input.slices(crop.ct_hu, crop.label_map, crop.spacing_mm, range(start, stop),
@@ -188,9 +191,12 @@ def cam_volume(model: nn.Module, crop: Crop, slice_input: SliceInput, n_slices: 
         probabilities[label] = float(slice_probabilities.mean())
         if mode == "vertebrae":
             maps = maps * np.float32(probabilities[label])
+        if label == int(crop.label) and len(rows_by_label) > 1:
+            target_volume = np.zeros_like(volume)
+            target_volume[rows[0]:rows[1], :, start:stop] = np.moveaxis(maps, 0, 2)
         placed = volume[rows[0]:rows[1], :, start:stop]
         np.maximum(placed, np.moveaxis(maps, 0, 2), out=placed)
-    return CamResult(volume, (start, stop), probabilities[int(crop.label)], probabilities)
+    return CamResult(volume, (start, stop), probabilities[int(crop.label)], probabilities, target_volume)
 
 
 def save_montage(path: str | Path, ct_hu: np.ndarray, cam: np.ndarray, slice_range: tuple[int, int],
@@ -300,33 +306,45 @@ def vertebra_truth(truth_dir: Path | None, key: str) -> dict[str, Any]:
     return {"fractured": vertebra["grade"] > 0, **vertebra}
 
 
+def truth_folder(opt: argparse.Namespace) -> Path:
+    """``--truth_dir``, or ``raw`` beside ``--dataroot``."""
+    return Path(opt.truth_dir) if opt.truth_dir is not None else Path(opt.dataroot).parent / "raw"
+
+
+def crop_localisation(cam: np.ndarray, crop: Crop, truth_dir: Path | None, slack_voxels: int) -> dict[str, Any]:
+    """``Attention.localisation.localise`` of map ``cam`` on the crop's target label and, with a phantom
+    truth for its case, on every fractured body of the crop; with the vertebra's truth."""
+    truth = case_truth(truth_dir, crop.case)
+    fractured = (np.isin(crop.label_map, [label for label, v in truth.items() if v["grade"] > 0]) if truth
+                 else None)
+    measure = localise(cam, crop.label_map == crop.label, slack_voxels, fractured)
+    return {**measure.as_dict(), **vertebra_truth(truth_dir, crop.key)}
+
+
 def localisation_records(opt: argparse.Namespace, keys: Sequence[str], out: Path) -> dict[str, dict[str, Any]]:
-    """Localisation of each map ``<out>/<key>.nii.gz`` that exists on its crop's target label (and, with a
-    phantom truth, on every fractured body of the crop), with the vertebra's truth (``vertebra_truth``)."""
-    truth_dir = opt.truth_dir if opt.truth_dir is not None else Path(opt.dataroot).parent / "raw"
+    """:func:`crop_localisation` of each map ``<out>/<key>.nii.gz`` that exists."""
     records = {}
     for key in keys:
         map_path = out / f"{key}.nii.gz"
         if not map_path.is_file():
             continue
-        case, _ = parse_key(key)
-        truth = case_truth(truth_dir, case)
         try:
             crop = load_crop(opt.dataroot, key, need_ct=False)
-            fractured_labels = [label for label, v in truth.items() if v["grade"] > 0]
-            fractured = np.isin(crop.label_map, fractured_labels) if truth else None
-            measure = localise(load_ct(map_path).array, crop.label_map == crop.label, opt.slack, fractured)
+            records[key] = crop_localisation(load_ct(map_path).array, crop, truth_folder(opt), opt.slack)
         except (ImageIOError, OSError, ValueError) as err:
             LOGGER.error("%s: localisation not computed: %s", key, err)
-            continue
-        records[key] = {**measure.as_dict(), **vertebra_truth(truth_dir, key)}
     return records
 
 
-def write_localisation(out: Path, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Write ``localisation.json`` (per vertebra and ``summarise``) and ``localisation.csv`` into ``out``."""
+def write_localisation(out: Path, records: dict[str, dict[str, Any]],
+                       target_window: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Write ``localisation.json`` (per vertebra and ``summarise``; with ``target_window`` records, the same
+    for the maps of the targets' own windows under ``"target_window"``) and ``localisation.csv`` into ``out``."""
     summary = summarise(records)
-    write_json(out / LOCALISATION_FILE, {"vertebrae": records, "summary": summary})
+    document: dict[str, Any] = {"vertebrae": records, "summary": summary}
+    if target_window:
+        document["target_window"] = {"vertebrae": target_window, "summary": summarise(target_window)}
+    write_json(out / LOCALISATION_FILE, document)
     columns = ["mass_share", "peak_in_target", "mean_value", "body_fraction", "fracture_mass_share",
                "peak_on_fracture", "fractured", "grade", "morphology"]
     with atomic_write(out / "localisation.csv", encoding="utf-8") as handle:
@@ -336,8 +354,10 @@ def write_localisation(out: Path, records: dict[str, dict[str, Any]]) -> dict[st
     return summary
 
 
-def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, slice_input: SliceInput) -> float:
-    """Compute and write the map (and PNG) of one crop into ``out``; returns its fracture probability."""
+def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path,
+             slice_input: SliceInput) -> tuple[float, dict[str, Any] | None]:
+    """Compute and write the map (and PNG) of one crop into ``out``; returns its fracture probability and,
+    with one window per vertebra, the localisation of the target's own window (else None)."""
     paths = crop_paths(opt.dataroot, key)
     missing = [str(p) for p in (paths.ct, paths.label) if not p.is_file()]
     if missing:
@@ -349,7 +369,9 @@ def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path, sli
                      slice_input.window,
                      f"{key}  p(fracture) = {result.fracture_probability:.2f}")
     save_nifti(result.volume, crop.affine, out / f"{key}.nii.gz", dtype=np.float32)
-    return result.fracture_probability
+    if len(result.vertebra_probability) == 1:
+        return result.fracture_probability, None
+    return result.fracture_probability, crop_localisation(result.target_volume, crop, truth_folder(opt), opt.slack)
 
 
 def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
@@ -372,13 +394,16 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
     skipped: list[str] = []
     failed: dict[str, str] = {}
     probabilities: dict[str, float] = {}
+    target_window: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     for key in tqdm(keys, desc="Grad-CAM++", unit="vertebra"):
         if (out / f"{key}.nii.gz").exists() and not opt.overwrite:
             skipped.append(key)
             continue
         try:
-            probabilities[key] = _map_one(model, opt, key, out, slice_input)
+            probabilities[key], own_window = _map_one(model, opt, key, out, slice_input)
+            if own_window is not None:
+                target_window[key] = own_window
             written.append(key)
         except (OSError, ValueError) as err:
             failed[key] = str(err)
@@ -389,7 +414,7 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
                            "pass a smaller --batch_size, or --gpu_ids -1 for the CPU")
             LOGGER.error("%s: %s", key, failed[key])
     elapsed = time.perf_counter() - started
-    localisation = write_localisation(out, localisation_records(opt, keys, out))
+    localisation = write_localisation(out, localisation_records(opt, keys, out), target_window)
     return {
         "out": str(out),
         "written": written,
@@ -398,11 +423,12 @@ def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:
         "fracture_probability": probabilities,
         "seconds_per_vertebra": elapsed / len(written) if written else None,
         "localisation": localisation,
+        "localisation_target_window": summarise(target_window) if target_window else None,
     }
 
 
 __all__ = [
-    "CamResult", "cam_parser", "case_truth", "localisation_records", "vertebra_truth", "write_localisation",
-    "cam_volume", "default_cam_dir", "fracture_cam", "generate_maps", "minmax_per_slice",
-    "parse_cam_options", "resolve_windows", "save_montage", "vertebra_windows",
+    "CamResult", "cam_parser", "cam_volume", "case_truth", "crop_localisation", "default_cam_dir", "fracture_cam",
+    "generate_maps", "localisation_records", "minmax_per_slice", "parse_cam_options", "resolve_windows",
+    "save_montage", "truth_folder", "vertebra_truth", "vertebra_windows", "write_localisation",
 ]

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from Attention.cam import generate_maps, parse_cam_options
-from Attention.localisation import summary_lines
+from Attention.localisation import TARGET_WINDOW_TITLE, summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(summary['written'])} maps written, {len(summary['skipped'])} existing kept, "
           f"{len(summary['failed'])} failed -> {summary['out']}")
     print("\n".join(summary_lines(summary["localisation"])))
+    if summary["localisation_target_window"] is not None:
+        print("\n".join(summary_lines(summary["localisation_target_window"],
+                                       f"attention localisation, {TARGET_WINDOW_TITLE}")))
     for key, reason in summary["failed"].items():
         print(f"failed: {key}: {reason}", file=sys.stderr)
     return 1 if summary["failed"] else 0

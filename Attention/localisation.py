@@ -32,6 +32,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, generate_binary_structure
 
 DEFAULT_SLACK_VOXELS = 2
+TARGET_WINDOW_TITLE = "target's own window"  # how summaries name the maps of the targets' own view windows
 LOCALISATION_FILE = "localisation.json"  # written beside the maps by Attention/grad_CAM_3d_sagittal.py
 
 
@@ -125,8 +126,8 @@ def summarise(records: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                               for m in morphologies}}
 
 
-def summary_lines(summary: Mapping[str, Any]) -> list[str]:
-    """Human-readable lines of a ``summarise`` result."""
+def summary_lines(summary: Mapping[str, Any], what: str = "attention localisation") -> list[str]:
+    """Human-readable lines of a ``summarise`` result, each starting with ``what``."""
     lines = []
     for name, part in [("all", summary["overall"]), *summary["by_morphology"].items()]:
         text = [f"{name} ({part['n']})"]
@@ -143,7 +144,7 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
             u = part["unknown"]
             text.append(f"no truth: mean mass share {_fmt(u['mean_mass_share'])}, peak in target "
                         f"{_fmt(u['peak_in_target_fraction'])}, mean map value {_fmt(u['mean_value'])}")
-        lines.append("attention localisation, " + "; ".join(text))
+        lines.append(f"{what}, " + "; ".join(text))
     return lines
 
 
@@ -151,5 +152,5 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-__all__ = ["DEFAULT_SLACK_VOXELS", "LOCALISATION_FILE", "Localisation", "aggregate", "localise", "summarise",
-           "summary_lines", "target_body"]
+__all__ = ["DEFAULT_SLACK_VOXELS", "LOCALISATION_FILE", "TARGET_WINDOW_TITLE", "Localisation", "aggregate", "localise",
+           "summarise", "summary_lines", "target_body"]

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from Attention.localisation import summary_lines
+from Attention.localisation import LOCALISATION_FILE, summary_lines
 from evaluation.phantom_truth import accuracy_summary, subsets
 from pipeline.report_data import load_report_data
 from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun, Step, StepResult
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"cohort -> {cohort.root}")
     shared = [s for s in build_steps(config, cohort, gpu_ids) if s.name in SHARED_STEPS]
     results = {"cohort": run_steps(shared, cohort.logs, threads)}
-    localisation_file = cohort.heatmap / "localisation.json"  # written by the attention-map step
+    localisation_file = cohort.heatmap / LOCALISATION_FILE  # written by the attention-map step
     localisation = read_json(localisation_file)["summary"] if localisation_file.is_file() else None
     if localisation:
         print("\n".join(summary_lines(localisation)))

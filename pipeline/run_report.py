@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from Attention.localisation import LOCALISATION_FILE, summary_lines
+from Attention.localisation import LOCALISATION_FILE, TARGET_WINDOW_TITLE, summary_lines
 from data.crops import split_of
 from evaluation.phantom_truth import GRADES, accuracy_summary, restrict_to_common, subsets, threshold_confusion
 from pipeline.figures import attention_figure, loss_figure, scatter_figure, synthesis_figure
@@ -36,7 +36,10 @@ def localisation_section(path: Path) -> str:
     preformatted block; a note when the maps have no such summary."""
     if not path.is_file():
         return "<p class='missing'>(no localisation summary of the attention maps)</p>"
-    lines = summary_lines(read_json(path)["summary"])
+    document = read_json(path)
+    lines = summary_lines(document["summary"], "crop maps")
+    if "target_window" in document:
+        lines += summary_lines(document["target_window"]["summary"], TARGET_WINDOW_TITLE)
     return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
 
 def cohort_section(truth: pd.DataFrame, run: PipelineRun, split: dict[str, dict[str, int]] | None) -> str:

@@ -370,3 +370,31 @@ def test_with_a_vertebra_margin_voxels_far_from_the_vertebrae_do_not_change_the_
     whole = SliceInput((-300.0, 800.0), view_mm=30.0)  # without the margin the same change does change the map
     assert not np.array_equal(cam_volume(model, crop, whole, n_slices=6, batch_size=4, normalise="volume").volume,
                               cam_volume(model, changed, whole, n_slices=6, batch_size=4, normalise="volume").volume)
+
+
+def test_vertebra_window_maps_also_score_the_targets_own_window(cohort, tmp_path):
+    """With one window per vertebra, localisation.json also holds the measure of each target's own window:
+    the map the target-only run writes, up to the fracture-probability weight (same share, same peak)."""
+    state = torch.load(checkpoint_path(cohort["checkpoints"], "syn"), weights_only=True)
+    state["view_mm"] = 24.0
+    viewed = tmp_path / "checkpoints"
+    checkpoint_path(viewed, "syn").parent.mkdir(parents=True)
+    torch.save(state, checkpoint_path(viewed, "syn"))
+    keys = [split_key("syn002", 21), split_key("syn003", 21)]
+    runs = {}
+    for windows in ("vertebrae", "target"):
+        opt = cam_options(cohort, tmp_path / windows, "--keys", *keys, "--no_png", "--normalise", "volume",
+                          "--windows", windows)
+        opt.checkpoints_dir = viewed
+        runs[windows] = generate_maps(opt)
+    assert runs["target"]["localisation_target_window"] is None
+    document = json.loads((tmp_path / "vertebrae" / "localisation.json").read_text(encoding="utf-8"))
+    target_only = json.loads((tmp_path / "target" / "localisation.json").read_text(encoding="utf-8"))
+    assert "target_window" not in target_only
+    for key in keys:
+        own, alone = document["target_window"]["vertebrae"][key], target_only["vertebrae"][key]
+        assert own["mass_share"] == pytest.approx(alone["mass_share"], rel=1e-5)
+        assert own["peak_in_target"] == alone["peak_in_target"]
+        crop_map = np.asarray(nib.load(tmp_path / "vertebrae" / f"{key}.nii.gz").dataobj)
+        assert (crop_map[:20] > 0).any() or (crop_map[44:] > 0).any()  # the neighbours' windows are marked too
+    assert runs["vertebrae"]["localisation_target_window"]["overall"]["n"] == len(keys)

@@ -181,7 +181,12 @@ def test_localisation_section_prints_the_maps_summary(tmp_path: Path) -> None:
                         "morphology": "none"}}
     write_localisation(tmp_path, records)
     text = localisation_section(tmp_path / "localisation.json")
+    assert text.count("crop maps, ") == 3 and "own window" not in text  # all, then morphologies none and wedge
     assert "peak in target 1/2, mean mass share 0.400" in text
     assert "peak on a fractured body (target or neighbour) 2/2, mean mass share on fractured bodies 0.600" in text
     assert "healthy: mean map value 0.020" in text
     assert "no localisation summary" in localisation_section(tmp_path / "absent.json")
+    own = {key: {**record, "mass_share": 0.9 if record["fractured"] else 0.1} for key, record in records.items()}
+    write_localisation(tmp_path, records, own)
+    text = localisation_section(tmp_path / "localisation.json")
+    assert "target&#x27;s own window, all (3); fractured: peak in target 1/2, mean mass share 0.900" in text

@@ -19,10 +19,10 @@ TINY = ["--num_threads", "0", "--ngf", "2", "--ndf", "4", "--mask_height", "16",
 
 
 def test_grad_cam_reports_cuda_oom_per_vertebra_and_goes_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    def map_one(_model, _opt, key, _out, _slice_input) -> float:
+    def map_one(_model, _opt, key, _out, _slice_input) -> tuple[float, None]:
         if key == "big_20":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return 0.25
+        return 0.25, None
 
     for key in ("big_20", "small_21"):  # listed crops must exist; _map_one (patched) never reads them
         for folder in ("CT", "label"):
