@@ -34,6 +34,7 @@ from torch import nn
 
 from data.masking import MaskingSettings, add_mask_height_option
 from models.amp import add_amp_options
+from models.compilation import add_compile_option
 from models.aotgan_networks import (
     AOTGenerator,
     AOTOutput,
@@ -114,6 +115,7 @@ class AOTGANModel(BaseModel):
                    help="dilation rates of the parallel branches of each AOT block")
         add_mask_height_option(parser)
         add_amp_options(parser)
+        add_compile_option(parser)
         if is_train:
             add_init_options(parser, "weight")
             add_option(parser, "--lambda_L1", type=float, default=defaults.lambda_L1,

@@ -90,6 +90,10 @@ class ContextualAttention(nn.Module):
         patch_mean = F.avg_pool2d(F.pad(small, (left, right, top, bottom)), self.ksize, stride=1)
         return (patch_mean == 0).float().reshape(mask.shape[0], -1, 1, 1)
 
+    # Run eagerly inside a torch.compile'd generator (--compile): TorchInductor fuses the score fusion's strided
+    # views into the softmax, which made the compiled generator 2.7x slower than eager on an AVX2 CPU
+    # (benchmarks/README.md); the two matrix products are library calls either way.
+    @torch.compiler.disable
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend every position of ``features`` to its own sample's unmasked background.
 
