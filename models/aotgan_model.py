@@ -34,7 +34,6 @@ from torch import nn
 
 from data.masking import MaskingSettings, add_mask_height_option
 from models.amp import add_amp_options
-from models.compilation import add_compile_option
 from models.aotgan_networks import (
     AOTGenerator,
     AOTOutput,
@@ -46,6 +45,7 @@ from models.aotgan_networks import (
     sm_patchgan_targets,
 )
 from models.base_model import BaseModel
+from models.compilation import add_compile_option
 from models.composition import compose_height_adaptive
 from models.healthivert_model import HealthiVertModel, HealthiVertSettings, add_init_options
 from models.losses import dice_coefficient

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from data.crops import DEFAULT_SPACING_MM
 from data.masking import MaskingSettings, add_mask_height_option, mask_height_rows
 from models.amp import add_amp_options
-from models.compilation import add_compile_option
 from models.base_model import BaseModel, add_schedule_options
+from models.compilation import add_compile_option
 from models.composition import compose_height_adaptive
 from models.contextual_attention import flow_to_rgb
 from models.losses import (
