@@ -6,9 +6,9 @@ network (no ``_orig_mod.`` prefix), and a checkpoint trained with ``--compile`` 
 happens on the first call of each input signature (seconds to minutes, see benchmarks/README.md); TorchInductor
 needs a C++ compiler on the CPU and Triton on a GPU, and :func:`compile_network` says in one line when one is
 missing. Contextual attention runs eagerly inside a compiled generator (``torch.compiler.disable`` in
-``models.contextual_attention``). Batch sizes are left to PyTorch's automatic dynamic shapes: the first size compiles a static graph, a
-second size one graph with a symbolic batch; ``models.synthesis.runner.GeneratorRunner`` pads its chunks so
-that a synthesis run needs one graph per chunk size.
+``models.contextual_attention``). Batch sizes are left to PyTorch's automatic dynamic shapes: the first size
+compiles a static graph, a second size one graph with a symbolic batch; ``models.synthesis.runner.GeneratorRunner``
+pads its chunks so that a synthesis run needs one graph per chunk size.
 """
 
 from __future__ import annotations
