@@ -34,6 +34,7 @@ from evaluation.rhlv import REFERENCES
 
 def build_parser() -> argparse.ArgumentParser:
     from Attention.cam import CAM_NORMALISATIONS, CAM_WINDOWS
+    from models.compilation import add_compile_option
     from pipeline.predict import PredictSettings
 
     defaults = PredictSettings
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu_ids", default=defaults.gpu_ids, help="GPU ids, e.g. 0; -1 for CPU")
     parser.add_argument("--keep_work", action="store_true", help="keep the intermediate crops and maps in --out")
     parser.add_argument("--no_report", action="store_true", help="skip report.html")
+    add_compile_option(parser)  # the synthesis generator; pays off only for many vertebrae (compile time)
     return parser
 
 

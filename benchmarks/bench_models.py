@@ -15,6 +15,9 @@ with ``torch.utils.flop_counter`` (convolutions and matrix products) at batch 1 
 batch. The ``bf16`` forward cases also report the bfloat16 vs float32 difference of the same
 generator on the same inputs over the band pixels: fine CT in HU (median, p99) and the agreement of
 the target labels (fine segmentation > 0.5). Times are medians of ``--repeats`` runs after one warm-up.
+With ``--compile`` every case also runs with the model's networks compiled by ``torch.compile``
+(``models.compilation``, as ``train.py --compile``), in its own worker: its first call (compilation + one run)
+is timed apart, and the forward cases give the largest compiled vs eager difference of the same generator.
 
     python benchmarks/bench_models.py [--size 256] [--threads 2] [--repeats 5] [--dtypes fp32 bf16]
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="after timing, run each case once under torch.profiler and print its N operators "
                              "with the most self CPU time (to stderr)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run every case with the networks compiled by torch.compile (own worker)")
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", type=str, default="fp32", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -154,6 +161,26 @@ def build_case(case: str, size: int, ngf: int, dtype: torch.dtype | None) -> tup
     raise ValueError(f"unknown case {case!r}")
 
 
+def compile_case(run: Callable[[], object], model) -> dict[str, object]:
+    """Compile the model's networks in place (``--compile``), time the first call (compilation + one run) and, for
+    a forward case, compare the compiled generator's output with the eager one's on the same input."""
+    import time
+
+    from models.compilation import compile_networks
+
+    eager = run() if isinstance(model.netG, torch.nn.Module) and not model.netG.training else None
+    compile_networks(model.networks(), "cpu")
+    start = time.perf_counter()
+    compiled = run()
+    result: dict[str, object] = {"compile_s": time.perf_counter() - start}
+    if eager is not None:
+        ct = [unwindow(o.fine_ct.float().numpy()) for o in (eager, compiled)]
+        result["compiled_vs_eager"] = {
+            "ct_hu_max": abs_difference_stats(*ct)["max"],
+            "seg_max": float((eager.fine_target_seg - compiled.fine_target_seg).abs().max())}
+    return result
+
+
 def forward_difference(model) -> dict[str, float]:
     """bfloat16 vs float32 generator output on the band pixels: |fine CT difference| in HU and the
     percentage of band pixels whose target label (fine segmentation > 0.5) agrees."""
@@ -171,6 +198,9 @@ def run_worker(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     yardstick, yardstick_flops = conv_yardstick(dtype)
     run, model = build_case(args.worker, args.size, args.ngf, dtype)
+    extra: dict[str, object] = {}
+    if args.compiled:
+        extra = compile_case(run, model)
     base_gb = peak_rss_gb()
     times = time_interleaved(run, yardstick, args.repeats)
     peak_gb = peak_rss_gb()
@@ -182,7 +212,7 @@ def run_worker(args: argparse.Namespace) -> int:
     result = {"case": args.worker, "dtype": args.dtype, "wall_s": times.case_wall, "cpu_s": times.case_cpu,
               "yardstick_wall_s": times.yardstick_wall, "yardstick_cpu_s": times.yardstick_cpu,
               "yardstick_flops": yardstick_flops, "flops": flops,
-              "peak_rss_gb": peak_gb, "rss_before_gb": base_gb}
+              "peak_rss_gb": peak_gb, "rss_before_gb": base_gb, "compiled": args.compiled, **extra}
     if kind == "train":  # the yardstick layer's own training pass against the yardstick, same worker
         training_pass, training_pass_flops = conv_training_pass(dtype)
         pass_times = time_interleaved(training_pass, yardstick, args.repeats)
@@ -210,20 +240,21 @@ def main(argv: list[str] | None = None) -> int:
         print("conv: the convolution yardsticks run inside every case; nothing to run on its own", file=sys.stderr)
     load_before = os.getloadavg()
     results, failures = [], []
-    for case in (c for c in args.cases if c != "conv"):
-        for dtype_name in args.dtypes:
-            command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--dtype", dtype_name,
-                       "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
-                       "--ngf", str(args.ngf), "--profile", str(args.profile)]
-            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if args.profile else subprocess.PIPE,
-                                  encoding="utf-8")
-            if proc.returncode:
-                failures.append(f"{case} {dtype_name}")
-                print(f"{case} {dtype_name}: worker failed: {(proc.stderr or '').strip().splitlines()[-1:]}",
-                      file=sys.stderr)
-                continue
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(f"{case} {dtype_name}: median {statistics.median(results[-1]['wall_s']):.3f} s", file=sys.stderr)
+    modes = (False, True) if args.compile else (False,)
+    cases = [c for c in args.cases if c != "conv"]
+    for case, dtype_name, compiled in itertools.product(cases, args.dtypes, modes):
+        label = f"{case} {dtype_name}{' compiled' if compiled else ''}"
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, "--dtype", dtype_name,
+                   "--size", str(args.size), "--threads", str(args.threads), "--repeats", str(args.repeats),
+                   "--ngf", str(args.ngf), "--profile", str(args.profile)] + (["--compiled"] if compiled else [])
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if args.profile else subprocess.PIPE,
+                              encoding="utf-8")
+        if proc.returncode:
+            failures.append(label)
+            print(f"{label}: worker failed: {(proc.stderr or '').strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{label}: median {statistics.median(results[-1]['wall_s']):.3f} s", file=sys.stderr)
     load_after = os.getloadavg()
 
     print(f"machine: {bf16_summary()}; {os.cpu_count()} logical CPUs; torch {torch.__version__}, "
@@ -249,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         diff = res.get("bf16_vs_fp32")
         diff_text = (f"{diff['ct_hu_median']:.2f} / {diff['ct_hu_p99']:.2f}, {diff['label_agreement_percent']:.2f} %"
                      if diff else "-")
-        print(f"| {kind} | {batch} | {res['dtype']} | {median:.3f} | {statistics.median(res['cpu_s']):.2f} "
+        type_name = res["dtype"] + (" compiled" if res.get("compiled") else "")
+        print(f"| {kind} | {batch} | {type_name} | {median:.3f} | {statistics.median(res['cpu_s']):.2f} "
               f"| {gflop:.1f} | {gflop / median:.1f} | {yard:.1f} | {res['percent_of_yardstick']:.0f} % "
               f"| {res['percent_of_yardstick_cpu']:.0f} % | {res['peak_rss_gb']:.2f} | {diff_text} |")
     for res in results:
@@ -257,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{res['case']} {res['dtype']}: the yardstick convolution's own training pass (forward, input and "
                   f"weight gradients) runs at {res['yardstick_training_pass_percent']:.0f} % of the yardstick "
                   f"(CPU s, same worker)")
+    for res in results:
+        if "compile_s" in res:
+            diff = res.get("compiled_vs_eager")
+            diff_text = (f"; compiled vs eager generator: fine CT max |difference| {diff['ct_hu_max']:.4f} HU, "
+                         f"segmentation {diff['seg_max']:.2e}" if diff else "")
+            print(f"{res['case']} {res['dtype']} compiled: compilation + first run {res['compile_s']:.1f} s "
+                  f"(wall){diff_text}")
     for res in results:
         if "bf16_via" in res:
             print(f"bf16 training step of {res['case']}: {res['bf16_via']}")

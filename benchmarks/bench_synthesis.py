@@ -14,13 +14,15 @@ load changes hit every variant alike:
   (132 calls), generator in the default memory format: the published implementation's structure;
 - ``batched, chunks of B``: ``models.synthesis.plane.synthesize_plane`` (three steps, each over
   all slices in chunks of B), channels-last generator, spectral-norm weights computed once per call;
-- ``batched, chunks of B, bf16`` (``--bf16``): the same under bfloat16 autocast (CPU).
+- ``batched, chunks of B, bf16`` (``--bf16``): the same under bfloat16 autocast (CPU);
+- ``batched, chunks of B, compiled`` (``--compile``): the same float32 generator compiled with ``torch.compile``
+  (``models.compilation``); its first run (compilation + one synthesis) is timed apart as the compile time.
 
 Before every timed run of a variant its type's convolution yardstick runs (``benchmarks/yardsticks.py``,
 float32 or bfloat16 autocast): each variant's GFLOP/s (generator FLOPs of one slice, counted with
 ``torch.utils.flop_counter``, times the slices synthesized) is given as a percentage of it. With
 ``--bf16`` the bfloat16 result is compared with the float32 one on the voxels either changed: CT in
-HU (median, p99) and identical labels.
+HU (median, p99) and identical labels; with ``--compile`` the compiled result likewise.
 
 Prints the machine (CPU model, AMX / AVX-512 BF16), the command and a table with the median wall-clock
 and CPU (process) seconds per vertebra, the percentages of the yardsticks and the speed-ups over the
@@ -34,6 +36,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -49,6 +52,7 @@ from benchmarks.yardsticks import (
     time_interleaved,
 )
 from data.masking import central_slice_range, slice_offset_ratio, target_slice_extent
+from models.compilation import compile_network
 from models.networks import HealthiVertGenerator
 from models.synthesis.plane import PlaneSynthesis, adjacent_labels, synthesize_plane, synthesize_step
 from models.synthesis.runner import GeneratorRunner
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
     parser.add_argument("--bf16", action="store_true", help="also time the batched variants under bfloat16 autocast")
     parser.add_argument("--skip_loop", action="store_true", help="do not time the slice-by-slice loop")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the float32 batched variants with the generator compiled by torch.compile")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, run each batched variant once under torch.profiler and print its N "
                              "operators with the most self CPU time")
@@ -182,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             name = f"batched, {chunk}" + (", bf16" if dtype_name == "bf16" else "")
             variants[name] = (dtype_name,
                               lambda r=runner: synthesize_plane(r, ct, labels, cam, TARGET, "sagittal", settings))
+        if args.compile:
+            runner = GeneratorRunner(compiled_generator(tuned), batch_size=batch_size)
+            variants[f"batched, {chunk}, compiled"] = (
+                "fp32", lambda r=runner: synthesize_plane(r, ct, labels, cam, TARGET, "sagittal", settings))
 
     processed = synthesize_plane(GeneratorRunner(tuned), ct, labels, cam, TARGET, "sagittal", settings)
     slices_per_vertebra = sum(len(step.slices) for step in processed.steps)
@@ -194,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     yardsticks = {name: conv_yardstick(DTYPES[name]) for name in {dtype for dtype, _ in variants.values()}}
     warm_up(plain, ct.shape[:2])
     warm_up(tuned, ct.shape[:2])
+    compile_seconds = {}
+    for name, (_, run) in variants.items():  # compilation + one run, for the chunk sizes the timed runs use
+        if name.endswith(", compiled"):
+            start = time.perf_counter()
+            run()
+            compile_seconds[name] = time.perf_counter() - start
     results: dict[str, object] = {}
 
     def keep(name: str, run: Callable[[], object]) -> Callable[[], None]:
@@ -231,12 +247,16 @@ def main(argv: list[str] | None = None) -> int:
             target = TARGET_PERCENT[variants[name][0]]
             print(f"target {name} >= {target:.0f} % of its yardstick: {'met' if percent >= target else 'NOT met'} "
                   f"({percent:.0f} %)")
+    for name, seconds in compile_seconds.items():
+        print(f"{name}: compilation + first run {seconds:.1f} s, i.e. compilation about "
+              f"{seconds - statistics.median(times[name].case_wall):.1f} s (wall)")
     for name in variants:
-        if name.endswith(", bf16"):
-            diff = changed_voxel_difference(results[name[:-len(", bf16")]], results[name], ct, labels)
+        suffix = next((s for s in (", bf16", ", compiled") if name.endswith(s)), None)
+        if suffix:
+            diff = changed_voxel_difference(results[name[:-len(suffix)]], results[name], ct, labels)
             ok = (diff["label_agreement_changed_percent"] >= TARGET_LABEL_AGREEMENT
                   and diff["ct_hu_median"] <= TARGET_MEDIAN_HU)
-            print(f"{name} vs float32 on {diff['changed_voxels']} changed voxels: CT |difference| median "
+            print(f"{name} vs eager float32 on {diff['changed_voxels']} changed voxels: CT |difference| median "
                   f"{diff['ct_hu_median']:.2f} HU, p99 {diff['ct_hu_p99']:.2f} HU, max {diff['ct_hu_max']:.1f} HU; "
                   f"labels identical on {diff['label_agreement_changed_percent']:.2f} % of them "
                   f"({diff['label_agreement_crop_percent']:.3f} % of the crop); target (labels >= "
@@ -246,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nprofile of {name} (one run, self CPU time):")
             print(operator_profile(run, args.profile))
     return 0
+
+
+def compiled_generator(generator: HealthiVertGenerator) -> HealthiVertGenerator:
+    """A copy of ``generator`` (same weights, channels-last, eval) compiled with ``torch.compile``."""
+    copy = HealthiVertGenerator(generator.ngf, generator.mask_height_px).eval()
+    copy.load_state_dict(generator.state_dict())
+    return compile_network(copy.to(memory_format=torch.channels_last), "cpu")
 
 
 def warm_up(generator: HealthiVertGenerator, image_shape: tuple[int, int]) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the whole training and inference path, from a fresh checkout with a Python environment.
 #
-#   benchmarks/gpu_check.sh [--out DIR] [--steps N] [--python PY] [--skip_tests]
+#   benchmarks/gpu_check.sh [--out DIR] [--steps N] [--python PY] [--skip_tests] [--compile]
 #   benchmarks/gpu_check.sh --dry-run        # every step tiny on the CPU (checks the script and the flags);
 #                                            # --device cpu is the same, --device cuda the default
 #
@@ -15,6 +15,9 @@
 #   gpu1        --gpu_ids 1 must not open a context on GPU 0 (2 GPUs)
 #   ddp         torchrun --nproc_per_node 2 train + resume, and a WGAN-GP + batch-norm critic run (2 GPUs)
 #   synthesis   eval_3d_sagittal_twostage.py on the cohort (s/vertebra), and with torchrun on 2 GPUs
+#   compile     with --compile: train_compile (train + resume with torch.compile; both runs compile, so s/step
+#               leaves out about the compilation time) and synthesis_compile (s/vertebra with the compilation,
+#               then a second run over the same vertebrae with the compile cache warm)
 # The last lines are a table: step, status, seconds, s/step or s/vertebra. Exit status 1 when a step failed.
 # --dry-run uses --gpu_ids -1, 3 training steps, the fp16 step skipped (GPU only) and 2 Gloo ranks for
 # the torchrun steps. Wall times include process start-up; s/step subtracts it (see `per_step`).
@@ -26,6 +29,7 @@ STEPS=200
 PYTHON="${PYTHON:-python}"
 DRY_RUN=0
 SKIP_TESTS=0
+COMPILE=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
@@ -34,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --dry-run) DRY_RUN=1; shift ;;
     --device) [[ "${2:-}" == cpu ]] && DRY_RUN=1; shift 2 ;;
     --skip_tests) SKIP_TESTS=1; shift ;;
+    --compile) COMPILE=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -56,7 +61,7 @@ else
   RANKS_AVAILABLE=$GPUS; SYNTH_LIMIT=1000000
 fi
 RESUME_STEPS=$(( STEPS / 10 > 1 ? STEPS / 10 : 1 ))
-echo "gpu_check: $(date -u +%FT%TZ) repo $REPO out $OUT gpus $GPUS dry_run $DRY_RUN steps $STEPS"
+echo "gpu_check: $(date -u +%FT%TZ) repo $REPO out $OUT gpus $GPUS dry_run $DRY_RUN steps $STEPS compile $COMPILE"
 "$PYTHON" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, \
 'cuda', torch.version.cuda, [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])"
 
@@ -161,6 +166,9 @@ train_and_resume() {
 }
 
 train_and_resume train "$PYTHON" -- --gpu_ids "$GPU_IDS"
+if [[ $COMPILE -eq 1 ]]; then
+  train_and_resume train_compile "$PYTHON" -- --gpu_ids "$GPU_IDS" --compile
+fi
 train_and_resume amp_bf16 "$PYTHON" -- --gpu_ids "$GPU_IDS" --amp --amp_dtype bf16
 if [[ $DRY_RUN -eq 1 ]]; then
   skip amp_fp16 "float16 autocast is GPU only"
@@ -219,6 +227,18 @@ else
     record synthesis ok "$LAST_SECONDS" "$(synthesis_rate "$RESULTS/one/train/synthesis_summary.json")"
   else
     record synthesis FAILED "$LAST_SECONDS" "see logs/synthesis.log"
+  fi
+  if [[ $COMPILE -eq 1 ]]; then
+    # first run: compilation + synthesis; second run (same process start-up, new process, warm compile cache)
+    if step synthesis_compile "$PYTHON" "${SYNTH[@]}" --results_dir "$RESULTS/compiled" --gpu_ids "$GPU_IDS" --compile \
+        && cp "$RESULTS/compiled/train/synthesis_summary.json" "$OUT/logs/synthesis_compile_first.json" \
+        && step synthesis_compile_warm "$PYTHON" "${SYNTH[@]}" --results_dir "$RESULTS/compiled" --gpu_ids "$GPU_IDS" \
+          --compile; then
+      record synthesis_compile ok "$LAST_SECONDS" "first $(synthesis_rate "$OUT/logs/synthesis_compile_first.json"); \
+warm cache $(synthesis_rate "$RESULTS/compiled/train/synthesis_summary.json")"
+    else
+      record synthesis_compile FAILED "$LAST_SECONDS" "see logs/synthesis_compile*.log"
+    fi
   fi
   if [[ $RANKS_AVAILABLE -lt 2 ]]; then
     skip synthesis_ddp "needs 2 GPUs"

@@ -45,6 +45,7 @@ from models.aotgan_networks import (
     sm_patchgan_targets,
 )
 from models.base_model import BaseModel
+from models.compilation import add_compile_option
 from models.composition import compose_height_adaptive
 from models.healthivert_model import HealthiVertModel, HealthiVertSettings, add_init_options
 from models.losses import dice_coefficient
@@ -114,6 +115,7 @@ class AOTGANModel(BaseModel):
                    help="dilation rates of the parallel branches of each AOT block")
         add_mask_height_option(parser)
         add_amp_options(parser)
+        add_compile_option(parser)
         if is_train:
             add_init_options(parser, "weight")
             add_option(parser, "--lambda_L1", type=float, default=defaults.lambda_L1,

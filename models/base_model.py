@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from models.amp import MixedPrecision, load_scaler_states, scaled_step, scaler_states
+from models.compilation import compile_networks, require_compile
 from util.cli import add_option
 from util.distributed import resolve_device
 from util.fileio import atomic_torch_save
@@ -74,7 +75,8 @@ class ModelRunSettings(FromOptions):
 
     is_train: training (optimizers, schedulers) or inference; gpu_ids: ``--gpu_ids`` (``util.distributed``);
     checkpoints_dir / name: the run folder; continue_train: resume from ``epoch`` (or ``iter_<load_iter>``
-    when ``load_iter`` > 0); verbose: print network sizes.
+    when ``load_iter`` > 0); verbose: print network sizes; compile: ``torch.compile`` every network in
+    :meth:`BaseModel.setup` (``--compile``, ``models.compilation``).
     """
 
     is_train: bool = field(metadata={"option": "isTrain"})
@@ -85,6 +87,7 @@ class ModelRunSettings(FromOptions):
     load_iter: int = 0
     epoch: str = "latest"
     verbose: bool = False
+    compile: bool = False
 
     @property
     def save_dir(self) -> Path:
@@ -133,6 +136,8 @@ class BaseModel(ABC):
         self.metric = 0.0
         self.precision = MixedPrecision.from_options(opt, self.device)
         self.scalers: dict[str, torch.amp.GradScaler] = {}
+        if self.run.compile:  # fail before the networks are built
+            require_compile(self.device)
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
@@ -185,7 +190,8 @@ class BaseModel(ABC):
         return {name: getattr(self, "net" + name) for name in self.model_names}
 
     def setup(self, opt: argparse.Namespace, load: bool | None = None) -> None:
-        """Create schedulers (training) and load networks.
+        """Create schedulers (training), load networks and, with ``--compile``, compile them in place
+        (``models.compilation``: ``state_dict`` keys and DDP wrapping stay those of the eager networks).
 
         ``load=None`` follows pix2pix: load ``opt.epoch`` when testing or with ``--continue_train``.
         Pass ``load=False`` when the caller restores everything itself via ``load_state_dict``.
@@ -200,6 +206,8 @@ class BaseModel(ABC):
             self.load_networks(f"iter_{run.load_iter}" if run.load_iter > 0 else run.epoch)
         if run.verbose:
             self.print_networks()
+        if run.compile:
+            compile_networks(self.networks(), self.device)
 
     def train(self) -> None:
         """Put every network in training mode."""

@@ -42,21 +42,28 @@ def fuse_diagonal(scores: torch.Tensor, grid_b: tuple[int, int], grid_f: tuple[i
 
     scores: (B, Lb, Lf) with Lb = hb*wb background patches and Lf = hf*wf foreground positions.
     Returns the fused scores with the same shape and ordering.
+
+    The column-major pass is done in the row-major layout, without transposing the matrix: one step along
+    the column-major order is one row down, or from the last row to the top of the next column.
     """
     batch = scores.shape[0]
     (hb, wb), (hf, wf) = grid_b, grid_f
-
-    def diag3(m: torch.Tensor) -> torch.Tensor:
-        # out[l, p] = m[l-1, p-1] + m[l, p] + m[l+1, p+1] (zero outside): conv with eye(3)
-        out = m.clone()
-        out[:, 1:, 1:] += m[:, :-1, :-1]
-        out[:, :-1, :-1] += m[:, 1:, 1:]
-        return out
-
-    fused = diag3(scores)
-    transposed = fused.view(batch, hb, wb, hf, wf).permute(0, 2, 1, 4, 3).reshape(batch, wb * hb, wf * hf)
-    fused = diag3(transposed)
-    return fused.view(batch, wb, hb, wf, hf).permute(0, 2, 1, 4, 3).reshape(batch, hb * wb, hf * wf)
+    # row-major pass: out[l, p] = m[l-1, p-1] + m[l, p] + m[l+1, p+1] (zero outside)
+    fused = scores.clone()
+    fused[:, 1:, 1:] += scores[:, :-1, :-1]
+    fused[:, :-1, :-1] += scores[:, 1:, 1:]
+    # column-major pass on the (B, hb, wb, hf, wf) view: previous / next position in column-major order
+    m = fused.view(batch, hb, wb, hf, wf)
+    out = m.clone()
+    out[:, 1:, :, 1:, :] += m[:, :-1, :, :-1, :]  # both previous positions one row up
+    out[:, 0, 1:, 1:, :] += m[:, -1, :-1, :-1, :]  # background wraps to the previous column's last row
+    out[:, 1:, :, 0, 1:] += m[:, :-1, :, -1, :-1]  # foreground wraps
+    out[:, 0, 1:, 0, 1:] += m[:, -1, :-1, -1, :-1]  # both wrap
+    out[:, :-1, :, :-1, :] += m[:, 1:, :, 1:, :]  # both next positions one row down
+    out[:, -1, :-1, :-1, :] += m[:, 0, 1:, 1:, :]  # background wraps to the next column's first row
+    out[:, :-1, :, -1, :-1] += m[:, 1:, :, 0, 1:]  # foreground wraps
+    out[:, -1, :-1, -1, :-1] += m[:, 0, 1:, 0, 1:]  # both wrap
+    return out.view(batch, hb * wb, hf * wf)
 
 
 class ContextualAttention(nn.Module):
@@ -90,6 +97,10 @@ class ContextualAttention(nn.Module):
         patch_mean = F.avg_pool2d(F.pad(small, (left, right, top, bottom)), self.ksize, stride=1)
         return (patch_mean == 0).float().reshape(mask.shape[0], -1, 1, 1)
 
+    # Run eagerly inside a torch.compile'd generator (--compile): TorchInductor fuses the score fusion's strided
+    # views into the softmax, which made the compiled generator 2.7x slower than eager on an AVX2 CPU
+    # (benchmarks/README.md); the two matrix products are library calls either way.
+    @torch.compiler.disable
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attend every position of ``features`` to its own sample's unmasked background.
 

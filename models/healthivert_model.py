@@ -34,6 +34,7 @@ from data.crops import DEFAULT_SPACING_MM
 from data.masking import MaskingSettings, add_mask_height_option, mask_height_rows
 from models.amp import add_amp_options
 from models.base_model import BaseModel, add_schedule_options
+from models.compilation import add_compile_option
 from models.composition import compose_height_adaptive
 from models.contextual_attention import flow_to_rgb
 from models.losses import (
@@ -131,6 +132,7 @@ class HealthiVertModel(BaseModel):
                    help="generator base width (16: ~0.99 M parameters)")
         add_mask_height_option(parser)
         add_amp_options(parser)
+        add_compile_option(parser)
         if is_train:  # at synthesis the switches come from the checkpoint's options (settings_for)
             add_model_switches(parser)
             add_init_options(parser, "discriminator")

@@ -246,8 +246,10 @@ class HealthiVertGenerator(nn.Module):
         masked_ct, offset_plane, band_mask, inverse_cam = (
             as_memory_format(t, fmt) for t in (masked_ct, offset_plane, band_mask, 1.0 - cam))
         coarse_ct, coarse_seg, coarse_height = self.coarse(masked_ct, offset_plane, band_mask, inverse_cam, scale)
-        fine_ct, fine_seg, fine_height, offsets = self.fine(masked_ct, coarse_seg, band_mask, offset_plane,
-                                                            coarse_ct, scale)
+        # the one-channel coarse outputs get the inputs' strides, so the fine stage's concatenations stay
+        # channels-last instead of being copied again by each convolution that reads them
+        fine_ct, fine_seg, fine_height, offsets = self.fine(masked_ct, as_memory_format(coarse_seg, fmt), band_mask,
+                                                            offset_plane, as_memory_format(coarse_ct, fmt), scale)
         flow_scale = height // offsets.shape[2]
         attention_flow = F.interpolate(offsets * flow_scale, size=(height, width), mode="nearest")
         return GeneratorOutput(coarse_ct=coarse_ct, coarse_neighbour_seg=coarse_seg, coarse_height=coarse_height,

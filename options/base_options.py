@@ -19,6 +19,7 @@ from data import loader as dataset_loader
 from data.aligned_dataset import AlignedDatasetSettings
 from data.planes import PLANES
 from models.base_model import ModelRunSettings
+from models.compilation import add_compile_option
 from util import published_layout
 from util.distributed import launch_environment, parse_gpu_ids
 from util.fileio import atomic_write, write_json
@@ -100,6 +101,7 @@ class BaseOptions:
         parser.add_argument("--deterministic", action="store_true",
                             help="bitwise repeatable kernels on one device (slower)")
         parser.add_argument("--verbose", action="store_true", help="print network sizes and more")
+        add_compile_option(parser)
         add_protocol_option(parser)
         parser.add_argument("--direction", default="BtoA",
                             help="pix2pix direction; only BtoA (masked slice -> healthy slice) exists here, accepted "

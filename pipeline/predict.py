@@ -80,6 +80,7 @@ class PredictSettings(FromOptions):
     case: str | None = None
     keep_work: bool = False
     report: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -189,7 +190,8 @@ def _synthesize(settings: PredictSettings, dataroot: Path, cam_dir: Path | None,
     opt = Namespace(dataroot=str(dataroot), cam_dir=None if cam_dir is None else str(cam_dir), name=settings.name,
                     results_dir=str(results), plane=plane, checkpoints_dir=str(settings.checkpoints_dir),
                     epoch=settings.epoch, load_iter=0, gpu_ids=settings.gpu_ids, split=None, split_json=None,
-                    num_test=math.inf, overwrite=True, synthesis_batch_size=-1, amp=False, cpu_bf16=False)
+                    num_test=math.inf, overwrite=True, synthesis_batch_size=-1, amp=False, cpu_bf16=False,
+                    compile=settings.compile)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no --cam_dir given")
         summary = synthesize_dataset(opt, show_progress=False)

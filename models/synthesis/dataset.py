@@ -19,6 +19,7 @@ import torch
 from data.attention_maps import attention_map_path, load_attention_map
 from data.crops import Crop, crop_paths, file_signature, load_crop, require_listed_crops
 from data.image_io import ImageIOError, Volume
+from models.compilation import compile_network
 from models.synthesis.checkpoints import checkpoint_file, file_sha256, load_generator
 from models.synthesis.fusion import fuse_planes
 from models.synthesis.outputs import (
@@ -56,6 +57,9 @@ class DatasetSynthesizer:
         self.layouts = output_layouts(run.output_root, run.plane_mode)
         self.models = {plane: load_generator(checkpoint_file(run.checkpoints_dir, name, run.epoch, run.load_iter),
                                              device, plane) for plane, name in run.names.items()}
+        if run.compile:  # results agree with eager to float rounding (benchmarks/README.md): not in the provenance
+            for model in self.models.values():
+                compile_network(model.generator, device)
         batch_size = resolve_batch_size(run.batch_size, device)
         amp_dtype = autocast_dtype(device, run.amp, run.cpu_bf16, run.amp_dtype)
         self.runners = {plane: GeneratorRunner(model.generator, device, batch_size, amp_dtype)

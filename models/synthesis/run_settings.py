@@ -31,7 +31,8 @@ class SynthesisRunSettings:
     gpu_ids: ``--gpu_ids`` (``None``: auto); split: comma-separated split names, ``None``/``all``: every crop;
     split_json: ``None``: ``<dataroot>/../vertebra_data.json``; num_test: at most this many vertebrae
     (``None``: all); overwrite: recompute vertebrae whose outputs are up to date.
-    batch_size: slices per generator call (0: all, -1: automatic); amp, amp_dtype, cpu_bf16: autocast.
+    batch_size: slices per generator call (0: all, -1: automatic); amp, amp_dtype, cpu_bf16: autocast;
+    compile: ``torch.compile`` the generators (``--compile``, ``models.compilation``).
     flags: the flags that shape every step (``models.synthesis.settings.SynthesisFlags``: protocol,
     ``--no_iterative``, masking flags used where a checkpoint lacks them).
     """
@@ -53,6 +54,7 @@ class SynthesisRunSettings:
     amp: bool = False
     amp_dtype: str = "auto"
     cpu_bf16: bool = False
+    compile: bool = False
     flags: SynthesisFlags = SynthesisFlags()
 
     @classmethod
@@ -82,6 +84,7 @@ class SynthesisRunSettings:
             num_test=None if num_test == math.inf else int(num_test), overwrite=bool(given("overwrite", False)),
             batch_size=int(given("synthesis_batch_size", -1)), amp=bool(given("amp", False)),
             amp_dtype=str(given("amp_dtype", "auto")), cpu_bf16=bool(given("cpu_bf16", False)),
+            compile=bool(given("compile", False)),
             flags=SynthesisFlags(
                 protocol=given("protocol"), iterative=not bool(given("no_iterative", False)),
                 mask_height_mm=None if given("mask_height") is None else float(opt.mask_height),

@@ -5,6 +5,8 @@ on CPU in chunks of ``CPU_BATCH_SIZE`` (the generator is compute-bound there, so
 nothing and lose cache locality; see benchmarks/bench_synthesis.py). ``GeneratorRunner`` also runs the
 generator channels-last with spectral-norm weights computed once per call and, optionally, under
 autocast (``--amp`` with ``--amp_dtype``: bfloat16 by default, float16 on GPU; ``--cpu_bf16`` on CPU).
+With a generator compiled by ``models.compilation`` (``--compile``) every chunk is padded to the chunk size
+(repeating its last slice; the padding's outputs are dropped), so that one compiled graph serves the run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from models.amp import resolve_amp_dtype
+from models.compilation import is_compiled
 from models.networks import GeneratorOutput
 from util.cpu_features import onednn_bf16_supported
 
@@ -74,8 +77,22 @@ class GeneratorRunner:
                              mask_height_px) for i in range(0, count, step)]
         return tuple(np.concatenate(parts) for parts in zip(*outputs))  # type: ignore[return-value]
 
+    def padded_size(self, count: int) -> int:
+        """Slices a call of ``count`` slices runs with: ``count`` for an eager generator; for a compiled one the
+        chunk size (one static graph), or at least 2 with ``batch_size`` 0 (all slices at once: after the second
+        size PyTorch compiles one graph with a symbolic batch, and 2 keeps batch 1 from needing its own)."""
+        if not is_compiled(self.generator):
+            return count
+        return max(self.batch_size, count) if self.batch_size else max(count, 2)
+
     def _run(self, masked_ct: np.ndarray, offsets: np.ndarray, band_mask: np.ndarray, cam: np.ndarray,
              mask_height_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count = len(masked_ct)
+        padding = self.padded_size(count) - count
+        if padding:
+            masked_ct, offsets, band_mask, cam = (np.concatenate([a, np.repeat(a[-1:], padding, axis=0)])
+                                                  for a in (masked_ct, offsets, band_mask, cam))
+
         def image(array: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[:, None].to(self.device)
 
@@ -86,5 +103,5 @@ class GeneratorRunner:
                 self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
             out = self.generator(image(masked_ct), offset_plane.contiguous().to(self.device), image(band_mask),
                                  image(cam), float(mask_height_px))
-        return (out.fine_ct[:, 0].float().cpu().numpy(), out.fine_target_seg[:, 0].float().cpu().numpy(),
-                out.fine_height.float().cpu().numpy())
+        return (out.fine_ct[:count, 0].float().cpu().numpy(), out.fine_target_seg[:count, 0].float().cpu().numpy(),
+                out.fine_height[:count].float().cpu().numpy())
