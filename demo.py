@@ -32,50 +32,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pipeline.run import FULL, QUICK, DemoConfig, DemoPaths, PipelineRun
-from pipeline.runner import gpu_ids_for, log_tail, prepare_out_dir, run_step, skipped_result
-from pipeline.steps import build_steps
+from pipeline.run import FULL, QUICK, DemoConfig
+from pipeline.runner import gpu_ids_for, run_pipeline
 from util.fileio import OutputDirError, write_json
 
 MIN_CASES = 3  # the split needs at least one case each in train, val and test
 QUICK_DURATION = "480 instead of 2400 training iterations"  # the README says the same; wall time depends on the machine
-
-
-def run_pipeline(config: DemoConfig, root: Path, gpu_ids: str = "-1", overwrite: bool = False,
-                 verbose: bool = False, echo: bool = True, threads: int | None = 1) -> PipelineRun:
-    """Run every step in order into ``root``; a step whose inputs are missing (an earlier step failed)
-    is skipped, with the reason in its log line."""
-    paths = DemoPaths(root.resolve())
-    prepare_out_dir(paths.root, overwrite)
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    run = PipelineRun(config, paths, gpu_ids)
-    steps = build_steps(config, paths, gpu_ids)
-    for index, step in enumerate(steps, start=1):
-        if echo:
-            print(f"[{index:2d}/{len(steps)}] {step.name:<26} ", end="", flush=True)
-        result = skipped_result(step)
-        if result is not None:
-            run.steps.append(result)
-            if echo:
-                print(f"skipped      ({result.log})", flush=True)
-            continue
-        beats: list[str] = []
-
-        # heartbeat is only called by run_step within this iteration, so ``beats`` is this step's list
-        def heartbeat(line: str) -> None:
-            print(("\n" if not beats else "") + f"      ... {line}", flush=True)  # noqa: B023
-            beats.append(line)  # noqa: B023
-
-        result = run_step(step, paths.logs, index, verbose, threads, heartbeat if echo else None)
-        run.steps.append(result)
-        if echo:
-            if beats:  # the heartbeat lines broke the step's line: name the step again
-                print(f"[{index:2d}/{len(steps)}] {step.name:<26} ", end="")
-            print(f"{result.status:<12} {result.wall_s:7.1f} s  -> {step.artefact}", flush=True)
-            if result.status != "ok":
-                print(f"    log: {result.log}\n"
-                      + "\n".join(f"    | {line}" for line in log_tail(result.log).splitlines()))
-    return run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

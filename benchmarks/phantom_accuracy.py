@@ -4,7 +4,7 @@ against the phantom truth, on a larger cohort with a longer CPU training budget 
     python benchmarks/phantom_accuracy.py [--out DIR] [--cases 12] [--gan_epochs 200] [--device cpu]
     python benchmarks/phantom_accuracy.py --out DIR --tabulate_only      # tables of an earlier run again
 
-Runs the demo pipeline (``demo.run_pipeline``: the same scripts, in the same order) on a fresh
+Runs the demo pipeline (``pipeline.runner.run_pipeline``: the same scripts, in the same order) on a fresh
 phantom cohort, then prints markdown tables (for benchmarks/README.md): per method and vertebra
 subset (all, next to a fractured vertebra, not next to one, fractured), the mean absolute error of
 the anterior / middle / posterior RHLV against the true regional height-loss ratio, of the largest
@@ -29,12 +29,11 @@ from typing import Any
 
 import pandas as pd
 
-import demo
 from evaluation.phantom_truth import accuracy_summary, restrict_to_common, subsets
 from pipeline.report_data import demo_summary, load_report_data
 from pipeline.run import FULL, DemoConfig, DemoPaths, PipelineRun, StepResult
 from pipeline.run_report import write_report
-from pipeline.runner import gpu_ids_for
+from pipeline.runner import gpu_ids_for, run_pipeline
 from util.cli import tolerate_unencodable_stdout
 from util.fileio import read_json, write_json
 
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                          gan_epochs_decay=args.gan_epochs // 3, compare=args.compare)
         started = time.perf_counter()
         try:
-            run = demo.run_pipeline(config, args.out, gpu_ids_for(args.device), args.overwrite)
+            run = run_pipeline(config, args.out, gpu_ids_for(args.device), args.overwrite)
         except (FileExistsError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

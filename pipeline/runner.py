@@ -1,5 +1,6 @@
 """Running one demo step: its script as a subprocess from the repository root, its output in a log,
-its wall and CPU seconds, and which of its outputs exist (``pipeline.run.StepResult``)."""
+its wall and CPU seconds, and which of its outputs exist (``pipeline.run.StepResult``); and running
+every step of the pipeline in order (``run_pipeline``: demo.py and benchmarks/phantom_accuracy.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.run import Step, StepResult
+from pipeline.run import DemoConfig, DemoPaths, PipelineRun, Step, StepResult
+from pipeline.steps import build_steps
 from util.fileio import prepare_output_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the step scripts' paths are relative to it
@@ -123,3 +125,40 @@ def gpu_ids_for(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available")
     return "0" if torch.cuda.is_available() else "-1"
+
+
+def run_pipeline(config: DemoConfig, root: Path, gpu_ids: str = "-1", overwrite: bool = False,
+                 verbose: bool = False, echo: bool = True, threads: int | None = 1) -> PipelineRun:
+    """Run every step in order into ``root``; a step whose inputs are missing (an earlier step failed)
+    is skipped, with the reason in its log line."""
+    paths = DemoPaths(root.resolve())
+    prepare_out_dir(paths.root, overwrite)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    run = PipelineRun(config, paths, gpu_ids)
+    steps = build_steps(config, paths, gpu_ids)
+    for index, step in enumerate(steps, start=1):
+        if echo:
+            print(f"[{index:2d}/{len(steps)}] {step.name:<26} ", end="", flush=True)
+        result = skipped_result(step)
+        if result is not None:
+            run.steps.append(result)
+            if echo:
+                print(f"skipped      ({result.log})", flush=True)
+            continue
+        beats: list[str] = []
+
+        # heartbeat is only called by run_step within this iteration, so ``beats`` is this step's list
+        def heartbeat(line: str) -> None:
+            print(("\n" if not beats else "") + f"      ... {line}", flush=True)  # noqa: B023
+            beats.append(line)  # noqa: B023
+
+        result = run_step(step, paths.logs, index, verbose, threads, heartbeat if echo else None)
+        run.steps.append(result)
+        if echo:
+            if beats:  # the heartbeat lines broke the step's line: name the step again
+                print(f"[{index:2d}/{len(steps)}] {step.name:<26} ", end="")
+            print(f"{result.status:<12} {result.wall_s:7.1f} s  -> {step.artefact}", flush=True)
+            if result.status != "ok":
+                print(f"    log: {result.log}\n"
+                      + "\n".join(f"    | {line}" for line in log_tail(result.log).splitlines()))
+    return run

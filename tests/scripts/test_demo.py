@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import demo
+import pipeline.runner
 from evaluation.phantom_truth import (
     accuracy_summary,
     compare_to_truth,
@@ -89,7 +90,8 @@ def test_step_without_its_inputs_is_skipped(tmp_path: Path, monkeypatch: pytest.
     failing = Step("boom", "-c", ["import sys; print('bad input'); sys.exit(3)"], "x.txt", (), (produced,))
     dependent = Step("after", "-c", ["pass"], "nothing", (produced,), ())
     independent = Step("other", "-c", ["pass"], "nothing", (), ())
-    monkeypatch.setattr(demo, "build_steps", lambda config, paths, gpu_ids: [failing, dependent, independent])
+    monkeypatch.setattr(pipeline.runner, "build_steps",
+                        lambda config, paths, gpu_ids: [failing, dependent, independent])
     run = demo.run_pipeline(QUICK, tmp_path, echo=False)
     assert [s.status for s in run.steps] == ["failed", "skipped", "ok"]
     assert "bad input" in Path(run.steps[0].log).read_text(encoding="utf-8")
