@@ -78,3 +78,21 @@ def test_classifier_and_map_steps_pass_the_view_margin_and_windows_the_scripts_a
     whole = {s.script: s for s in build_steps(published, paths, "-1")}
     assert "--vertebra_margin_mm" not in whole["Attention/train_classifier.py"].args
     assert parse_classifier_options(whole["Attention/train_classifier.py"].args).vertebra_margin_mm is None
+
+
+def test_phantom_accuracy_keeps_the_attention_settings_of_its_tables(tmp_path: Path) -> None:
+    """benchmarks/phantom_accuracy.py reproduces its README tables: whole-slice classifier, per-slice maps of the
+    target, 8 slices per vertebra, whatever the demo's defaults become."""
+    from Attention.cam import parse_cam_options
+    from Attention.training import parse_classifier_options
+    from benchmarks.phantom_accuracy import BENCHMARK
+
+    paths = DemoPaths(tmp_path)
+    paths.root.mkdir(exist_ok=True)
+    paths.split_json.write_text("{}", encoding="utf-8")
+    steps = {s.script: s for s in build_steps(BENCHMARK, paths, "-1")}
+    classifier = parse_classifier_options(steps["Attention/train_classifier.py"].args)
+    assert (classifier.view_mm, classifier.vertebra_margin_mm, classifier.slices_per_vertebra) == (0.0, None, 8)
+    assert (classifier.n_epochs, classifier.n_epochs_decay, classifier.n_slices) == (6, 6, 20)
+    maps = parse_cam_options(steps["Attention/grad_CAM_3d_sagittal.py"].args)
+    assert (maps.normalise, maps.windows, maps.n_slices) == ("slice", "target", 20)
