@@ -7,7 +7,7 @@ Image axes follow the crop contract (docs/design.md, 'Straightened crops'): a sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +57,33 @@ def attention_on_target(cam_slice: np.ndarray, target: np.ndarray) -> float | No
     return localise(cam_slice, target).mass_share
 
 
-def attention_title(cam_slice: np.ndarray, target: np.ndarray, fractured: bool = True) -> str:
+def attention_title(cam_slice: np.ndarray, target: np.ndarray, fractured: bool = True,
+                    fractures: np.ndarray | None = None) -> str:
     """Panel title: the map's maximum, how much of it lies on the target body and whether its peak does
     (``Attention.localisation.localise``); for a ``fractured`` target flagged when less than half of it
-    or its peak misses the body (a healthy target's map should be weak, wherever it lies)."""
-    measure = localise(cam_slice, target)
+    or its peak misses the body (a healthy target's map should be weak, wherever it lies). Given the mask
+    of every fractured body in the slice (``fractures``), a peak on a fractured neighbour is named as such
+    and is not a miss: the maps mark every fracture of the crop."""
+    measure = localise(cam_slice, target, fractured=fractures)
     if measure.mass_share is None:
         return "attention: none (all zero)"
-    misses = fractured and (measure.mass_share < ATTENTION_ON_TARGET or not measure.peak_in_target)
+    if fractures is not None and measure.peak_on_fracture and not measure.peak_in_target:
+        misses = False
+        peak = "peak on a fractured neighbour"
+    else:
+        misses = fractured and (measure.mass_share < ATTENTION_ON_TARGET or not measure.peak_in_target)
+        peak = "peak on target" if measure.peak_in_target else "peak off target"
+    if fractures is not None:
+        misses = fractured and not measure.peak_on_fracture
     flag = "  MISSES TARGET" if misses else ""
-    peak = "peak on target" if measure.peak_in_target else "peak off target"
     return f"attention max {float(np.max(cam_slice)):.2f}, {peak}\n{100 * measure.mass_share:.0f}% on target{flag}"
 
 
-def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Example]) -> Figure | None:
+def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Example],
+                     fractured_labels: Mapping[str, set[int]] | None = None) -> Figure | None:
     """Mid-sagittal slice of each example's straightened CT crop, with its attention map overlaid
-    (titled with the share of the map on the target body)."""
+    (titled with the share of the map on the target body; ``fractured_labels``, case -> labels of its
+    fractured vertebrae, names a peak on a fractured neighbour)."""
     panels = []
     for example in examples:
         try:
@@ -93,8 +104,10 @@ def attention_figure(dataroot: Path, heatmap_dir: Path, examples: Sequence[Examp
               vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
         ct_axis.contour(crop.label_map[:, :, z] == crop.label, levels=[0.5], colors="yellow", linewidths=0.8)
         cam_axis = figure.add_subplot(2, len(panels), len(panels) + column + 1)
+        fractures = (None if fractured_labels is None
+                     else np.isin(crop.label_map[:, :, z], sorted(fractured_labels.get(crop.case, set()))))
         _show(cam_axis, crop.ct_hu[:, :, z], spacing,
-              attention_title(cam[:, :, z], crop.label_map[:, :, z] == crop.label, example.grade > 0),
+              attention_title(cam[:, :, z], crop.label_map[:, :, z] == crop.label, example.grade > 0, fractures),
               cmap="gray", vmin=CT_DISPLAY_WINDOW_HU[0], vmax=CT_DISPLAY_WINDOW_HU[1])
         cam_axis.imshow(cam[:, :, z], aspect=spacing[0] / spacing[1], cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
     figure.tight_layout()

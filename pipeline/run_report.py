@@ -213,14 +213,17 @@ def build_html(run: PipelineRun, summary: dict[str, Any], data: ReportData) -> s
     else:
         sections.append(("Cohort", "<p class='missing'>(no phantom truth found)</p>"))
         examples = []
-    attention = attention_figure(paths.dataroot, paths.heatmap, examples) if examples else None
+    fractured_labels = (None if data.truth is None else
+                        {case: set(rows.loc[rows["true_grade"] > 0, "label"].astype(int))
+                         for case, rows in data.truth.groupby("case")})
+    attention = attention_figure(paths.dataroot, paths.heatmap, examples, fractured_labels) if examples else None
     sections.append(("Straightened crops and attention maps",
                      "<p>Mid-sagittal slice of the straightened CT crop (superior at the top, anterior on the left; "
                      "the target body outlined in yellow) and the classifier's Grad-CAM++ map, titled with the share "
                      "of the map on the target body. Each vertebra's map is weighted by its fracture probability, "
                      "so a fractured neighbour is marked too: the generator reads 1 &minus; CAM outside the masked "
                      "band and so trusts the healthy neighbours more than the fractured ones. A fractured target "
-                     "whose map misses its body is marked MISSES TARGET.</p>"
+                     "whose map peaks on no fractured body is marked MISSES TARGET.</p>"
                      + localisation_section(paths.heatmap / LOCALISATION_FILE)
                      + image_tag(figure_data_uri(attention) if attention else None, "crops and attention maps")))
     synthesis = synthesis_figure(paths.dataroot, paths.results, examples) if examples else None

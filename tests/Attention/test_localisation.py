@@ -107,3 +107,8 @@ def test_report_panels_use_the_same_measure() -> None:
     cam[0, 0] = 1.5  # the peak moves off the body
     assert "peak off target" in attention_title(cam, target) and "MISSES TARGET" in attention_title(cam, target)
     assert "MISSES TARGET" not in attention_title(cam, target, fractured=False)  # a healthy target: no flag
+    neighbour = np.zeros((16, 16), dtype=bool)
+    neighbour[0:2, 0:2] = True  # the peak at (0, 0) lies on a fractured neighbour's body
+    on_neighbour = attention_title(cam, target, True, fractures=target | neighbour)
+    assert "peak on a fractured neighbour" in on_neighbour and "MISSES" not in on_neighbour
+    assert "MISSES TARGET" in attention_title(cam, target, True, fractures=target)  # that neighbour healthy
