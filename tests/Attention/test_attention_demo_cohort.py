@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.ablation import SHARED_STEPS
 from pipeline.run import FULL, DemoPaths
 from pipeline.runner import run_step
 from pipeline.steps import build_steps
 from util.fileio import read_json
 
 pytestmark = pytest.mark.slow
-
-SHARED_STEPS = ("phantoms", "centroids", "straightening", "classifier", "attention maps")
 
 
 @pytest.fixture(scope="module")
