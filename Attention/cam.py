@@ -40,7 +40,7 @@ from tqdm import tqdm
 from Attention.checkpoint import checkpoint_path, load_classifier
 from Attention.localisation import DEFAULT_SLACK_VOXELS, LOCALISATION_FILE, localise, summarise
 from Attention.networks import FRACTURE_CLASS, cam_target_layer
-from Attention.slices import SliceInput, central_sagittal_slices
+from Attention.slices import SliceInput, central_sagittal_slices, sagittal_slices
 from data.crops import Crop, crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import ImageIOError, load_ct, save_nifti, window_hu
 from data.labels import parse_key
@@ -181,12 +181,12 @@ def cam_volume(model: nn.Module, crop: Crop, slice_input: SliceInput, n_slices: 
     mode = resolve_windows(windows, slice_input)
     rows_by_label = (vertebra_windows(crop.label_map, crop.label, target_rows) if mode == "vertebrae"
                      else {int(crop.label): target_rows})
+    keep = slice_input.keep_mask(crop.label_map, crop.spacing_mm)  # once for all windows
     volume = np.zeros(crop.ct_hu.shape, dtype=np.float32)
     target_volume = volume
     probabilities: dict[int, float] = {}
     for label, rows in rows_by_label.items():
-        images = torch.from_numpy(slice_input.slices(crop.ct_hu, crop.label_map, crop.spacing_mm, range(start, stop),
-                                                     rows))
+        images = torch.from_numpy(sagittal_slices(crop.ct_hu, range(start, stop), slice_input.window, rows, keep))
         maps, slice_probabilities = fracture_cam(model, images, batch_size, normalise)
         probabilities[label] = float(slice_probabilities.mean())
         if mode == "vertebrae":
