@@ -33,7 +33,7 @@ from evaluation.rhlv import REFERENCES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from Attention.cam import CAM_NORMALISATIONS, CAM_WINDOWS
+    from Attention.map_choices import CAM_NORMALISATIONS, CAM_WINDOWS
     from models.compilation import add_compile_option
     from pipeline.predict import PredictSettings
 

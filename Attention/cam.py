@@ -39,11 +39,11 @@ from tqdm import tqdm
 
 from Attention.checkpoint import checkpoint_path, load_classifier
 from Attention.localisation import DEFAULT_SLACK_VOXELS, LOCALISATION_FILE, localise, summarise
+from Attention.map_choices import CAM_NORMALISATIONS, CAM_WINDOWS
 from Attention.networks import FRACTURE_CLASS, cam_target_layer
 from Attention.slices import SliceInput, central_sagittal_slices, sagittal_slices
 from data.crops import Crop, crop_paths, list_crop_keys, load_crop, require_listed_crops
 from data.image_io import ImageIOError, load_ct, save_nifti, window_hu
-from data.labels import parse_key
 from util import published_layout
 from util.device import seed_everything
 from util.distributed import resolve_device
@@ -52,8 +52,6 @@ from util.fileio import atomic_path, atomic_write, prepare_output_dir, read_json
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_N_SLICES = 30
-CAM_NORMALISATIONS = ("slice", "volume")
-CAM_WINDOWS = ("auto", "target", "vertebrae")
 MONTAGE_PANELS = 6
 
 
@@ -62,7 +60,7 @@ class CamResult:
     """Attention map of one crop: ``volume`` float32 (D0, D1, D2) in [0, 1], non-zero only in
     sagittal slices [start, stop); ``fracture_probability`` is the target's mean over those slices,
     ``vertebra_probability`` the same for every vertebra that got a window (label -> probability);
-    ``target_volume`` the target's window alone (equal to ``volume`` with one window)."""
+    ``target_volume`` the target's window alone (``volume`` itself with ``--windows target``)."""
 
     volume: np.ndarray
     slice_range: tuple[int, int]
@@ -183,7 +181,7 @@ def cam_volume(model: nn.Module, crop: Crop, slice_input: SliceInput, n_slices: 
                      else {int(crop.label): target_rows})
     keep = slice_input.keep_mask(crop.label_map, crop.spacing_mm)  # once for all windows
     volume = np.zeros(crop.ct_hu.shape, dtype=np.float32)
-    target_volume = volume
+    target_volume = np.zeros_like(volume) if mode == "vertebrae" else volume
     probabilities: dict[int, float] = {}
     for label, rows in rows_by_label.items():
         images = torch.from_numpy(sagittal_slices(crop.ct_hu, range(start, stop), slice_input.window, rows, keep))
@@ -191,8 +189,7 @@ def cam_volume(model: nn.Module, crop: Crop, slice_input: SliceInput, n_slices: 
         probabilities[label] = float(slice_probabilities.mean())
         if mode == "vertebrae":
             maps = maps * np.float32(probabilities[label])
-        if label == int(crop.label) and len(rows_by_label) > 1:
-            target_volume = np.zeros_like(volume)
+        if label == int(crop.label) and target_volume is not volume:
             target_volume[rows[0]:rows[1], :, start:stop] = np.moveaxis(maps, 0, 2)
         placed = volume[rows[0]:rows[1], :, start:stop]
         np.maximum(placed, np.moveaxis(maps, 0, 2), out=placed)
@@ -296,11 +293,10 @@ def case_truth(truth_dir: Path | None, case: str) -> dict[int, dict[str, Any]]:
             for v in read_json(path).get("vertebrae", [])}
 
 
-def vertebra_truth(truth_dir: Path | None, key: str) -> dict[str, Any]:
-    """``{"fractured", "grade", "morphology"}`` of vertebra ``key`` from its case's phantom truth file,
-    or Nones when there is none (or it does not list the vertebra)."""
-    case, label = parse_key(key)
-    vertebra = case_truth(truth_dir, case).get(label)
+def vertebra_truth(truth: dict[int, dict[str, Any]], label: int) -> dict[str, Any]:
+    """``{"fractured", "grade", "morphology"}`` of vertebra ``label`` in its case's ``case_truth``, or Nones
+    when the truth does not list it (or there is none)."""
+    vertebra = truth.get(int(label))
     if vertebra is None:
         return {"fractured": None, "grade": None, "morphology": None}
     return {"fractured": vertebra["grade"] > 0, **vertebra}
@@ -311,26 +307,30 @@ def truth_folder(opt: argparse.Namespace) -> Path:
     return Path(opt.truth_dir) if opt.truth_dir is not None else Path(opt.dataroot).parent / "raw"
 
 
-def crop_localisation(cam: np.ndarray, crop: Crop, truth_dir: Path | None, slack_voxels: int) -> dict[str, Any]:
+def crop_localisation(cam: np.ndarray, crop: Crop, truth: dict[int, dict[str, Any]],
+                      slack_voxels: int) -> dict[str, Any]:
     """``Attention.localisation.localise`` of map ``cam`` on the crop's target label and, with a phantom
-    truth for its case, on every fractured body of the crop; with the vertebra's truth."""
-    truth = case_truth(truth_dir, crop.case)
+    truth for its case (``case_truth``; {} when none), on every fractured body of the crop; with the
+    vertebra's truth."""
     fractured = (np.isin(crop.label_map, [label for label, v in truth.items() if v["grade"] > 0]) if truth
                  else None)
     measure = localise(cam, crop.label_map == crop.label, slack_voxels, fractured)
-    return {**measure.as_dict(), **vertebra_truth(truth_dir, crop.key)}
+    return {**measure.as_dict(), **vertebra_truth(truth, crop.label)}
 
 
 def localisation_records(opt: argparse.Namespace, keys: Sequence[str], out: Path) -> dict[str, dict[str, Any]]:
-    """:func:`crop_localisation` of each map ``<out>/<key>.nii.gz`` that exists."""
+    """:func:`crop_localisation` of each map ``<out>/<key>.nii.gz`` that exists (each case's truth read once)."""
     records = {}
+    truths: dict[str, dict[int, dict[str, Any]]] = {}
     for key in keys:
         map_path = out / f"{key}.nii.gz"
         if not map_path.is_file():
             continue
         try:
             crop = load_crop(opt.dataroot, key, need_ct=False)
-            records[key] = crop_localisation(load_ct(map_path).array, crop, truth_folder(opt), opt.slack)
+            if crop.case not in truths:
+                truths[crop.case] = case_truth(truth_folder(opt), crop.case)
+            records[key] = crop_localisation(load_ct(map_path).array, crop, truths[crop.case], opt.slack)
         except (ImageIOError, OSError, ValueError) as err:
             LOGGER.error("%s: localisation not computed: %s", key, err)
     return records
@@ -357,7 +357,7 @@ def write_localisation(out: Path, records: dict[str, dict[str, Any]],
 def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path,
              slice_input: SliceInput) -> tuple[float, dict[str, Any] | None]:
     """Compute and write the map (and PNG) of one crop into ``out``; returns its fracture probability and,
-    with one window per vertebra, the localisation of the target's own window (else None)."""
+    with ``--windows vertebrae``, the localisation of the target's own window (else None)."""
     paths = crop_paths(opt.dataroot, key)
     missing = [str(p) for p in (paths.ct, paths.label) if not p.is_file()]
     if missing:
@@ -369,9 +369,10 @@ def _map_one(model: nn.Module, opt: argparse.Namespace, key: str, out: Path,
                      slice_input.window,
                      f"{key}  p(fracture) = {result.fracture_probability:.2f}")
     save_nifti(result.volume, crop.affine, out / f"{key}.nii.gz", dtype=np.float32)
-    if len(result.vertebra_probability) == 1:
+    if result.target_volume is result.volume:
         return result.fracture_probability, None
-    return result.fracture_probability, crop_localisation(result.target_volume, crop, truth_folder(opt), opt.slack)
+    return result.fracture_probability, crop_localisation(result.target_volume, crop,
+                                                          case_truth(truth_folder(opt), crop.case), opt.slack)
 
 
 def generate_maps(opt: argparse.Namespace) -> dict[str, Any]:

@@ -67,13 +67,15 @@ def attention_title(cam_slice: np.ndarray, target: np.ndarray, fractured: bool =
     measure = localise(cam_slice, target, fractured=fractures)
     if measure.mass_share is None:
         return "attention: none (all zero)"
-    if fractures is not None and measure.peak_on_fracture and not measure.peak_in_target:
-        misses = False
+    if measure.peak_in_target:
+        peak = "peak on target"
+    elif measure.peak_on_fracture:
         peak = "peak on a fractured neighbour"
     else:
+        peak = "peak off target"
+    if fractures is None:
         misses = fractured and (measure.mass_share < ATTENTION_ON_TARGET or not measure.peak_in_target)
-        peak = "peak on target" if measure.peak_in_target else "peak off target"
-    if fractures is not None:
+    else:
         misses = fractured and not measure.peak_on_fracture
     flag = "  MISSES TARGET" if misses else ""
     return f"attention max {float(np.max(cam_slice)):.2f}, {peak}\n{100 * measure.mass_share:.0f}% on target{flag}"
