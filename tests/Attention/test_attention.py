@@ -398,3 +398,12 @@ def test_vertebra_window_maps_also_score_the_targets_own_window(cohort, tmp_path
         crop_map = np.asarray(nib.load(tmp_path / "vertebrae" / f"{key}.nii.gz").dataobj)
         assert (crop_map[:20] > 0).any() or (crop_map[44:] > 0).any()  # the neighbours' windows are marked too
     assert runs["vertebrae"]["localisation_target_window"]["overall"]["n"] == len(keys)
+
+
+def test_bad_map_and_classifier_options_fail_before_any_output(cohort, tmp_path):
+    out = tmp_path / "heatmap"
+    with pytest.raises(ValueError, match="--windows vertebrae needs a classifier trained with --view_mm"):
+        generate_maps(cam_options(cohort, out, "--keys", split_key("syn000", 21), "--windows", "vertebrae"))
+    assert not list(out.glob("*.nii.gz")) and not (out / "localisation.json").exists()
+    with pytest.raises(SystemExit):
+        classifier_options(cohort["dataroot"], cohort["split_json"], tmp_path, "bad", "--vertebra_margin_mm", "-1")
